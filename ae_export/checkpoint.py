@@ -1,0 +1,111 @@
+"""Checkpoints that rebuild the model by themselves (nanoGPT's way).
+
+A checkpoint is a plain dict of tensors and JSON-like values, so `torch.load(weights_only=True)` reads it:
+the typed `ModelConfig` is stored as `asdict(config)` next to the state dict and rebuilt on load. Writes
+are atomic (temp file + rename): an interrupted run always leaves the last whole epoch loadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ae_export.model import DenoisingAutoencoder, ModelConfig
+from runtimes.fileio import atomic_save
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or whose config does not match its weights."""
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    model_state: dict[str, torch.Tensor]
+    epoch: int = 0
+    train_config: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+
+    def build_model(self) -> DenoisingAutoencoder:
+        """The model in eval mode with these weights; a config/weights mismatch is a CheckpointError."""
+        model = DenoisingAutoencoder(self.model_config)
+        try:
+            model.load_state_dict(self.model_state, strict=True)
+        except RuntimeError as err:
+            where = self.path or "checkpoint"
+            raise CheckpointError(
+                f"{where}: weights do not match its model config {self.model_config}: {err}"
+            ) from err
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": self.model_config.to_dict(),
+            "model": self.model_state,
+            "epoch": self.epoch,
+            "train_config": self.train_config,
+            "optimizer": self.optimizer_state,
+            "metrics": self.metrics,
+            "dataset": self.dataset,
+            "versions": {"torch": str(torch.__version__)},
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = checkpoint.to_dict()
+    atomic_save(path, lambda handle: torch.save(payload, handle))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint with `weights_only=True`; every fault is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (train one with `ae-train` / `make train`)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(raw, dict) or "model" not in raw or "model_config" not in raw:
+        raise CheckpointError(f"{path}: not an ae-export checkpoint (no 'model' / 'model_config' entries)")
+    if raw.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {raw.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    try:
+        config = ModelConfig.from_dict(dict(raw["model_config"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: bad model_config: {err}") from err
+    checkpoint = Checkpoint(
+        model_config=config,
+        model_state=raw["model"],
+        epoch=int(raw.get("epoch", 0)),
+        train_config=dict(raw.get("train_config") or {}),
+        optimizer_state=raw.get("optimizer"),
+        metrics=list(raw.get("metrics") or []),
+        dataset=dict(raw.get("dataset") or {}),
+        path=path,
+        sha256=file_sha256(path),
+    )
+    checkpoint.build_model()  # fail here, naming the file, if config and weights disagree
+    return checkpoint

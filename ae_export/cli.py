@@ -1,0 +1,129 @@
+"""`ae-export`: export a checkpoint to ONNX and prove parity; `ae-export parity` checks existing files.
+
+    ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18]
+    ae-export parity [--checkpoint artifacts/checkpoint.pt] [--onnx-dir artifacts/onnx]
+
+Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 parity failed,
+2 bad input (missing/corrupt checkpoint, unwritable folder, unsupported opset, export fault).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ae_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ae_export.export import ExportError, export_all, max_supported_opset
+from ae_export.parity import BATCH_SIZES, PROVIDERS, ParityError, ParityReport, run_parity
+from ae_export.specs import DEFAULT_OPSET
+
+COMMANDS = ("export", "parity")
+PARITY_JSON = "parity.json"
+REJECTED_JSON = "parity.rejected.json"
+PARITY_IMAGES = 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ae-export",
+        description="Export encoder, decoder and denoiser to ONNX (dynamic batch) and check parity.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="{export,parity}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--checkpoint", default="artifacts/checkpoint.pt")
+    common.add_argument(
+        "--providers", default=",".join(PROVIDERS), help=f"comma-separated subset of {', '.join(PROVIDERS)}"
+    )
+    common.add_argument(
+        "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated parity batch sizes"
+    )
+    common.add_argument("--data-dir", default=None, help="where the checkpoint's dataset lives, if moved")
+    exp = sub.add_parser("export", parents=[common], help="export and check parity (the default command)")
+    exp.add_argument("--out", default="artifacts/onnx", help="folder for the .onnx files and parity.json")
+    exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"18..{max_supported_opset()}")
+    exp.add_argument("--no-parity", action="store_true", help="skip parity (not recommended)")
+    par = sub.add_parser("parity", parents=[common], help="check parity of existing files")
+    par.add_argument("--onnx-dir", default="artifacts/onnx")
+    return p
+
+
+def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list:
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} {text!r}: expected comma-separated {cast.__name__} values") from None
+    if choices is not None:
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise ValueError(f"--{name}: {bad} not valid; choose from {', '.join(choices)}")
+    if not values:
+        raise ValueError(f"--{name} is empty")
+    return values
+
+
+def parity_images(checkpoint: Checkpoint, data_dir: str | None) -> np.ndarray | None:
+    """Real held-out images of the checkpoint's dataset, or None (then parity uses random inputs only)."""
+    from train.data import DataError, load_dataset
+
+    name = checkpoint.dataset.get("name", "fashion-mnist")
+    source = data_dir or (checkpoint.dataset.get("source") if name != "fashion-mnist" else None)
+    try:
+        data = load_dataset(name, source, download=False)
+    except DataError as err:
+        print(f"warning: no real images for parity ({err}); using random inputs only", file=sys.stderr)
+        return None
+    return data.val.images[:PARITY_IMAGES].numpy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "export")
+    args = build_parser().parse_args(argv)
+    try:
+        providers = _csv(args.providers, str, "providers", PROVIDERS)
+        batch_sizes = _csv(args.batch_sizes, int, "batch-sizes")
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = checkpoint.build_model()
+        images = parity_images(checkpoint, args.data_dir)
+        report = ParityReport()
+
+        def verify(onnx_dir: Path) -> None:
+            nonlocal report
+            report = run_parity(model, onnx_dir, images, batch_sizes, providers)
+            print(report.table())
+            if not report.passed:
+                raise ParityError(report)
+
+        if args.command == "parity":
+            verify(Path(args.onnx_dir))
+            report.write_json(Path(args.onnx_dir) / PARITY_JSON)
+            print(f"wrote {Path(args.onnx_dir) / PARITY_JSON}")
+            return 0
+        out = Path(args.out)
+        paths = export_all(checkpoint, out, args.opset, verify=None if args.no_parity else verify)
+        if not args.no_parity:
+            report.write_json(out / PARITY_JSON)
+            (out / REJECTED_JSON).unlink(missing_ok=True)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+        return 0
+    except ParityError as err:
+        target = Path(args.onnx_dir if args.command == "parity" else args.out)
+        name = PARITY_JSON if args.command == "parity" else REJECTED_JSON
+        if target.is_dir():
+            err.report.write_json(target / name)
+        print(f"ae-export: {err}", file=sys.stderr)
+        if args.command == "export":
+            print(f"ae-export: export rejected; files in {target} left as they were", file=sys.stderr)
+        return 1
+    except (CheckpointError, ExportError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"ae-export: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Parity of the ONNX files against the PyTorch model, on every ONNX Runtime provider present.
+
+Fails hard (unlike Optimum, which only warns): `ParityReport.passed` is False and the CLI exits non-zero
+on any element outside tolerance, naming artifact, provider, batch size, input, errors and tolerance.
+
+Comparison is Polygraphy's: an element fails only if |ort - ref| > atol AND |ort - ref| / |ref| > rtol.
+Reference: the PyTorch model in eval mode, float32, on the CPU (so TF32 cannot creep in). All references
+are computed first, then ONNX Runtime runs with spinning off: the two never compete for the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ae_export.model import DenoisingAutoencoder
+from ae_export.specs import SPECS, ArtifactSpec, Tolerance
+from runtimes.fileio import atomic_write_text
+from runtimes.session import physical_cores
+
+BATCH_SIZES = (1, 2, 7, 64, 1000)
+PROVIDERS = ("cpu", "cuda")
+ORT_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+NOISE_STD = 0.3
+
+
+class ParityError(RuntimeError):
+    """Parity failed; carries the report."""
+
+    def __init__(self, report: ParityReport) -> None:
+        super().__init__(report.failure_summary())
+        self.report = report
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    artifact: str  # "encoder", "decoder", "denoiser", or "decoder(encoder)" for the composition
+    provider: str
+    batch_size: int
+    inputs: str  # "clean", "noisy", "uniform", "latent-real", "latent-random"
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    atol: float
+    rtol: float
+    failed_elements: int
+    ort_ms: float
+
+    @property
+    def passed(self) -> bool:
+        return self.failed_elements == 0
+
+
+@dataclass
+class ParityReport:
+    results: list[CheckResult] = field(default_factory=list)
+    providers: dict[str, str] = field(default_factory=dict)  # name -> "ok" | "not available: ..."
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def failures(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+    def failure_summary(self) -> str:
+        lines = [
+            f"parity FAILED: {r.artifact} on {r.provider} at batch {r.batch_size} ({r.inputs} inputs): "
+            f"{r.failed_elements} elements outside tolerance; max abs {r.max_abs:.3e}, max rel "
+            f"{r.max_rel:.3e}; tolerance atol {r.atol:g}, rtol {r.rtol:g}"
+            for r in self.failures()
+        ]
+        return "\n".join(lines) if lines else "parity passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "providers": self.providers,
+            "rule": "element fails if abs_err > atol and abs_err / |ref| > rtol",
+            "reference": "PyTorch eval, float32, CPU",
+            "results": [{**asdict(r), "passed": r.passed} for r in self.results],
+        }
+
+    def table(self) -> str:
+        """One row per artifact x provider x batch size: the worst input kind's errors."""
+        rows: dict[tuple[str, str, int], list[CheckResult]] = {}
+        for r in self.results:
+            rows.setdefault((r.artifact, r.provider, r.batch_size), []).append(r)
+        header = (
+            f"{'artifact':<17} {'provider':<8} {'batch':>5} {'max abs':>10} {'max rel':>10} "
+            f"{'mean abs':>10} {'atol/rtol':>11} {'ort ms':>8}  result"
+        )
+        lines = [header, "-" * len(header)]
+        for (artifact, provider, batch), group in rows.items():
+            worst = max(group, key=lambda r: r.max_abs)
+            ok = all(r.passed for r in group)
+            lines.append(
+                f"{artifact:<17} {provider:<8} {batch:>5} {worst.max_abs:>10.2e} "
+                f"{max(r.max_rel for r in group):>10.2e} {worst.mean_abs:>10.2e} "
+                f"{worst.atol:>5.0e}/{worst.rtol:<5.0e} {sum(r.ort_ms for r in group):>8.2f}  "
+                f"{'ok' if ok else 'FAIL'}"
+            )
+        for name, state in self.providers.items():
+            if state != "ok":
+                lines.append(f"{name}: {state}")
+        lines.append(f"overall: {'PASS' if self.passed else 'FAIL'} ({len(self.results)} checks)")
+        return "\n".join(lines)
+
+    def write_json(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def compare(ort_out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> tuple[float, float, float, int]:
+    """(max abs, max rel, mean abs, elements failing both atol and rtol)."""
+    if ort_out.shape != ref.shape:
+        raise ValueError(f"shape mismatch: onnxruntime {ort_out.shape} vs pytorch {ref.shape}")
+    abs_err = np.abs(ort_out.astype(np.float64) - ref.astype(np.float64))
+    rel_err = abs_err / np.maximum(np.abs(ref.astype(np.float64)), np.finfo(np.float64).tiny)
+    failed = int(np.count_nonzero((abs_err > tol.atol) & (rel_err > tol.rtol)))
+    failed += int(np.count_nonzero(~np.isfinite(ort_out)))
+    return float(abs_err.max()), float(rel_err.max()), float(abs_err.mean()), failed
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSession:
+    """A session on exactly this provider; raises RuntimeError if it silently fell back to the CPU."""
+    if provider == "cuda":
+        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    if session.get_providers()[0] != ORT_PROVIDER[provider]:
+        raise RuntimeError(f"{ORT_PROVIDER[provider]} did not start (session runs on {session.get_providers()})")
+    return session
+
+
+def provider_status(probe_model: Path, threads: int = 1) -> dict[str, str]:
+    """Which providers really start, tried on a real file: "ok" or "not available: <reason>"."""
+    status: dict[str, str] = {}
+    available = ort.get_available_providers()
+    for name in PROVIDERS:
+        if ORT_PROVIDER[name] not in available:
+            status[name] = f"not available ({ORT_PROVIDER[name]} not in this onnxruntime build)"
+            continue
+        try:
+            open_session(probe_model, name, threads)
+            status[name] = "ok"
+        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:
+            status[name] = f"not available ({err})"
+    return status
+
+
+def _tile(images: np.ndarray, n: int) -> np.ndarray:
+    reps = -(-n // len(images))
+    return np.concatenate([images] * reps)[:n]
+
+
+def make_inputs(
+    model: DenoisingAutoencoder, images: np.ndarray | None, batch: int, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per input kind ('image' or 'latent'): named float32 input batches of size `batch`."""
+    rng = np.random.default_rng(seed + batch)
+    image_inputs: dict[str, np.ndarray] = {}
+    if images is not None and len(images):
+        clean = _tile(images, batch).astype(np.float32)[:, None] / 255.0  # (B, 1, 28, 28)
+        noisy = np.clip(clean + NOISE_STD * rng.standard_normal(clean.shape), 0, 1).astype(np.float32)
+        image_inputs["clean"] = clean
+        image_inputs["noisy"] = noisy
+    image_inputs["uniform"] = rng.random((batch, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        real = model.encode(torch.from_numpy(np.concatenate(list(image_inputs.values())))).numpy()
+    mean, std = real.mean(0), real.std(0) + 1e-3
+    latent_inputs = {
+        "latent-real": real[:batch].astype(np.float32),
+        "latent-random": (mean + std * rng.standard_normal((batch, real.shape[1]))).astype(np.float32),
+    }
+    return {"image": image_inputs, "latent": latent_inputs}
+
+
+def _reference(model: DenoisingAutoencoder, spec: ArtifactSpec, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        fn = {"encoder": model.encode, "decoder": model.decode, "denoiser": model.forward}[spec.role]
+        return fn(torch.from_numpy(x)).numpy()
+
+
+def run_parity(
+    model: DenoisingAutoencoder,
+    onnx_dir: str | Path,
+    images: np.ndarray | None = None,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    providers: Iterable[str] = PROVIDERS,
+    seed: int = 0,
+    threads: int | None = None,
+) -> ParityReport:
+    """Check every artifact x provider x batch size x input kind, plus decoder(encoder(x)) == denoiser(x).
+
+    images: real (N, 28, 28) uint8 test images (clean and noisy inputs are made from them); without them
+    only uniform random images and latents spread like theirs are used.
+    """
+    onnx_dir = Path(onnx_dir)
+    model = model.eval().cpu()
+    threads = threads or physical_cores()
+    torch.set_num_threads(threads)
+    report = ParityReport()
+    for name in providers:
+        if name not in PROVIDERS:
+            raise ValueError(f"unknown provider {name!r}; valid: {', '.join(PROVIDERS)}")
+    for spec in SPECS.values():
+        if not (onnx_dir / spec.file_name).is_file():
+            raise FileNotFoundError(f"{onnx_dir / spec.file_name}: missing (run `ae-export` first)")
+    status = provider_status(onnx_dir / SPECS["denoiser"].file_name)
+    report.providers = {name: status[name] for name in providers}
+
+    # References first, all of them, so PyTorch and ONNX Runtime never run at the same time.
+    cases: list[tuple[ArtifactSpec, int, str, np.ndarray, np.ndarray]] = []
+    for batch in batch_sizes:
+        inputs = make_inputs(model, images, batch, seed)
+        for spec in SPECS.values():
+            for kind, x in inputs[spec.input_kind].items():
+                cases.append((spec, batch, kind, x, _reference(model, spec, x)))
+
+    for provider in providers:
+        if report.providers[provider] != "ok":
+            continue
+        sessions = {role: open_session(onnx_dir / s.file_name, provider, threads) for role, s in SPECS.items()}
+        for spec, batch, kind, x, ref in cases:
+            session = sessions[spec.role]
+            started = time.perf_counter()
+            (out,) = session.run(None, {session.get_inputs()[0].name: x})
+            elapsed = (time.perf_counter() - started) * 1e3
+            tol = spec.tolerance(provider)
+            max_abs, max_rel, mean_abs, failed = compare(out, ref, tol)
+            report.results.append(
+                CheckResult(spec.role, provider, batch, kind, max_abs, max_rel, mean_abs,
+                            tol.atol, tol.rtol, failed, elapsed)
+            )
+            if spec.role == "denoiser":  # composition: ONNX decoder(encoder(x)) == ONNX denoiser(x)
+                enc, dec = sessions["encoder"], sessions["decoder"]
+                started = time.perf_counter()
+                (z,) = enc.run(None, {enc.get_inputs()[0].name: x})
+                (y,) = dec.run(None, {dec.get_inputs()[0].name: z})
+                elapsed = (time.perf_counter() - started) * 1e3
+                max_abs, max_rel, mean_abs, failed = compare(y, out, tol)
+                report.results.append(
+                    CheckResult("decoder(encoder)", provider, batch, kind, max_abs, max_rel, mean_abs,
+                                tol.atol, tol.rtol, failed, elapsed)
+                )
+    return report

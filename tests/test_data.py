@@ -1,0 +1,123 @@
+"""Data loading from real files: idx readers (good and corrupt), MNIST layouts, image folders."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.data import (
+    DataError,
+    add_noise,
+    fixed_noisy,
+    load_dataset,
+    load_folder_dataset,
+    load_idx_dataset,
+    read_idx,
+    to_float,
+    write_idx,
+)
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_idx_round_trip(tmp_path, fmnist_test, name) -> None:
+    path = tmp_path / name
+    write_idx(path, fmnist_test[:50])
+    assert np.array_equal(read_idx(path), fmnist_test[:50])
+
+
+def _valid_idx(tmp_path, fmnist_test):
+    path = tmp_path / "ok-idx3-ubyte"
+    write_idx(path, fmnist_test[:10])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "fault,corrupt,message",
+    [
+        ("bad magic", lambda b: b"\x00\x00\x0d\x03" + b[4:], "bad magic number"),
+        ("truncated data", lambda b: b[:-100], "truncated"),
+        ("truncated header", lambda b: b[:6], "truncated header"),
+        ("count mismatch", lambda b: b[:4] + (11).to_bytes(4, "big") + b[8:], "truncated"),
+        ("trailing bytes", lambda b: b + b"\x00" * 7, "trailing bytes"),
+        ("empty", lambda b: b"", "truncated"),
+        ("bad gzip", lambda b: gzip.compress(b)[:-20], "cannot read"),
+    ],
+)
+def test_corrupt_idx_names_file_and_fault(tmp_path, fmnist_test, fault, corrupt, message) -> None:
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(corrupt(_valid_idx(tmp_path, fmnist_test)))
+    with pytest.raises(DataError, match=message) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_layouts(tmp_path, fmnist, layout, gz) -> None:
+    folder = tmp_path / "MNIST" / "raw" if layout == "torchvision" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", fmnist.train.images[:30].numpy())
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", fmnist.train.labels[:30].numpy())
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", fmnist.val.images[:20].numpy())
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", fmnist.val.labels[:20].numpy())
+    data = load_dataset("mnist", tmp_path)
+    assert data.train.images.shape == (30, 28, 28) and data.val.images.shape == (20, 28, 28)
+    assert torch.equal(data.train.images, fmnist.train.images[:30])
+    assert torch.equal(data.val.labels, fmnist.val.labels[:20])
+
+
+def test_label_count_mismatch(tmp_path, fmnist) -> None:
+    write_idx(tmp_path / "train-images-idx3-ubyte", fmnist.train.images[:30].numpy())
+    write_idx(tmp_path / "train-labels-idx1-ubyte", fmnist.train.labels[:29].numpy())
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", fmnist.val.images[:5].numpy())
+    with pytest.raises(DataError, match="count mismatch: 29 labels for 30 images"):
+        load_idx_dataset(tmp_path, "mnist")
+
+
+def test_folder_dataset_skips_bad_files(tmp_path, fmnist_test) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(fmnist_test[i]).save(tmp_path / "a" / f"{i}.png")
+    Image.fromarray(fmnist_test[12]).resize((56, 40)).convert("RGB").save(tmp_path / "a" / "b" / "big.jpg")
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image, ignored by suffix")
+    data = load_folder_dataset(tmp_path)
+    assert len(data.train) + len(data.val) == 13
+    assert len(data.skipped_files) == 2
+    assert any("broken.png" in s for s in data.skipped_files)
+    assert any("empty.png" in s for s in data.skipped_files)
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (28, 28)
+    again = load_folder_dataset(tmp_path)  # deterministic split
+    assert torch.equal(again.train.images, data.train.images)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(DataError, match="no readable images"):
+        load_folder_dataset(tmp_path)
+
+
+def test_unknown_dataset_names_choices() -> None:
+    with pytest.raises(DataError, match="fashion-mnist, mnist, folder"):
+        load_dataset("cifar")
+
+
+def test_missing_fashion_names_apt_package(tmp_path) -> None:
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", tmp_path / "nowhere", download=False)
+
+
+def test_noise_model_is_the_seeds() -> None:
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    x = to_float(images)
+    assert x.shape == (64, 1, 28, 28) and float(x.max()) <= 1.0
+    noisy = add_noise(x, 0.3, torch.Generator().manual_seed(0))
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+    expected = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert torch.equal(noisy, expected)
+    assert torch.equal(fixed_noisy(images, 0.3, 7), fixed_noisy(images, 0.3, 7))

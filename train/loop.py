@@ -1,0 +1,289 @@
+"""The training loop: the seed's recipe, trained noisy -> clean by default.
+
+Why clean targets: the seed's slide computes the loss between the output and the *noisy* input, which
+teaches the network to reproduce the noise it was shown; a denoiser must map noisy -> clean. `target="noisy"`
+keeps the seed's exact recipe so its numbers (train loss 0.051, val loss 0.040 at latent 4) stay
+reproducible.
+
+Reproducibility: the model is initialised from `seed`; each epoch's shuffle and noise come from a
+generator seeded by (seed, epoch), so a run resumed after epoch k continues exactly as an uninterrupted run
+would. Evaluation noise uses its own fixed seed, so every epoch and every run is scored on the same noisy set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ae_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ae_export.model import DenoisingAutoencoder, ModelConfig
+from runtimes.fileio import atomic_save, atomic_write_text
+from train.data import Dataset, Split, add_noise, batch_indices, fixed_noisy, load_dataset, to_float
+from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
+
+LOSSES = ("mse", "bce")
+TARGETS = ("clean", "noisy")
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+SAMPLES_NAME = "samples.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved in the checkpoint and in metrics.json."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 256
+    latent_dim: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    noise_factor: float = 0.3
+    loss: str = "mse"
+    target: str = "clean"
+    seed: int = 0
+    eval_seed: int = 1234
+    device: str = "auto"
+    out: str = "artifacts"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, choices in (("loss", LOSSES), ("target", TARGETS), ("device", DEVICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(choices)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.latent_dim < 1:
+            raise ValueError("epochs, batch_size and latent_dim must be >= 1")
+        if not 0.0 <= self.noise_factor <= 10.0:
+            raise ValueError(f"noise_factor {self.noise_factor} outside [0, 10]")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device; valid choices: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return F.mse_loss if name == "mse" else F.binary_cross_entropy
+
+
+@torch.no_grad()
+def evaluate(
+    model: DenoisingAutoencoder,
+    split: Split,
+    noise_factor: float,
+    eval_seed: int,
+    device: torch.device,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """The seed's val loss (clean in, MSE of the reconstruction) and the denoising measures.
+
+    Denoising: the fixed-seed noisy image in, the clean image as target: MSE, PSNR, SSIM; plus the noisy
+    input's own PSNR/SSIM as the baseline a denoiser must beat.
+    """
+    model.eval()
+    sums = dict.fromkeys(("val_loss", "mse", "psnr", "ssim", "noisy_psnr", "noisy_ssim"), 0.0)
+    n = len(split)
+    noisy_all = fixed_noisy(split.images, noise_factor, eval_seed)  # (N, 1, 28, 28), same every epoch
+    for start in range(0, n, batch_size):
+        clean = to_float(split.images[start : start + batch_size]).to(device)  # (B, 1, 28, 28)
+        noisy = noisy_all[start : start + batch_size].to(device)
+        recon = model(clean)
+        denoised = model(noisy)
+        sums["val_loss"] += float(mse_per_image(recon, clean).sum())
+        sums["mse"] += float(mse_per_image(denoised, clean).sum())
+        sums["psnr"] += float(psnr_per_image(denoised, clean).sum())
+        sums["ssim"] += float(ssim_per_image(denoised, clean).sum())
+        sums["noisy_psnr"] += float(psnr_per_image(noisy, clean).sum())
+        sums["noisy_ssim"] += float(ssim_per_image(noisy, clean).sum())
+    return {key: value / n for key, value in sums.items()}
+
+
+def train_epoch(
+    model: DenoisingAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    progress: bool,
+) -> float:
+    """One pass over the training split; returns the mean batch loss (the seed's 'train loss')."""
+    model.train()
+    generator = _epoch_generator(config.seed, epoch)
+    batches = batch_indices(len(split), config.batch_size, generator)
+    loss_fn = _loss_fn(config.loss)
+    images = split.images.to(device)
+    total = 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, unit="batch")
+    for idx in batches:
+        clean = to_float(images[idx.to(device)])  # (B, 1, 28, 28)
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        noisy = (clean + config.noise_factor * noise).clamp_(0.0, 1.0)
+        output = model(noisy)
+        loss = loss_fn(output, clean if config.target == "clean" else noisy)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.detach().item()
+        total += value
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+    if bar is not None:
+        bar.close()
+    return total / len(batches)
+
+
+def save_samples(
+    model: DenoisingAutoencoder, split: Split, config: TrainConfig, path: Path, device: torch.device
+) -> None:
+    """The seed's figure: rows original / noisy / reconstructed, one column per class where labeled."""
+    from PIL import Image, ImageDraw
+
+    if split.labels is not None:
+        picks = [int(torch.nonzero(split.labels == c)[0]) for c in range(10) if (split.labels == c).any()]
+    else:
+        picks = list(range(min(10, len(split))))
+    clean = to_float(split.images[picks])  # (K, 1, 28, 28)
+    noisy = fixed_noisy(split.images[picks], config.noise_factor, config.eval_seed)
+    model.eval()
+    with torch.no_grad():
+        denoised = model(noisy.to(device)).cpu()
+    rows = [("original", clean), ("noisy", noisy), ("denoised", denoised)]
+    scale, gap, label_w = 3, 4, 70
+    cell = 28 * scale
+    width = label_w + len(picks) * (cell + gap)
+    height = len(rows) * (cell + gap) + gap
+    canvas = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, batch) in enumerate(rows):
+        y = gap + r * (cell + gap)
+        draw.text((4, y + cell // 2 - 5), label, fill=0)
+        for c in range(len(picks)):
+            pixels = (batch[c, 0].numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+            tile = Image.fromarray(pixels).resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile, (label_w + c * (cell + gap), y))
+    atomic_save(path, lambda handle: canvas.save(handle, format="PNG"))
+
+
+def format_epoch(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"EPOCH {row['epoch']}/{epochs} train loss {row['train_loss']:.4f} val loss {row['val_loss']:.4f} "
+        f"val psnr {row['psnr']:.1f} dB | denoise mse {row['mse']:.4f} ssim {row['ssim']:.3f} "
+        f"(noisy input {row['noisy_psnr']:.1f} dB) | {row['seconds']:.1f} s"
+    )
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    quiet: bool = False,
+    dataset: Dataset | None = None,
+    log: Callable[[str], None] = print,
+) -> Checkpoint:
+    """Train (or resume) and write checkpoint.pt, metrics.json and samples.png to `config.out`."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    device = resolve_device(config.device)
+    progress = not quiet and sys.stderr.isatty()
+
+    previous: Checkpoint | None = None
+    if resume:
+        previous = load_checkpoint(ckpt_path)
+        kept = TrainConfig.from_dict(previous.train_config)
+        # The recipe is the checkpoint's; only the epoch budget, output and device may change on resume.
+        config = TrainConfig(
+            **{**asdict(kept), "epochs": config.epochs, "out": config.out, "device": config.device}
+        )
+        if previous.epoch >= config.epochs:
+            log(f"{ckpt_path}: already trained {previous.epoch} epochs (>= --epochs {config.epochs})")
+            return previous
+
+    data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
+    for line in data.skipped_files:
+        log(f"skipped unreadable file {line}")
+    train_split = data.train.head(config.limit)
+    val_split = data.val.head(config.limit)
+
+    torch.manual_seed(config.seed)
+    model_config = ModelConfig(latent_dim=config.latent_dim)
+    model = DenoisingAutoencoder(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if previous is not None:
+        if previous.model_config != model_config:
+            raise ValueError(f"checkpoint model {previous.model_config} differs from {model_config}")
+        model.load_state_dict(previous.model_state)
+        if previous.optimizer_state is not None:
+            optimizer.load_state_dict(previous.optimizer_state)
+        history = list(previous.metrics)
+        start_epoch = previous.epoch + 1
+        log(f"resuming from {ckpt_path} after epoch {previous.epoch}")
+
+    dataset_info = {
+        "name": data.name,
+        "source": data.source,
+        "train_size": len(train_split),
+        "val_size": len(val_split),
+        "skipped_files": len(data.skipped_files),
+    }
+    checkpoint = previous
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        train_loss = train_epoch(model, optimizer, train_split, config, epoch, device, progress)
+        train_seconds = time.perf_counter() - started
+        scores = evaluate(model, val_split, config.noise_factor, config.eval_seed, device)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; try a lower --lr")
+        row = {"epoch": epoch, "train_loss": train_loss, **scores}
+        row["train_seconds"] = train_seconds
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        checkpoint = Checkpoint(
+            model_config=model_config,
+            model_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            epoch=epoch,
+            train_config=asdict(config),
+            optimizer_state=optimizer.state_dict(),
+            metrics=history,
+            dataset=dataset_info,
+        )
+        save_checkpoint(checkpoint, ckpt_path)
+        summary = {"config": asdict(config), "dataset": dataset_info, "epochs": history}
+        atomic_write_text(out / METRICS_NAME, json.dumps(summary, indent=2) + "\n")
+        save_samples(model, data.val, config, out / SAMPLES_NAME, device)
+        log(format_epoch(row, config.epochs))
+    assert checkpoint is not None
+    return checkpoint
