@@ -1,0 +1,151 @@
+"""Export: three real ONNX files that run at any batch size and describe themselves; bad input fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from ae_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ae_export.export import ExportError, check_batch_axis, export_all, export_artifact
+from ae_export.model import ModelConfig
+from ae_export.specs import BATCH_AXIS, SPECS
+from runtimes.metadata import parse_metadata
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("batch", [1, 3, 257])
+@pytest.mark.parametrize("role", list(SPECS))
+def test_artifact_runs_at_any_batch(onnx_dir, trained_checkpoint, role, batch) -> None:
+    spec = SPECS[role]
+    session = ort.InferenceSession(str(onnx_dir / spec.file_name), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == (spec.input_name, spec.output_name)
+    assert inp.shape[0] == BATCH_AXIS and out.shape[0] == BATCH_AXIS
+    model = load_checkpoint(trained_checkpoint).build_model()
+    latent = model.config.latent_dim
+    rng = np.random.default_rng(batch)
+    x = rng.random((batch, *spec.sample_shape(spec.input_kind, latent)), dtype=np.float32)
+    (y,) = session.run(None, {inp.name: x})
+    assert y.shape == (batch, *spec.sample_shape(spec.output_kind, latent)) and y.dtype == np.float32
+    with torch.no_grad():
+        ref = {"encoder": model.encode, "decoder": model.decode, "denoiser": model}[role](torch.from_numpy(x))
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("role", list(SPECS))
+def test_metadata_round_trips(onnx_dir, trained_checkpoint, role) -> None:
+    checkpoint = load_checkpoint(trained_checkpoint)
+    session = ort.InferenceSession(str(onnx_dir / SPECS[role].file_name), providers=["CPUExecutionProvider"])
+    meta = parse_metadata(session.get_modelmeta().custom_metadata_map, role)
+    assert meta.role == role
+    assert meta.model_config == checkpoint.model_config.to_dict()
+    assert meta.input.name == session.get_inputs()[0].name
+    assert list(meta.input.shape) == list(session.get_inputs()[0].shape)
+    assert meta.artifacts == {r: s.file_name for r, s in SPECS.items()}
+    assert meta.noise["std"] == 0.3 and meta.noise["kind"] == "gaussian_clipped"
+    assert meta.provenance["checkpoint_sha256"] == checkpoint.sha256
+    assert meta.provenance["opset"] == 18
+    assert meta.training["epochs"] == checkpoint.epoch
+    assert meta.training["dataset"]["name"] == "fashion-mnist"
+    assert meta.tolerance["cpu"] == {"atol": 1e-5, "rtol": 1e-5}
+    if SPECS[role].input_kind == "image":
+        assert meta.input.value_range == (0.0, 1.0) and meta.input.layout == "NCHW"
+    proto = onnx.load(str(onnx_dir / SPECS[role].file_name))
+    assert proto.opset_import[0].version >= 18
+    assert not any(node.metadata_props for node in proto.graph.node)  # no stack traces shipped
+
+
+def test_guard_catches_baked_batch(trained_checkpoint) -> None:
+    artifact = export_artifact(load_checkpoint(trained_checkpoint), SPECS["decoder"])
+    check_batch_axis(artifact.proto, artifact.spec, artifact.example_batch)  # the real export passes
+    broken = onnx.ModelProto()
+    broken.CopyFrom(artifact.proto)
+    reshape = next(n for n in broken.graph.node if n.op_type == "Reshape")
+    init = next(i for i in broken.graph.initializer if i.name == reshape.input[1])
+    baked = numpy_helper.to_array(init).copy()
+    baked[0] = artifact.example_batch
+    init.CopyFrom(numpy_helper.from_array(baked, init.name))
+    with pytest.raises(ExportError, match="baked"):
+        check_batch_axis(broken, artifact.spec, artifact.example_batch)
+    static = onnx.ModelProto()
+    static.CopyFrom(artifact.proto)
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = artifact.example_batch
+    with pytest.raises(ExportError, match="symbolic"):
+        check_batch_axis(static, artifact.spec, artifact.example_batch)
+
+
+def test_rejected_export_leaves_no_files(trained_checkpoint, tmp_path) -> None:
+    def reject(_staged) -> None:
+        raise RuntimeError("parity says no")
+
+    out = tmp_path / "onnx"
+    with pytest.raises(RuntimeError, match="parity says no"):
+        export_all(load_checkpoint(trained_checkpoint), out, verify=reject, log=lambda _: None)
+    assert list(out.iterdir()) == []  # no .onnx, no staging folder, no temp files
+
+
+def test_export_cli_end_to_end(trained_checkpoint, tmp_path) -> None:
+    out = tmp_path / "onnx"
+    done = run_cli("ae_export.cli", "--checkpoint", str(trained_checkpoint), "--out", str(out),
+                   "--batch-sizes", "1,7")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "denoiser.onnx", "encoder.onnx", "parity.json"]
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] is True and report["providers"]["cpu"] == "ok"
+    assert "overall: PASS" in done.stdout
+
+
+def _corrupt(path, tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(path.read_bytes()[:5000])
+    return bad
+
+
+def _mismatched(path, tmp_path):
+    checkpoint = load_checkpoint(path)
+    wrong = Checkpoint(ModelConfig(latent_dim=8), checkpoint.model_state, epoch=1)
+    save_checkpoint(wrong, tmp_path / "mismatch.pt")
+    return tmp_path / "mismatch.pt"
+
+
+@pytest.mark.parametrize(
+    "case,make,extra,message",
+    [
+        ("missing checkpoint", lambda p, t: t / "nope.pt", [], "checkpoint not found"),
+        ("corrupt checkpoint", _corrupt, [], "not a readable checkpoint"),
+        ("config/weights mismatch", _mismatched, [], "do not match its model config"),
+        ("unsupported opset", lambda p, t: p, ["--opset", "99"], "valid opsets are 18.."),
+        ("bad provider", lambda p, t: p, ["--providers", "tpu"], "choose from cpu, cuda"),
+    ],
+)
+def test_export_cli_bad_input(trained_checkpoint, tmp_path, case, make, extra, message) -> None:
+    ckpt = make(trained_checkpoint, tmp_path)
+    done = run_cli("ae_export.cli", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *extra)
+    assert done.returncode == 2, (case, done.stdout, done.stderr)
+    assert message in done.stderr
+    assert not list((tmp_path / "out").glob("*.onnx")) if (tmp_path / "out").exists() else True
+
+
+def test_export_cli_unwritable_out(trained_checkpoint, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should go")
+    done = run_cli("ae_export.cli", "--checkpoint", str(trained_checkpoint), "--out", str(blocker / "onnx"))
+    assert done.returncode == 2 and "error" in done.stderr
+    assert blocker.read_text().startswith("a file")
+
+
+def test_checkpoint_sha_changes_with_weights(trained_checkpoint, tmp_path) -> None:
+    copy = tmp_path / "copy.pt"
+    shutil.copy(trained_checkpoint, copy)
+    assert load_checkpoint(copy).sha256 == load_checkpoint(trained_checkpoint).sha256
+    checkpoint = load_checkpoint(copy)
+    checkpoint.model_state["encoder.lin.2.bias"] += 1
+    save_checkpoint(checkpoint, copy)
+    assert load_checkpoint(copy).sha256 != load_checkpoint(trained_checkpoint).sha256
