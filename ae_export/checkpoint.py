@@ -91,7 +91,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(raw, dict) or "model" not in raw or "model_config" not in raw:
         raise CheckpointError(f"{path}: not an ae-export checkpoint (no 'model' / 'model_config' entries)")
     if raw.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {raw.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {raw.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+        )
     try:
         config = ModelConfig.from_dict(dict(raw["model_config"]))
     except (TypeError, ValueError) as err:

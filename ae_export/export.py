@@ -208,9 +208,10 @@ def export_artifact(
     proto = _export_one(model, spec, opset, example_batch)
     proto.producer_name = "ae-export"
     proto.producer_version = ae_export.__version__
+    latent = model.config.latent_dim
     proto.doc_string = (
-        f"ae-export {spec.role}: {spec.input_name} {list(spec.input_shape(model.config.latent_dim))} -> "
-        f"{spec.output_name} {list(spec.output_shape(model.config.latent_dim))}; see metadata_props ae_export.*"
+        f"ae-export {spec.role}: {spec.input_name} {list(spec.input_shape(latent))} -> "
+        f"{spec.output_name} {list(spec.output_shape(latent))}; see metadata_props ae_export.*"
     )
     onnx.helper.set_model_props(proto, _metadata(checkpoint, spec, opset))
     try:

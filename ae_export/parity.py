@@ -146,7 +146,9 @@ def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSessio
         providers = ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
     if session.get_providers()[0] != ORT_PROVIDER[provider]:
-        raise RuntimeError(f"{ORT_PROVIDER[provider]} did not start (session runs on {session.get_providers()})")
+        raise RuntimeError(
+            f"{ORT_PROVIDER[provider]} did not start (session runs on {session.get_providers()})"
+        )
     return session
 
 
@@ -238,7 +240,9 @@ def run_parity(
     for provider in providers:
         if report.providers[provider] != "ok":
             continue
-        sessions = {role: open_session(onnx_dir / s.file_name, provider, threads) for role, s in SPECS.items()}
+        sessions = {
+            role: open_session(onnx_dir / s.file_name, provider, threads) for role, s in SPECS.items()
+        }
         for spec, batch, kind, x, ref in cases:
             session = sessions[spec.role]
             started = time.perf_counter()
@@ -247,8 +251,19 @@ def run_parity(
             tol = spec.tolerance(provider)
             max_abs, max_rel, mean_abs, failed = compare(out, ref, tol)
             report.results.append(
-                CheckResult(spec.role, provider, batch, kind, max_abs, max_rel, mean_abs,
-                            tol.atol, tol.rtol, failed, elapsed)
+                CheckResult(
+                    spec.role,
+                    provider,
+                    batch,
+                    kind,
+                    max_abs,
+                    max_rel,
+                    mean_abs,
+                    tol.atol,
+                    tol.rtol,
+                    failed,
+                    elapsed,
+                )
             )
             if spec.role == "denoiser":  # composition: ONNX decoder(encoder(x)) == ONNX denoiser(x)
                 enc, dec = sessions["encoder"], sessions["decoder"]
@@ -258,7 +273,18 @@ def run_parity(
                 elapsed = (time.perf_counter() - started) * 1e3
                 max_abs, max_rel, mean_abs, failed = compare(y, out, tol)
                 report.results.append(
-                    CheckResult("decoder(encoder)", provider, batch, kind, max_abs, max_rel, mean_abs,
-                                tol.atol, tol.rtol, failed, elapsed)
+                    CheckResult(
+                        "decoder(encoder)",
+                        provider,
+                        batch,
+                        kind,
+                        max_abs,
+                        max_rel,
+                        mean_abs,
+                        tol.atol,
+                        tol.rtol,
+                        failed,
+                        elapsed,
+                    )
                 )
     return report

@@ -21,7 +21,9 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SMALL_TRAIN = {"limit": 4000, "batch_size": 32, "epochs": 2}
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would, with the repo importable; capture text output."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

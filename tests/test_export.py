@@ -93,10 +93,16 @@ def test_rejected_export_leaves_no_files(trained_checkpoint, tmp_path) -> None:
 
 def test_export_cli_end_to_end(trained_checkpoint, tmp_path) -> None:
     out = tmp_path / "onnx"
-    done = run_cli("ae_export.cli", "--checkpoint", str(trained_checkpoint), "--out", str(out),
-                   "--batch-sizes", "1,7")
+    done = run_cli(
+        "ae_export.cli", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--batch-sizes", "1,7"
+    )
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "denoiser.onnx", "encoder.onnx", "parity.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decoder.onnx",
+        "denoiser.onnx",
+        "encoder.onnx",
+        "parity.json",
+    ]
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] is True and report["providers"]["cpu"] == "ok"
     assert "overall: PASS" in done.stdout

@@ -42,7 +42,18 @@ def test_layer_types_match_the_seed() -> None:
     model = DenoisingAutoencoder()
     enc = [type(m).__name__ for m in model.encoder.cnn] + [type(m).__name__ for m in model.encoder.lin]
     dec = [type(m).__name__ for m in model.decoder.lin] + [type(m).__name__ for m in model.decoder.cnn]
-    assert enc == ["Conv2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "ReLU", "Linear", "ReLU", "Linear"]
+    assert enc == [
+        "Conv2d",
+        "ReLU",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Conv2d",
+        "ReLU",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     assert dec == [
         "Linear", "ReLU", "Linear", "ReLU",
         "ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d",
@@ -50,7 +61,11 @@ def test_layer_types_match_the_seed() -> None:
     convs = [m for m in model.encoder.cnn if isinstance(m, torch.nn.Conv2d)]
     assert [(c.stride, c.padding) for c in convs] == [((2, 2), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (0, 0))]
     convts = [m for m in model.decoder.cnn if isinstance(m, torch.nn.ConvTranspose2d)]
-    assert [(c.padding, c.output_padding) for c in convts] == [((0, 0), (0, 0)), ((1, 1), (1, 1)), ((1, 1), (1, 1))]
+    assert [(c.padding, c.output_padding) for c in convts] == [
+        ((0, 0), (0, 0)),
+        ((1, 1), (1, 1)),
+        ((1, 1), (1, 1)),
+    ]
 
 
 @pytest.mark.parametrize("latent_dim", [1, 4, 64])

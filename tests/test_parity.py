@@ -25,7 +25,9 @@ def cpu_report(onnx_dir, trained_checkpoint, fmnist_test):
 
 
 def _rows(report, artifact: str, provider: str, batch: int) -> list[CheckResult]:
-    return [r for r in report.results if (r.artifact, r.provider, r.batch_size) == (artifact, provider, batch)]
+    return [
+        r for r in report.results if (r.artifact, r.provider, r.batch_size) == (artifact, provider, batch)
+    ]
 
 
 @pytest.mark.parametrize("batch", BATCH_SIZES)
@@ -86,8 +88,16 @@ def _damage(src, dst, role: str) -> None:
 def test_damaged_model_fails_parity(onnx_dir, trained_checkpoint, tmp_path, role) -> None:
     damaged = tmp_path / "damaged"
     _damage(onnx_dir, damaged, role)
-    done = run_cli("ae_export.cli", "parity", "--checkpoint", str(trained_checkpoint), "--onnx-dir", str(damaged),
-                   "--batch-sizes", "1,64")
+    done = run_cli(
+        "ae_export.cli",
+        "parity",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--onnx-dir",
+        str(damaged),
+        "--batch-sizes",
+        "1,64",
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"parity FAILED: {role} on cpu at batch" in done.stderr
     assert "tolerance atol 1e-05, rtol 1e-05" in done.stderr
@@ -100,7 +110,18 @@ def test_damaged_model_fails_parity(onnx_dir, trained_checkpoint, tmp_path, role
 def test_parity_cli_passes_on_good_files(onnx_dir, trained_checkpoint, tmp_path) -> None:
     copy = tmp_path / "good"
     shutil.copytree(onnx_dir, copy)
-    done = run_cli("ae_export.cli", "parity", "--checkpoint", str(trained_checkpoint), "--onnx-dir", str(copy),
-                   "--batch-sizes", "2")
+    done = run_cli(
+        "ae_export.cli",
+        "parity",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--onnx-dir",
+        str(copy),
+        "--batch-sizes",
+        "2",
+    )
     assert done.returncode == 0, done.stderr
-    assert "cuda: not available" in done.stdout or "cuda" in json.loads((copy / "parity.json").read_text())["providers"]
+    assert (
+        "cuda: not available" in done.stdout
+        or "cuda" in json.loads((copy / "parity.json").read_text())["providers"]
+    )

@@ -49,23 +49,39 @@ def test_metrics_match_scikit_image() -> None:
 def test_same_seed_same_losses(fmnist, tmp_path) -> None:
     runs = []
     for name in ("a", "b"):
-        ckpt = train(TrainConfig(out=str(tmp_path / name), epochs=1, **TINY), quiet=True, dataset=fmnist,
-                     log=lambda _: None)
+        ckpt = train(
+            TrainConfig(out=str(tmp_path / name), epochs=1, **TINY),
+            quiet=True,
+            dataset=fmnist,
+            log=lambda _: None,
+        )
         runs.append(ckpt)
     assert runs[0].metrics[0]["train_loss"] == runs[1].metrics[0]["train_loss"]
     for key, value in runs[0].model_state.items():
         assert torch.equal(value, runs[1].model_state[key]), key
-    other = train(TrainConfig(out=str(tmp_path / "c"), epochs=1, seed=1, **TINY), quiet=True, dataset=fmnist,
-                  log=lambda _: None)
+    other = train(
+        TrainConfig(out=str(tmp_path / "c"), epochs=1, seed=1, **TINY),
+        quiet=True,
+        dataset=fmnist,
+        log=lambda _: None,
+    )
     assert other.metrics[0]["train_loss"] != runs[0].metrics[0]["train_loss"]
 
 
 def test_resume_equals_uninterrupted(fmnist, tmp_path) -> None:
-    straight = train(TrainConfig(out=str(tmp_path / "s"), epochs=2, **TINY), quiet=True, dataset=fmnist,
-                     log=lambda _: None)
-    train(TrainConfig(out=str(tmp_path / "r"), epochs=1, **TINY), quiet=True, dataset=fmnist, log=lambda _: None)
-    resumed = train(TrainConfig(out=str(tmp_path / "r"), epochs=2, **TINY), resume=True, quiet=True,
-                    dataset=fmnist, log=lambda _: None)
+    straight = train(
+        TrainConfig(out=str(tmp_path / "s"), epochs=2, **TINY), quiet=True, dataset=fmnist, log=lambda _: None
+    )
+    train(
+        TrainConfig(out=str(tmp_path / "r"), epochs=1, **TINY), quiet=True, dataset=fmnist, log=lambda _: None
+    )
+    resumed = train(
+        TrainConfig(out=str(tmp_path / "r"), epochs=2, **TINY),
+        resume=True,
+        quiet=True,
+        dataset=fmnist,
+        log=lambda _: None,
+    )
     assert resumed.epoch == 2 and [m["epoch"] for m in resumed.metrics] == [1, 2]
     assert resumed.metrics[1]["train_loss"] == straight.metrics[1]["train_loss"]
     for key, value in straight.model_state.items():
@@ -76,10 +92,18 @@ def test_noisy_target_reproduces_seed_recipe(fmnist, tmp_path) -> None:
     """--target noisy (the seed's slide) trains against the noisy input: with the same seed, init and noise
     draws, only the target differs, so the losses must differ from the clean-target run's."""
     kwargs = {"epochs": 1, **TINY}
-    noisy = train(TrainConfig(out=str(tmp_path / "n"), target="noisy", **kwargs), quiet=True, dataset=fmnist,
-                  log=lambda _: None)
-    clean = train(TrainConfig(out=str(tmp_path / "c"), target="clean", **kwargs), quiet=True, dataset=fmnist,
-                  log=lambda _: None)
+    noisy = train(
+        TrainConfig(out=str(tmp_path / "n"), target="noisy", **kwargs),
+        quiet=True,
+        dataset=fmnist,
+        log=lambda _: None,
+    )
+    clean = train(
+        TrainConfig(out=str(tmp_path / "c"), target="clean", **kwargs),
+        quiet=True,
+        dataset=fmnist,
+        log=lambda _: None,
+    )
     assert noisy.train_config["target"] == "noisy"
     assert noisy.metrics[0]["train_loss"] != clean.metrics[0]["train_loss"]
 
@@ -114,7 +138,9 @@ def test_ae_train_cli_writes_loadable_artifacts_and_resumes(tmp_path) -> None:
 
 
 def test_ae_train_cli_bad_input_exits_2(tmp_path) -> None:
-    done = run_cli("train.cli", "--dataset", "folder", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    done = run_cli(
+        "train.cli", "--dataset", "folder", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")
+    )
     assert done.returncode == 2
     assert "no readable images" in done.stderr
     done = run_cli("train.cli", "--resume", "--out", str(tmp_path / "none"))

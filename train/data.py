@@ -256,7 +256,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def add_noise(x: torch.Tensor, factor: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The seed's noise model: clip(x + factor * randn, 0, 1)."""
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    # Drawn on the CPU (where the seeded generator lives) so CPU and CUDA runs see the same noise.
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return (x + factor * noise).clamp_(0.0, 1.0)
 
 

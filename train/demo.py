@@ -32,7 +32,9 @@ def prepare(out: Path, count: int, dataset: str, data_dir: str | None) -> int:
     images = data.val.images[:count].numpy()  # (N, 28, 28) uint8, the held-out split
     for i, image in enumerate(images):
         target = out / f"test_{i:05d}.png"
-        atomic_save(target, lambda handle, im=image: Image.fromarray(im).save(handle, format="PNG"), fsync=False)
+        atomic_save(
+            target, lambda handle, im=image: Image.fromarray(im).save(handle, format="PNG"), fsync=False
+        )
     print(f"wrote {len(images)} clean test images to {out}")
     return 0
 
@@ -52,7 +54,9 @@ def score(clean_dir: Path, denoised_dir: Path, sheet: Path | None) -> int:
     if not rows:
         print(f"score: no denoised images in {denoised_dir} match {clean_dir}", file=sys.stderr)
         return 1
-    clean, noisy, denoised = (torch.from_numpy(np.stack(c))[:, None] for c in zip(*rows))  # (N, 1, 28, 28)
+    clean, noisy, denoised = (
+        torch.from_numpy(np.stack(c))[:, None] for c in zip(*rows, strict=True)
+    )  # (N, 1, 28, 28)
     result = {
         "images": len(rows),
         "noisy_psnr": float(psnr_per_image(noisy, clean).mean()),

@@ -147,8 +147,7 @@ def train_epoch(
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, unit="batch")
     for idx in batches:
         clean = to_float(images[idx.to(device)])  # (B, 1, 28, 28)
-        noise = torch.randn(clean.shape, generator=generator).to(device)
-        noisy = (clean + config.noise_factor * noise).clamp_(0.0, 1.0)
+        noisy = add_noise(clean, config.noise_factor, generator)
         output = model(noisy)
         loss = loss_fn(output, clean if config.target == "clean" else noisy)
         optimizer.zero_grad(set_to_none=True)
