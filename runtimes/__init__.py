@@ -1,0 +1,79 @@
+"""The edge runtime: denoise with exported ONNX files using only numpy, onnxruntime, Pillow and tqdm.
+
+Never imports torch. Names are re-exported lazily (PEP 562) so that `import runtimes.metadata`, which the
+torch-side exporter also uses, does not pay for importing onnxruntime and Pillow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtimes.batching import MicroBatcher
+    from runtimes.images import BadImageError, find_images, load_gray8, save_png
+    from runtimes.metadata import MetadataError, ModelMetadata, TensorContract, parse_metadata
+    from runtimes.pipeline import PipelineResult, PlanError, plan_jobs, run_pipeline
+    from runtimes.session import (
+        Denoiser,
+        InvalidModelError,
+        OnnxModel,
+        ProviderUnavailableError,
+        physical_cores,
+    )
+
+_EXPORTS = {
+    "Denoiser": "runtimes.session",
+    "OnnxModel": "runtimes.session",
+    "InvalidModelError": "runtimes.session",
+    "ProviderUnavailableError": "runtimes.session",
+    "physical_cores": "runtimes.session",
+    "MicroBatcher": "runtimes.batching",
+    "BadImageError": "runtimes.images",
+    "find_images": "runtimes.images",
+    "load_gray8": "runtimes.images",
+    "save_png": "runtimes.images",
+    "PipelineResult": "runtimes.pipeline",
+    "PlanError": "runtimes.pipeline",
+    "plan_jobs": "runtimes.pipeline",
+    "run_pipeline": "runtimes.pipeline",
+    "MetadataError": "runtimes.metadata",
+    "ModelMetadata": "runtimes.metadata",
+    "TensorContract": "runtimes.metadata",
+    "parse_metadata": "runtimes.metadata",
+}
+
+__all__ = [
+    "BadImageError",
+    "Denoiser",
+    "InvalidModelError",
+    "MetadataError",
+    "MicroBatcher",
+    "ModelMetadata",
+    "OnnxModel",
+    "PipelineResult",
+    "PlanError",
+    "ProviderUnavailableError",
+    "TensorContract",
+    "find_images",
+    "load_gray8",
+    "parse_metadata",
+    "physical_cores",
+    "plan_jobs",
+    "run_pipeline",
+    "save_png",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtimes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,158 @@
+"""Dynamic micro-batching for many concurrent single-image callers (Triton's dynamic batching, in-process).
+
+Why: one model call on a batch of 64 costs far less than 64 calls on one image each, but a server thread
+per request only ever has one image. `MicroBatcher` lets many threads `submit` single images; one worker
+thread takes the first waiting request, then gathers more until it has `max_batch_size` or until
+`max_queue_delay_us` has passed since that first request arrived (under load the backlog fills the batch
+without waiting), runs the model once, and hands each caller its own result through a
+`concurrent.futures.Future`.
+
+Failure isolation: images are validated in `submit`, on the caller's thread, so a bad image raises for
+that caller only and never enters a batch. An exception from the model call is set on the futures of
+exactly that batch's callers; the worker carries on with the next batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtimes.session import Denoiser, ImageLayout, restore_images
+
+_STOP = object()
+
+
+@dataclass
+class _Request:
+    sample: np.ndarray  # (1, 1, H, W) float32, validated
+    layout: ImageLayout
+    future: Future[np.ndarray]
+    arrived: float  # time.monotonic() at submit
+
+
+class MicroBatcher:
+    """Batch concurrent single-image `submit` calls into `Denoiser.run_batch` calls.
+
+    Use as a context manager, or call `close()`: it stops intake, lets the worker finish every request
+    already submitted, and joins the worker thread. `submit` after close raises RuntimeError.
+    """
+
+    def __init__(self, denoiser: Denoiser, max_batch_size: int = 64, max_queue_delay_us: int = 500) -> None:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive int; got {max_batch_size!r}")
+        if not isinstance(max_queue_delay_us, int | float) or max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be a number >= 0; got {max_queue_delay_us!r}")
+        self.denoiser = denoiser
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_us = max_queue_delay_us
+        self._delay_s = max_queue_delay_us / 1e6
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders `closed` against enqueueing: nothing slips in after _STOP
+        self._closed = False
+        self.batches = 0  # model calls made; with `items`, the mean batch size (for benchmarks and tests)
+        self.items = 0
+        self.largest_batch = 0
+        self._worker = threading.Thread(target=self._serve, name="MicroBatcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, image: np.ndarray) -> Future[np.ndarray]:
+        """Queue one image ((H, W), (1, H, W) or (1, 1, H, W); float32 [0, 1] or uint8); get a Future.
+
+        The Future's result has the image's own layout and kind. Raises ValueError here, for this caller
+        only, if the image is invalid; RuntimeError if the batcher is closed.
+        """
+        if self._closed:
+            raise RuntimeError("MicroBatcher is closed; submit before close()")
+        sample, layout = self.denoiser.prepare(image)  # (N, 1, H, W); raises ValueError for this caller
+        if layout.count != 1:
+            raise ValueError(
+                f"submit takes one image; got {layout.count} (use Denoiser.denoise for a ready batch)"
+            )
+        if layout.kind == "float32" and np.may_share_memory(sample, image):
+            sample = sample.copy()  # the caller may reuse its buffer before the batch runs
+        request = _Request(sample, layout, Future(), time.monotonic())
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("MicroBatcher is closed; submit before close()")
+            self._queue.put(request)
+        return request.future
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Submit and wait: a drop-in for `Denoiser.denoise` on one image from many threads."""
+        return self.submit(image).result()
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        """Collect up to max_batch_size requests, waiting at most until first.arrived + delay."""
+        batch = [first]
+        deadline = first.arrived + self._delay_s
+        stop = False
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                stop = True
+                break
+            assert isinstance(item, _Request)
+            batch.append(item)
+        return batch, stop
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, _Request)
+            batch, stop = self._gather(first)
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[_Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]  # drop callers who cancelled
+        if not live:
+            return
+        try:
+            inputs = (
+                live[0].sample if len(live) == 1 else np.concatenate([r.sample for r in live])
+            )  # (B, 1, H, W)
+            outputs = self.denoiser.run_batch(inputs)  # (B, 1, H, W)
+        except Exception as err:  # delivered to exactly this batch's callers, not swallowed
+            for request in live:
+                request.future.set_exception(err)
+            return
+        self.batches += 1
+        self.items += len(live)
+        self.largest_batch = max(self.largest_batch, len(live))
+        for i, request in enumerate(live):
+            try:
+                request.future.set_result(restore_images(outputs[i : i + 1], request.layout))
+            except Exception as err:  # one caller's conversion failure is that caller's
+                request.future.set_exception(err)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop intake, finish every submitted request, join the worker. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
+        self._worker.join(timeout)
+        if self._worker.is_alive():
+            raise TimeoutError(f"MicroBatcher worker still running after {timeout} s")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> MicroBatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

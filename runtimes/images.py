@@ -1,0 +1,284 @@
+"""Image files <-> the model's 28x28 grayscale world, without torch.
+
+Loading turns whatever Pillow can read into one 8-bit grayscale array, the form the model was trained on:
+16-bit images are scaled (not clipped), transparency is composited onto black (Fashion-MNIST's
+background), EXIF orientation is applied, and a decompression-bomb guard runs on the header before any
+pixel is decoded. Every failure for one file is a `BadImageError` carrying the path and a reason, so a
+batch job can report it and carry on with the other files.
+
+Two ways to fit an arbitrary image to the model's fixed input size (`SizeMode`):
+
+* "resize" (default): resize to the model size, denoise, resize the result back. Right for images that
+  are, like the training data, one object per picture.
+* "tile": overlapping model-size tiles (stride = half a tile) over a reflection-padded image, blended with
+  a sin^2 (Hann) window. The window is a partition of unity at half-tile stride, so the blend is an exact
+  weighted average with no seams, and every original pixel lies inside tiles rather than on their edge.
+  Note the model is an autoencoder of centred 28x28 objects with a tiny latent code: on crops of larger
+  scenes it keeps the picture's structure but does not reliably beat the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from runtimes.fileio import atomic_save
+
+# Lower-case suffixes that `find_images` collects from folders.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm"}
+)
+# 25 megapixels: far beyond any sensible input for a 28x28 model, far below what exhausts an edge device's
+# memory once tiled to float32 (and below Pillow's own 89 MP warning threshold, so no warning noise).
+DEFAULT_MAX_PIXELS = 25_000_000
+SIZE_MODES = ("resize", "tile")
+SizeMode = Literal["resize", "tile"]
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Where Pillow's exif_transpose finds an orientation: EXIF blocks (JPEG, PNG eXIf/zTXt, WebP) and XMP.
+_ORIENTATION_INFO_KEYS = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
+
+
+class BadImageError(ValueError):
+    """One input file cannot be used; `path` and `reason` say which and why."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def find_images(
+    root: str | os.PathLike[str], on_error: Callable[[OSError], None] | None = None
+) -> list[Path]:
+    """Image files under `root`, recursively, sorted; `root` itself if it is not a folder (any suffix).
+
+    Symlinked folders are not followed (no cycles); symlinked files are listed, dangling ones too, so the
+    loader can report them instead of them vanishing silently. Sockets, FIFOs and devices are left out.
+    `on_error` receives folders that cannot be listed (default: raise).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return [root]
+    found: list[Path] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(Path(entry.path))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and (
+                entry.is_symlink() or entry.is_file(follow_symlinks=False)
+            ):
+                found.append(Path(entry.path))
+        pending.extend(reversed(subfolders))
+    return sorted(found)
+
+
+def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file as (H, W) uint8 grayscale; raise BadImageError(path, reason) if it cannot be."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: a FIFO named like an image must not hang the run; it is refused below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise BadImageError(path, f"unreadable: dangling symbolic link to {os.readlink(path)}") from None
+        raise BadImageError(path, "unreadable: file not found") from None
+    except OSError as err:
+        raise BadImageError(path, f"unreadable: {err.strerror or err}") from err
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImageError(path, "unreadable: not a regular file")
+        if info.st_size == 0:
+            raise BadImageError(path, "empty file (0 bytes)")
+        return _decode_gray8(handle, path, max_pixels)
+
+
+def _decode_gray8(handle: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(handle) as image:
+            width, height = image.size
+            # The header is parsed, no pixel decoded yet: refuse before decoding allocates W*H bytes.
+            if width * height > max_pixels:
+                raise BadImageError(
+                    path,
+                    f"decompression bomb guard: {width}x{height} = {width * height} pixels exceeds the limit "
+                    f"of {max_pixels} (raise it with --max-pixels if the file is trusted)",
+                )
+            image.load()  # decode now, so truncation and corruption surface as errors here
+            if _may_have_orientation(image):
+                ImageOps.exif_transpose(image, in_place=True)
+            return _to_gray8(image, path)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise BadImageError(path, f"decompression bomb guard: {err}") from err
+    except UnidentifiedImageError as err:
+        raise BadImageError(path, "not an image (no image format recognises its contents)") from err
+    except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise BadImageError(path, f"corrupt or truncated image data ({type(err).__name__}: {err})") from err
+
+
+def _may_have_orientation(image: Image.Image) -> bool:
+    """Whether EXIF/XMP orientation can be present: skips exif_transpose's parse for plain files (it costs
+    about as much as decoding a 28x28 PNG)."""
+    return hasattr(image, "tag_v2") or not _ORIENTATION_INFO_KEYS.isdisjoint(image.info)
+
+
+def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
+    """Any Pillow mode -> (H, W) uint8, the way the model expects it (white object on black)."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # 16-bit (and 32-bit "I", which Pillow uses for 16-bit PNGs on some versions): scale 0..65535 to
+        # 0..255 instead of Pillow's convert("L"), which clips everything above 255 to white.
+        wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)  # (H, W)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise BadImageError(path, "float image holds NaN or Inf pixels")
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0  # [0, 1] floats or 0..255 floats
+        return np.rint(np.clip(values * scale, 0.0, 255.0)).astype(np.uint8)
+    try:
+        if mode in _ALPHA_MODES or "transparency" in image.info:
+            rgba = image.convert("RGBA")  # also resolves palette / tRNS transparency into an alpha channel
+            gray = np.asarray(rgba.convert("L"), dtype=np.uint16)  # (H, W) luminance, alpha ignored
+            alpha = np.asarray(rgba.getchannel("A"), dtype=np.uint16)  # (H, W)
+            return ((gray * alpha + 127) // 255).astype(np.uint8)  # composited onto black
+        return np.asarray(image if mode == "L" else image.convert("L"), dtype=np.uint8)
+    except ValueError as err:
+        raise BadImageError(path, f"unsupported image mode {mode!r}: {err}") from err
+
+
+def save_png(
+    path: str | os.PathLike[str], gray8: np.ndarray, fsync: bool = True, make_parents: bool = True
+) -> None:
+    """Write (H, W) uint8 as an 8-bit grayscale PNG atomically (temp file + rename).
+
+    `make_parents=False` skips the mkdir for callers that created the folders once up front (a mkdir per
+    file is a measurable syscall when writing thousands of small PNGs).
+    """
+    if gray8.dtype != np.uint8 or gray8.ndim != 2:
+        raise ValueError(f"save_png expects a (H, W) uint8 array; got {gray8.dtype} {gray8.shape}")
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(gray8)
+    atomic_save(path, lambda handle: image.save(handle, format="PNG"), fsync=fsync)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """float in [0, 1] -> uint8 0-255, rounded to nearest (values outside [0, 1] are clipped)."""
+    scaled = values * np.float32(255.0)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How an image was cut or scaled into model samples, so `from_model` can put the result back."""
+
+    mode: SizeMode
+    size: tuple[int, int]  # the original (H, W)
+    tile: tuple[int, int]  # the model's (h, w)
+    stride: tuple[int, int] = (0, 0)  # tile mode: (sy, sx)
+    grid: tuple[int, int] = (1, 1)  # tile mode: tiles per column and row
+    padded: tuple[int, int] = (0, 0)  # tile mode: reflection-padded (Hp, Wp)
+
+    @property
+    def count(self) -> int:
+        """Model samples this image produced."""
+        return self.grid[0] * self.grid[1]
+
+
+def to_model(
+    gray8: np.ndarray, tile: tuple[int, int], mode: SizeMode = "resize"
+) -> tuple[np.ndarray, FitPlan]:
+    """(H, W) uint8 -> float32 model samples (T, 1, h, w) in [0, 1] and the plan to undo it."""
+    if mode not in SIZE_MODES:
+        raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {mode!r}")
+    height, width = gray8.shape
+    th, tw = tile
+    if mode == "resize":
+        plan = FitPlan("resize", (height, width), tile)
+        unit = gray8.astype(np.float32) / np.float32(255.0)  # (H, W)
+        if (height, width) != tile:
+            resized = Image.fromarray(unit).resize((tw, th), Image.Resampling.BICUBIC)
+            unit = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # bicubic overshoots
+        return unit.reshape(1, 1, th, tw), plan
+    sy, sx = max(1, th // 2), max(1, tw // 2)
+    rows, cols = math.ceil(height / sy) + 1, math.ceil(width / sx) + 1
+    padded_h, padded_w = (rows - 1) * sy + th, (cols - 1) * sx + tw
+    # Pad top/left by one stride so the first original row/column sits mid-tile, and bottom/right so the
+    # grid ends exactly on the padded edge. numpy reflects repeatedly when the pad exceeds the image.
+    padded = np.pad(gray8, ((sy, padded_h - sy - height), (sx, padded_w - sx - width)), mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (th, tw))[::sy, ::sx]  # (rows, cols, h, w)
+    samples = windows.reshape(rows * cols, 1, th, tw).astype(np.float32) / np.float32(255.0)
+    plan = FitPlan("tile", (height, width), tile, (sy, sx), (rows, cols), (padded_h, padded_w))
+    return samples, plan
+
+
+def _window(length: int) -> np.ndarray:
+    """sin^2 window, offset by half a sample: never zero, and sums to 1 when shifted by length / 2."""
+    return (np.sin(np.pi * (np.arange(length, dtype=np.float64) + 0.5) / length) ** 2).astype(np.float32)
+
+
+def from_model(samples: np.ndarray, plan: FitPlan) -> np.ndarray:
+    """Model output (T, 1, h, w) float32 in [0, 1] -> (H, W) uint8 at the original size."""
+    th, tw = plan.tile
+    height, width = plan.size
+    if plan.mode == "resize":
+        unit = samples.reshape(th, tw)
+        if (height, width) != plan.tile:
+            resized = Image.fromarray(np.ascontiguousarray(unit)).resize(
+                (width, height), Image.Resampling.BICUBIC
+            )
+            unit = np.asarray(resized, dtype=np.float32)
+        return to_uint8(unit)
+    rows, cols = plan.grid
+    sy, sx = plan.stride
+    weight = np.outer(_window(th), _window(tw))  # (h, w)
+    tiles = samples.reshape(rows, cols, th, tw) * weight  # (rows, cols, h, w)
+    acc = np.zeros(plan.padded, dtype=np.float32)
+    norm = np.zeros(plan.padded, dtype=np.float32)
+    if 2 * sy == th and 2 * sx == tw:
+        # Tiles of equal row parity and equal column parity do not overlap: add each of the four groups
+        # with one reshape instead of a Python loop over every tile.
+        for py in (0, 1):
+            for px in (0, 1):
+                group = tiles[py::2, px::2]  # (ry, rx, h, w)
+                ry, rx = group.shape[:2]
+                if ry == 0 or rx == 0:
+                    continue
+                y0, x0 = py * sy, px * sx
+                acc[y0 : y0 + ry * th, x0 : x0 + rx * tw] += group.transpose(0, 2, 1, 3).reshape(
+                    ry * th, rx * tw
+                )
+                norm[y0 : y0 + ry * th, x0 : x0 + rx * tw] += np.tile(weight, (ry, rx))
+    else:
+        for r in range(rows):
+            for c in range(cols):
+                acc[r * sy : r * sy + th, c * sx : c * sx + tw] += tiles[r, c]
+                norm[r * sy : r * sy + th, c * sx : c * sx + tw] += weight
+    region = (slice(sy, sy + height), slice(sx, sx + width))
+    return to_uint8(acc[region] / norm[region])

@@ -1,0 +1,415 @@
+"""Denoise folders of image files: output planning with safety checks, and an overlapped pipeline.
+
+`plan_jobs` maps input files to output PNG paths (mirroring each input tree) and refuses, before any work,
+plans that would write over an input or into an input tree (where a later run would read the results back
+as inputs). `run_pipeline` then decodes files on a small thread pool, gathers them into model batches on
+the calling thread, and encodes/writes results on the same pool, so decoding, inference and encoding
+overlap: Pillow and onnxruntime both release the GIL in their C code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from runtimes.images import (
+    DEFAULT_MAX_PIXELS,
+    SIZE_MODES,
+    BadImageError,
+    FitPlan,
+    SizeMode,
+    find_images,
+    from_model,
+    load_gray8,
+    save_png,
+    to_model,
+    to_uint8,
+)
+from runtimes.session import Denoiser, physical_cores
+
+OUTPUT_SUFFIX = ".png"
+CHUNK_FILES = 16  # files per thread-pool task
+NOISY_SUFFIX = ".noisy.png"
+
+
+class PlanError(ValueError):
+    """The requested inputs/outputs are unsafe or ambiguous; nothing has been written."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its result (and, with added noise, its noisy input) goes."""
+
+    index: int
+    source: Path
+    output: Path
+    noisy_output: Path | None = None
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    scan_errors: list[tuple[Path, str]] = field(default_factory=list)  # folders that could not be listed
+
+
+def _abspath(path: Path) -> Path:
+    """Absolute and normalised, symlinks kept (so `.` gets its real folder name for `<input>_denoised`)."""
+    return Path(os.path.abspath(path))
+
+
+def _output_names(files: Sequence[Path], root: Path) -> list[Path]:
+    """Relative output paths for files under `root`: `a.jpg` -> `a.png`, unless two files would collide
+    (`a.png` and `a.jpg`), in which case the non-PNG keeps its suffix: `a.jpg.png`."""
+    rels = [f.relative_to(root) for f in files]
+    plain = [rel.with_suffix(OUTPUT_SUFFIX) for rel in rels]
+    counts: dict[Path, int] = {}
+    for name in plain:
+        counts[name] = counts.get(name, 0) + 1
+    names = []
+    for rel, name in zip(rels, plain, strict=True):
+        if counts[name] > 1 and rel.suffix.lower() != OUTPUT_SUFFIX:
+            name = rel.with_name(rel.name + OUTPUT_SUFFIX)
+        names.append(name)
+    return names
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def plan_jobs(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str] | None = None,
+    with_noisy: bool = False,
+) -> Plan:
+    """Map inputs (files or folders) to output paths; raise PlanError for unsafe or colliding outputs.
+
+    Layout: a folder `D` goes to `OUT/<relative path>.png` with `-o OUT` and one input, to
+    `OUT/<D name>/...` with several inputs, and to the sibling folder `D_denoised/` without `-o`. A file
+    `F` goes to `OUT/<F stem>.png`, or beside itself as `<F stem>_denoised.png` without `-o`.
+    """
+    if not inputs:
+        raise PlanError("no inputs given")
+    roots = [Path(p) for p in inputs]
+    missing = [str(p) for p in roots if not os.path.lexists(p)]
+    if missing:
+        raise PlanError(f"input not found: {', '.join(missing)}")
+    out_dir = _abspath(Path(output)) if output is not None else None
+    scan_errors: list[tuple[Path, str]] = []
+    pairs: list[tuple[Path, Path]] = []  # (source, output)
+    input_dirs: list[Path] = []
+    for root in roots:
+        absolute = _abspath(root)
+        if root.is_dir():
+            input_dirs.append(Path(os.path.realpath(root)))
+            if out_dir is None:
+                out_root = absolute.parent / f"{absolute.name}_denoised"
+            elif len(roots) == 1:
+                out_root = out_dir
+            else:
+                out_root = out_dir / absolute.name
+            files = find_images(
+                root,
+                on_error=lambda err: scan_errors.append(
+                    (Path(err.filename or "?"), f"cannot list folder: {err.strerror or err}")
+                ),
+            )
+            pairs.extend(zip(files, (out_root / n for n in _output_names(files, root)), strict=True))
+        elif out_dir is None:
+            pairs.append((root, absolute.parent / f"{absolute.stem}_denoised{OUTPUT_SUFFIX}"))
+        else:
+            pairs.append((root, out_dir / f"{absolute.stem}{OUTPUT_SUFFIX}"))
+    jobs = [
+        Job(
+            i, src, dst, dst.with_name(dst.name[: -len(OUTPUT_SUFFIX)] + NOISY_SUFFIX) if with_noisy else None
+        )
+        for i, (src, dst) in enumerate(pairs)
+    ]
+    _check_safety(jobs, input_dirs)
+    return Plan(jobs, scan_errors)
+
+
+def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
+    """Refuse outputs that are inputs (by path or by inode), lie inside an input tree, or collide."""
+    input_real = {os.path.realpath(job.source) for job in jobs}
+    input_ids: set[tuple[int, int]] = set()
+    for job in jobs:
+        try:
+            st = os.stat(job.source)
+        except OSError:
+            continue  # unreadable inputs are reported when loaded; they cannot be written over either
+        input_ids.add((st.st_dev, st.st_ino))
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        for out in (job.output, job.noisy_output):
+            if out is None:
+                continue
+            real = os.path.realpath(out)
+            if real in input_real:
+                problems.append(f"output {out} is an input file")
+            else:
+                try:
+                    st = os.stat(out)
+                except OSError:
+                    st = None
+                if st is not None and (st.st_dev, st.st_ino) in input_ids:
+                    problems.append(f"output {out} is a hard link to an input file")
+            for folder in input_dirs:
+                if _is_within(Path(real), folder):
+                    problems.append(
+                        f"output {out} lies inside input folder {folder}; results would be read back as "
+                        "inputs (choose -o outside every input folder)"
+                    )
+                    break
+            if real in seen:
+                problems.append(f"inputs {seen[real]} and {job.source} both map to output {out}")
+            seen[real] = job.source
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise PlanError(f"refusing to write: {shown}{more}")
+
+
+Status = Literal["done", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one job; `reason` is set for failures."""
+
+    job: Job
+    status: Status
+    reason: str = ""
+
+
+@dataclass
+class PipelineResult:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped in {self.seconds:.2f} s "
+            f"({self.images_per_s:.1f} images/s)"
+        )
+
+
+@dataclass
+class _Decoded:
+    job: Job
+    samples: np.ndarray  # (T, 1, h, w) float32 in [0, 1]
+    plan: FitPlan
+    noisy: np.ndarray | None  # (H, W) uint8: the noisy input to save beside the result
+
+
+def _decode(
+    job: Job, tile: tuple[int, int], size_mode: SizeMode, noise_std: float, seed: int, max_pixels: int
+) -> _Decoded:
+    gray = load_gray8(job.source, max_pixels)  # (H, W) uint8
+    noisy = None
+    if noise_std > 0:
+        # One generator per file, keyed by (seed, file index): reproducible whatever the thread timing.
+        rng = np.random.default_rng([seed, job.index])
+        clean = gray.astype(np.float32) / np.float32(255.0)
+        noisy = to_uint8(
+            np.clip(clean + np.float32(noise_std) * rng.standard_normal(gray.shape, np.float32), 0, 1)
+        )
+        gray = noisy  # denoise exactly what is saved as <stem>.noisy.png
+    samples, plan = to_model(gray, tile, size_mode)
+    return _Decoded(job, samples, plan, noisy)
+
+
+def _encode(item: _Decoded, output: np.ndarray, fsync: bool) -> None:
+    result = from_model(output, item.plan)  # (H, W) uint8
+    if item.noisy is not None and item.job.noisy_output is not None:
+        save_png(item.job.noisy_output, item.noisy, fsync=fsync, make_parents=False)
+    # Written last: its existence is what marks the job as done for a re-run.
+    save_png(item.job.output, result, fsync=fsync, make_parents=False)
+
+
+def _decode_chunk(
+    jobs: Sequence[Job],
+    tile: tuple[int, int],
+    size_mode: SizeMode,
+    noise_std: float,
+    seed: int,
+    max_pixels: int,
+) -> list[_Decoded | Outcome]:
+    """Decode several files on one pool thread; a file that fails becomes an Outcome, never an exception."""
+    results: list[_Decoded | Outcome] = []
+    for job in jobs:
+        try:
+            results.append(_decode(job, tile, size_mode, noise_std, seed, max_pixels))
+        except BadImageError as err:
+            results.append(Outcome(job, "failed", err.reason))
+        except Exception as err:  # e.g. MemoryError on a huge image: this file fails, the rest go on
+            results.append(Outcome(job, "failed", f"cannot prepare the image: {type(err).__name__}: {err}"))
+    return results
+
+
+def _encode_chunk(pairs: Sequence[tuple[_Decoded, np.ndarray]], fsync: bool) -> list[Outcome]:
+    """Encode and write several results on one pool thread; one Outcome per file."""
+    outcomes: list[Outcome] = []
+    for item, output in pairs:
+        job = item.job
+        try:
+            _encode(item, output, fsync)
+        except OSError as err:
+            outcomes.append(Outcome(job, "failed", f"cannot write {job.output}: {err.strerror or err}"))
+        except Exception as err:  # a failure converting one result fails that file only
+            outcomes.append(Outcome(job, "failed", f"cannot encode the result: {type(err).__name__}: {err}"))
+        else:
+            outcomes.append(Outcome(job, "done"))
+    return outcomes
+
+
+def run_pipeline(
+    denoiser: Denoiser,
+    jobs: Sequence[Job],
+    size_mode: SizeMode = "resize",
+    batch_size: int = 256,
+    overwrite: bool = False,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    fsync: bool = True,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> PipelineResult:
+    """Denoise every job; a bad file fails alone (reported via `on_outcome` and in the result).
+
+    Existing outputs are skipped unless `overwrite`. `batch_size` counts model samples (tiles in tile
+    mode). `workers` threads (default: physical cores, at least 2) decode and encode while this thread
+    runs the model.
+    """
+    if size_mode not in SIZE_MODES:
+        raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {size_mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if noise_std < 0 or not np.isfinite(noise_std):
+        raise ValueError(f"noise std must be a finite number >= 0; got {noise_std}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (numpy SeedSequence); got {seed}")
+    workers = workers or max(2, physical_cores())
+    result = PipelineResult()
+    start = time.perf_counter()
+
+    def report(outcome: Outcome) -> None:
+        if outcome.status == "done":
+            result.done += 1
+        elif outcome.status == "skipped":
+            result.skipped += 1
+        else:
+            result.failed += 1
+            result.failures.append((outcome.job.source, outcome.reason))
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    todo: list[Job] = []
+    folder_errors: dict[Path, str] = {}
+    for job in jobs:
+        if not overwrite and os.path.lexists(job.output):
+            report(Outcome(job, "skipped"))
+            continue
+        folder = job.output.parent
+        if folder not in folder_errors:  # create each output folder once, not once per file
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                folder_errors[folder] = ""
+            except OSError as err:
+                folder_errors[folder] = f"cannot create output folder {folder}: {err.strerror or err}"
+        if folder_errors[folder]:
+            report(Outcome(job, "failed", folder_errors[folder]))
+        else:
+            todo.append(job)
+
+    # Files travel through the pool in chunks: one Future per file costs more GIL time than decoding a
+    # 28x28 PNG, and the GIL is what limits a thread pool.
+    chunk = max(1, min(CHUNK_FILES, len(todo) // (2 * workers)))
+    chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+    tile = denoiser.image_shape
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ae-denoise") as pool:
+        decoding: deque[Future[list[_Decoded | Outcome]]] = deque()
+        encoding: set[Future[list[Outcome]]] = set()
+        upcoming = iter(chunks)
+
+        def fill() -> None:
+            while len(decoding) <= workers:  # one chunk per worker plus one ready: bounded memory
+                files = next(upcoming, None)
+                if files is None:
+                    return
+                decoding.append(
+                    pool.submit(_decode_chunk, files, tile, size_mode, noise_std, seed, max_pixels)
+                )
+
+        def collect(limit: int) -> None:
+            """Report finished encodes; block while more than `limit` encode tasks are outstanding."""
+            while encoding:
+                done, _ = wait(
+                    encoding, timeout=None if len(encoding) > limit else 0, return_when=FIRST_COMPLETED
+                )
+                if not done:
+                    return
+                for fut in done:
+                    encoding.discard(fut)
+                    for outcome in fut.result():
+                        report(outcome)
+
+        batch: list[_Decoded] = []
+        batch_samples = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_samples
+            if not batch:
+                return
+            inputs = batch[0].samples if len(batch) == 1 else np.concatenate([it.samples for it in batch])
+            try:
+                outputs = denoiser.run_batch(inputs)  # (sum of T, 1, h, w)
+            except Exception as err:  # onnxruntime raises bare pybind11 types; fail this batch's files only
+                for item in batch:
+                    report(Outcome(item.job, "failed", f"inference failed: {type(err).__name__}: {err}"))
+            else:
+                pairs: list[tuple[_Decoded, np.ndarray]] = []
+                offset = 0
+                for item in batch:
+                    pairs.append((item, outputs[offset : offset + item.plan.count]))
+                    offset += item.plan.count
+                for i in range(0, len(pairs), chunk):
+                    encoding.add(pool.submit(_encode_chunk, pairs[i : i + chunk], fsync))
+            batch, batch_samples = [], 0
+            collect(limit=2 * workers)
+
+        fill()
+        while decoding:
+            head = decoding.popleft()
+            fill()
+            for entry in head.result():  # _decode_chunk never raises: failures come back as Outcomes
+                if isinstance(entry, Outcome):
+                    report(entry)
+                else:
+                    batch.append(entry)
+                    batch_samples += entry.plan.count
+            if batch_samples >= batch_size or not decoding:
+                flush()
+            collect(limit=2 * workers)
+        flush()
+        collect(limit=0)
+    result.seconds = time.perf_counter() - start
+    return result

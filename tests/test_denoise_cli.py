@@ -1,0 +1,505 @@
+"""`ae-denoise` as a user runs it (a subprocess on real PNG files), plus runtimes.images loaders/fitting.
+
+Slow pieces (one CLI run over a folder of good and bad files) are module-scoped fixtures; the assertions
+about them are parametrized so each bad-file kind fails on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtimes.images import (
+    BadImageError,
+    find_images,
+    from_model,
+    load_gray8,
+    to_model,
+)
+from runtimes.pipeline import PlanError, plan_jobs
+from tests.conftest import run_cli
+
+CLI = "runtimes.cli"
+NOISE = 0.3
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    diff = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
+    return float(10 * np.log10(1.0 / max(float((diff**2).mean()), 1e-12)))
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every entry under root (symlinks not followed): contents (or link target) and mtime."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            state[str(path)] = (os.readlink(path).encode(), st.st_mtime_ns)
+        elif path.is_file():
+            state[str(path)] = (path.read_bytes(), st.st_mtime_ns)
+        else:
+            state[str(path)] = (b"<dir>", 0)
+    return state
+
+
+def noisy_u8(clean: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = clean.astype(np.float32) / 255 + NOISE * rng.standard_normal(clean.shape, dtype=np.float32)
+    return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_end_to_end_psnr(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    clean = fmnist_test[:200]
+    noisy = noisy_u8(clean)
+    for i, image in enumerate(noisy):
+        save(tmp_path / "noisy" / f"{i // 100}" / f"img_{i:04d}.png", image)
+    proc = run_cli(
+        CLI, "--onnx", str(onnx_dir / "denoiser.onnx"), str(tmp_path / "noisy"), "--batch-size", "64"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "200 done, 0 failed, 0 skipped" in proc.stderr and "images/s" in proc.stderr
+    out_root = tmp_path / "noisy_denoised"  # the default sibling folder, mirroring the tree
+    outputs = np.stack([read(out_root / f"{i // 100}" / f"img_{i:04d}.png") for i in range(200)])
+    noisy_psnr = np.mean([psnr(n, c) for n, c in zip(noisy, clean, strict=True)])
+    denoised_psnr = np.mean([psnr(o, c) for o, c in zip(outputs, clean, strict=True)])
+    assert denoised_psnr > noisy_psnr + 1.0, (noisy_psnr, denoised_psnr)
+
+
+def test_add_noise_demo_mode(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    clean = fmnist_test[:40]
+    for i, image in enumerate(clean):
+        save(tmp_path / "clean" / f"test_{i:05d}.png", image)
+    args = [
+        "--onnx",
+        str(onnx_dir),
+        str(tmp_path / "clean"),
+        "-o",
+        str(tmp_path / "out"),
+        "--add-noise",
+        "0.3",
+    ]
+    proc = run_cli(CLI, *args, "--seed", "7")
+    assert proc.returncode == 0, proc.stderr
+    noisy = np.stack([read(tmp_path / "out" / f"test_{i:05d}.noisy.png") for i in range(40)])
+    denoised = np.stack([read(tmp_path / "out" / f"test_{i:05d}.png") for i in range(40)])
+    assert np.mean([psnr(d, c) for d, c in zip(denoised, clean, strict=True)]) > np.mean(
+        [psnr(n, c) for n, c in zip(noisy, clean, strict=True)]
+    )
+    # Same seed -> the same noise, whatever the thread timing; another seed -> other noise.
+    again = run_cli(CLI, *args, "--seed", "7", "--overwrite", "--quiet")
+    assert again.returncode == 0 and again.stderr == ""
+    np.testing.assert_array_equal(
+        noisy, np.stack([read(tmp_path / "out" / f"test_{i:05d}.noisy.png") for i in range(40)])
+    )
+    other = run_cli(CLI, *args, "--seed", "8", "--overwrite", "--quiet")
+    assert other.returncode == 0
+    assert not np.array_equal(noisy[0], read(tmp_path / "out" / "test_00000.noisy.png"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad files among good ones
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _make_bad(folder: Path, sample: np.ndarray) -> dict[str, Path]:
+    """One file per bad kind; returns kind -> path."""
+    data = _png_bytes(sample)
+    idat = data.find(b"IDAT") + 4
+    garbage = bytes(np.random.default_rng(1).integers(0, 256, 200, dtype=np.uint8))
+    bad = {
+        "corrupt": data[: idat + 10] + garbage + data[idat + 210 :],
+        "truncated": data[: len(data) // 2],
+        "not_an_image": b"these are not the pixels you are looking for\n" * 4,
+        "zero_bytes": b"",
+    }
+    paths = {}
+    for kind, content in bad.items():
+        paths[kind] = folder / "bad" / f"{kind}.png"
+        paths[kind].parent.mkdir(parents=True, exist_ok=True)
+        paths[kind].write_bytes(content)
+    paths["bomb"] = folder / "bad" / "bomb.png"
+    Image.new("L", (6000, 6000)).save(paths["bomb"])  # 36 MP of zeros in ~35 kB: over the 25 MP guard
+    paths["dangling_symlink"] = folder / "bad" / "dangling_symlink.png"
+    paths["dangling_symlink"].symlink_to(folder / "does-not-exist.png")
+    return paths
+
+
+BAD_REASONS = {
+    "corrupt": "corrupt",
+    "truncated": "truncated",
+    "not_an_image": "not an image",
+    "zero_bytes": "empty file (0 bytes)",
+    "bomb": "decompression bomb",
+    "dangling_symlink": "dangling symbolic link",
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_run(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("mixed")
+    inputs = root / "in"
+    good = [save(inputs / ("nested" if i % 2 else "") / f"good_{i}.png", fmnist_test[i]) for i in range(12)]
+    bad = _make_bad(inputs, fmnist_test[0])
+    before = snapshot(inputs)
+    out = root / "out"
+    args = ["--onnx", str(onnx_dir / "denoiser.onnx"), str(inputs), "-o", str(out)]
+    first = run_cli(CLI, *args)
+    outputs = {p: out / p.relative_to(inputs) for p in good}
+    stats_after_first = {p: p.stat() for p in outputs.values() if p.exists()}
+    second = run_cli(CLI, *args)
+    stats_after_second = {p: p.stat() for p in outputs.values() if p.exists()}
+    after_second = snapshot(inputs)
+    third = run_cli(CLI, *args, "--overwrite")
+    stats_after_third = {p: p.stat() for p in outputs.values() if p.exists()}
+    return {
+        "inputs": inputs, "out": out, "good": good, "bad": bad, "outputs": outputs, "args": args,
+        "first": first, "second": second, "third": third, "before": before, "after": after_second,
+        "after_third": snapshot(inputs), "stats": (stats_after_first, stats_after_second, stats_after_third),
+    }  # fmt: skip
+
+
+def test_mixed_exit_code_and_summary(mixed_run: dict) -> None:
+    first = mixed_run["first"]
+    assert first.returncode == 1, first.stderr
+    assert "12 done, 6 failed, 0 skipped" in first.stderr
+
+
+def test_mixed_good_files_written(mixed_run: dict, onnx_dir: Path) -> None:
+    for output in mixed_run["outputs"].values():
+        assert output.is_file(), output
+        assert read(output).shape == (28, 28)
+    written = sorted(p.relative_to(mixed_run["out"]) for p in mixed_run["out"].rglob("*") if p.is_file())
+    assert written == sorted(
+        p.relative_to(mixed_run["inputs"]) for p in mixed_run["good"]
+    )  # no temp files left
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REASONS))
+def test_mixed_bad_file_named_with_reason(mixed_run: dict, kind: str) -> None:
+    path = mixed_run["bad"][kind]
+    lines = [line for line in mixed_run["first"].stderr.splitlines() if str(path) + ":" in line]
+    assert len(lines) == 1, mixed_run["first"].stderr
+    assert BAD_REASONS[kind] in lines[0]
+    assert not (mixed_run["out"] / path.relative_to(mixed_run["inputs"])).exists()
+
+
+def test_mixed_inputs_untouched(mixed_run: dict) -> None:
+    assert mixed_run["after"] == mixed_run["before"]
+    assert mixed_run["after_third"] == mixed_run["before"]
+
+
+def test_mixed_rerun_skips_existing(mixed_run: dict) -> None:
+    second = mixed_run["second"]
+    assert second.returncode == 1  # the bad files still fail
+    assert "0 done, 6 failed, 12 skipped" in second.stderr
+    first_stats, second_stats, _ = mixed_run["stats"]
+    for path, st in first_stats.items():
+        assert (second_stats[path].st_ino, second_stats[path].st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+
+
+def test_mixed_overwrite_rewrites(mixed_run: dict) -> None:
+    third = mixed_run["third"]
+    assert third.returncode == 1 and "12 done, 6 failed, 0 skipped" in third.stderr
+    _, second_stats, third_stats = mixed_run["stats"]
+    for path, st in second_stats.items():
+        assert third_stats[path].st_ino != st.st_ino  # a new file renamed into place: written atomically
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output layout and safety
+
+
+def test_default_output_layouts(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    a = save(tmp_path / "a" / "x.png", fmnist_test[0])
+    save(tmp_path / "b" / "sub" / "y.png", fmnist_test[1])
+    single = save(tmp_path / "single.png", fmnist_test[2])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(a.parent), str(tmp_path / "b"), str(single))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "a_denoised" / "x.png").is_file()
+    assert (tmp_path / "b_denoised" / "sub" / "y.png").is_file()
+    assert (tmp_path / "single_denoised.png").is_file()
+    proc = run_cli(
+        CLI, "--onnx", str(onnx_dir), str(a.parent), str(tmp_path / "b"), "-o", str(tmp_path / "o")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o" / "a" / "x.png").is_file() and (tmp_path / "o" / "b" / "sub" / "y.png").is_file()
+
+
+def test_name_collision_keeps_suffix(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    save(tmp_path / "in" / "p.png", fmnist_test[0])
+    save(tmp_path / "in" / "p.bmp", fmnist_test[1])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.bmp.png", "p.png"]
+
+
+def _unsafe_case(case: str, root: Path, image: np.ndarray) -> list[str]:
+    inputs = root / "in"
+    save(inputs / "x.png", image)
+    save(inputs / "deep" / "y.png", image)
+    if case == "out_inside_input":
+        return [str(inputs), "-o", str(inputs / "results")]
+    if case == "out_is_input_folder":
+        return [str(inputs), "-o", str(inputs)]
+    if case == "output_is_input_file":
+        return [str(inputs / "x.png"), "-o", str(inputs)]
+    if case == "output_is_hardlink_to_input":
+        (root / "out").mkdir()
+        os.link(inputs / "x.png", root / "out" / "x.png")
+        return [str(inputs / "x.png"), "-o", str(root / "out"), "--overwrite"]
+    if case == "input_is_other_inputs_output":
+        save(root / "in_denoised" / "z.png", image)
+        return [str(inputs), str(root / "in_denoised")]
+    if case == "two_inputs_same_name":
+        save(root / "other" / "in" / "x.png", image)
+        return [str(inputs), str(root / "other" / "in"), "-o", str(root / "out")]
+    if case == "same_input_twice":
+        return [str(inputs), str(inputs), "-o", str(root / "out")]
+    raise AssertionError(case)
+
+
+UNSAFE = {
+    "out_inside_input": "lies inside input folder",
+    "out_is_input_folder": "is an input file",
+    "output_is_input_file": "is an input file",
+    "output_is_hardlink_to_input": "hard link to an input file",
+    "input_is_other_inputs_output": "lies inside input folder",
+    "two_inputs_same_name": "both map to output",
+    "same_input_twice": "both map to output",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_unsafe_outputs_refused(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, case: str) -> None:
+    args = _unsafe_case(case, tmp_path, fmnist_test[0])
+    before = snapshot(tmp_path)
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to write" in proc.stderr and UNSAFE[case] in proc.stderr
+    assert snapshot(tmp_path) == before  # nothing written anywhere
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model and argument errors: exit 2 before any work
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "zero_bytes", "encoder", "folder_without_denoiser"])
+def test_bad_model_exits_2(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, case: str) -> None:
+    save(tmp_path / "in" / "x.png", fmnist_test[0])
+    model = tmp_path / "model.onnx"
+    if case == "text":
+        model.write_text("hello\n")
+    elif case == "zero_bytes":
+        model.write_bytes(b"")
+    elif case == "encoder":
+        model = onnx_dir / "encoder.onnx"
+    elif case == "folder_without_denoiser":
+        model = tmp_path / "in"
+    proc = run_cli(CLI, "--onnx", str(model), str(tmp_path / "in"))
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot use model" in proc.stderr and str(model) in proc.stderr
+    assert not (tmp_path / "in_denoised").exists()
+
+
+def test_cuda_unavailable_exits_2(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA; the no-CUDA error cannot be exercised")
+    save(tmp_path / "in" / "x.png", fmnist_test[0])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "--provider", "cuda")
+    assert proc.returncode == 2 and "CUDA execution provider not available" in proc.stderr
+    assert not (tmp_path / "in_denoised").exists()
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--provider", "gpu"], "choose from 'auto', 'cpu', 'cuda'"),
+        (["--size-mode", "crop"], "choose from 'resize', 'tile'"),
+        (["--batch-size", "0"], "positive integer"),
+        (["--add-noise", "-1"], "number >= 0"),
+        (["--add-noise", "nan"], "number >= 0"),
+    ],
+    ids=["provider", "size_mode", "batch_size", "negative_noise", "nan_noise"],
+)
+def test_bad_arguments_name_valid_choices(
+    onnx_dir: Path, tmp_path: Path, args: list[str], pattern: str
+) -> None:
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path), *args)
+    assert proc.returncode == 2 and pattern in proc.stderr
+
+
+def test_missing_input_exits_2(onnx_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "input not found" in proc.stderr
+
+
+def test_quiet_and_no_progress_bar_off_terminal(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    save(tmp_path / "in" / "x.png", fmnist_test[0])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"))
+    assert proc.returncode == 0 and "\r" not in proc.stderr and "img/s" not in proc.stderr  # no tqdm bar
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "--quiet", "--overwrite")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+def test_tile_mode_keeps_size_and_content(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    """A 56x80 mosaic: tile mode keeps the size and the picture (a 4-dim-latent autoencoder of centred
+    28x28 objects does not beat the noise on arbitrary crops, so no PSNR claim is made here)."""
+    clean = np.block([[fmnist_test[3 * r + c] for c in range(3)] for r in range(2)])[:, :80]  # (56, 80)
+    save(tmp_path / "in" / "mosaic.png", noisy_u8(clean))
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "--size-mode", "tile")
+    assert proc.returncode == 0, proc.stderr
+    out = read(tmp_path / "in_denoised" / "mosaic.png")
+    assert out.shape == clean.shape
+    assert np.corrcoef(out.ravel(), clean.ravel())[0, 1] > 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# runtimes.images: loading every kind of file, and the size fitting
+
+
+def _rgba() -> Image.Image:
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[..., 3] = 128
+    rgba[:, :14, 3] = 0
+    return Image.fromarray(rgba)
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.fromarray(np.where(np.arange(28)[None, :] < 14, 0, 1).astype(np.uint8).repeat(28, 0))
+    image = image.convert("P")
+    image.putpalette([255, 255, 255, 100, 100, 100] + [0] * 762)
+    image.info["transparency"] = 0  # index 0 (white) is transparent
+    return image
+
+
+def _expected_composite() -> np.ndarray:
+    expected = np.full((28, 28), (200 * 128 + 127) // 255, np.uint8)
+    expected[:, :14] = 0  # fully transparent onto black
+    return expected
+
+
+GRADIENT = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))  # (28, 28)
+
+
+FORMATS = {
+    "png_l": ("x.png", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
+    "png_16bit": ("x.png", lambda: Image.fromarray(GRADIENT.astype(np.uint16) * 257), {}, GRADIENT, 0),
+    "png_rgba": ("x.png", _rgba, {}, _expected_composite(), 0),
+    "png_la": ("x.png", lambda: _rgba().convert("LA"), {}, _expected_composite(), 1),
+    "png_palette_transparency": (
+        "x.png", _palette_with_transparency, {"transparency": 0},
+        np.where(np.arange(28)[None, :] < 14, 0, 100).astype(np.uint8).repeat(28, 0), 0,
+    ),
+    "jpeg": ("x.jpg", lambda: Image.fromarray(GRADIENT), {"quality": 95}, GRADIENT, 4),
+    "bmp": ("x.bmp", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
+    "tiff": ("x.tiff", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
+    "webp_lossless": (
+        "x.webp", lambda: Image.fromarray(GRADIENT).convert("RGB"), {"lossless": True}, GRADIENT, 1,
+    ),
+    "pgm": ("x.pgm", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
+    "ppm_rgb": ("x.ppm", lambda: Image.fromarray(np.stack([GRADIENT] * 3, -1)), {}, GRADIENT, 0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FORMATS))
+def test_load_formats_as_gray8(tmp_path: Path, case: str) -> None:
+    name, make, save_kwargs, expected, tolerance = FORMATS[case]
+    path = tmp_path / name
+    make().save(path, **save_kwargs)
+    gray = load_gray8(path)
+    assert gray.dtype == np.uint8 and gray.shape == expected.shape
+    np.testing.assert_allclose(gray.astype(int), expected.astype(int), atol=tolerance)
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    wide = np.zeros((10, 20), np.uint8)
+    wide[:, :5] = 255  # bright left edge
+    image = Image.fromarray(wide)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    gray = load_gray8(tmp_path / "r.jpg")
+    assert gray.shape == (20, 10)  # upright: portrait
+    assert gray[:5].mean() > 200 and gray[-5:].mean() < 50  # the left edge is now on top
+
+
+def test_find_images_recursive_and_filtered(tmp_path: Path) -> None:
+    for name in ("a.png", "b.JPG", "sub/c.tif", "sub/deeper/d.webp", "notes.txt", "e.pgm", ".hidden/f.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "link.png").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)  # not followed: no cycle
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    assert found == sorted(
+        [".hidden/f.png", "a.png", "b.JPG", "e.pgm", "link.png", "sub/c.tif", "sub/deeper/d.webp"]
+    )
+
+
+def test_bad_image_error_carries_path_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(b"")
+    with pytest.raises(BadImageError) as info:
+        load_gray8(path)
+    assert info.value.path == path and info.value.reason == "empty file (0 bytes)"
+    assert isinstance(info.value, ValueError)
+
+
+def test_bomb_guard_runs_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("L", (300, 200)).save(path)
+    with pytest.raises(BadImageError, match="300x200 = 60000 pixels exceeds the limit of 50000"):
+        load_gray8(path, max_pixels=50_000)
+    assert load_gray8(path, max_pixels=60_000).shape == (200, 300)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (1, 1), (5, 90), (57, 43), (100, 100)])
+def test_tiles_reassemble_exactly(size: tuple[int, int]) -> None:
+    """Identity model: blending the unchanged tiles reproduces the image (the window sums to 1)."""
+    image = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    samples, plan = to_model(image, (28, 28), "tile")
+    assert samples.shape[1:] == (1, 28, 28) and samples.dtype == np.float32
+    np.testing.assert_array_equal(from_model(samples, plan), image)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (56, 84), (20, 10)])
+def test_resize_round_trip_shape(size: tuple[int, int]) -> None:
+    image = np.full(size, 128, np.uint8)
+    samples, plan = to_model(image, (28, 28), "resize")
+    assert samples.shape == (1, 1, 28, 28)
+    restored = from_model(samples, plan)
+    assert restored.shape == size and np.abs(restored.astype(int) - 128).max() <= 1
+
+
+def test_plan_rejects_missing_input(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="input not found"):
+        plan_jobs([tmp_path / "nope"])

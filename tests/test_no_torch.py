@@ -1,0 +1,114 @@
+"""The edge runtime must work where torch is not installed.
+
+Checked twice: statically (every import in runtimes/ is stdlib or an allowed package) and dynamically, in
+fresh subprocesses (the test process itself imports torch through the fixtures, so it cannot tell).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+ALLOWED = {"numpy", "onnxruntime", "PIL", "tqdm", "runtimes"}
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    if {block}:
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+    import numpy as np
+    import runtimes
+    from runtimes import Denoiser, MicroBatcher
+
+    denoiser = Denoiser(sys.argv[1])
+    image = np.zeros((28, 28), np.uint8)
+    assert denoiser(image).shape == (28, 28)
+    assert denoiser.decode(denoiser.encode(image)).shape == (28, 28)
+    with MicroBatcher(denoiser) as batcher:
+        assert batcher(image).shape == (28, 28)
+
+    from runtimes.cli import main
+    code = main(["--onnx", sys.argv[1], sys.argv[2], "-o", sys.argv[3], "--quiet"])
+    assert code == 0, code
+    loaded = sorted(name for name in sys.modules if name == "torch" or name.startswith("torch."))
+    if {block}:
+        assert sys.modules["torch"] is None and loaded == ["torch"], loaded
+    else:
+        assert "torch" not in sys.modules, loaded
+        assert "onnx" not in sys.modules  # the runtime needs onnxruntime only, not the onnx package
+    print("ok")
+    """
+)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "runtimes").glob("*.py")), ids=lambda p: p.name)
+def test_runtime_imports_only_allowed_packages(path: Path) -> None:
+    foreign = _runtime_imports(path) - ALLOWED - set(sys.stdlib_module_names)
+    assert not foreign, (
+        f"{path.name} imports {sorted(foreign)}; runtimes/ may use only stdlib + {sorted(ALLOWED)}"
+    )
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["not_imported", "unimportable"])
+def test_denoise_and_cli_without_torch(onnx_dir: Path, tmp_path: Path, block: bool) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(images / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(block=block), str(onnx_dir), str(images), str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+def test_cli_subprocess_never_imports_torch(onnx_dir: Path, tmp_path: Path) -> None:
+    """`python -m runtimes.cli` itself, checked at interpreter exit."""
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    check = (
+        "import atexit, sys\n"
+        "report = lambda: sys.stderr.write('TORCH LOADED\\n' if 'torch' in sys.modules else 'NO TORCH\\n')\n"
+        "atexit.register(report)\n"
+        "import runpy\n"
+        "sys.argv = ['ae-denoise', *sys.argv[1:]]\n"
+        "runpy.run_module('runtimes.cli', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", check, "--onnx", str(onnx_dir), str(tmp_path / "x.png"), "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().endswith("NO TORCH"), proc.stderr
+    assert (tmp_path / "x_denoised.png").is_file()

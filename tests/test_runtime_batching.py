@@ -1,0 +1,184 @@
+"""runtimes.batching.MicroBatcher under real concurrency on the real exported model.
+
+The one test double here, `PoisonDenoiser`, is a real Denoiser whose model call fails when a batch holds a
+marked image: the only way to make onnxruntime fail on demand, and exactly what the batcher must isolate.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtimes.batching import MicroBatcher
+from runtimes.benchmarks import bench_microbatcher
+from runtimes.session import Denoiser
+
+THREADS = 16
+REQUESTS = 500
+POISON = np.float32(0.123)
+
+
+@pytest.fixture(scope="module")
+def denoiser(onnx_dir: Path) -> Denoiser:
+    return Denoiser(onnx_dir, provider="cpu")
+
+
+class PoisonDenoiser(Denoiser):
+    """Fails the whole model call when any image in the batch is filled with POISON."""
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        if (batch == POISON).all(axis=(1, 2, 3)).any():
+            raise RuntimeError("poisoned batch")
+        return super().run_batch(batch)
+
+
+def test_many_threads_get_their_own_results(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    """16 threads x 500 requests: each result equals a direct call on the same image; bad images fail
+    alone at submit time and never reach a batch."""
+    rng = np.random.default_rng(0)
+    pool = fmnist_test[: THREADS * REQUESTS // 4]  # (2000, 28, 28) uint8
+    picks = rng.integers(0, len(pool), size=(THREADS, REQUESTS))
+    results: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(THREADS)]
+    rejected = [0] * THREADS
+    failures: list[BaseException] = []
+    start = threading.Barrier(THREADS)
+
+    def client(k: int, batcher: MicroBatcher) -> None:
+        try:
+            start.wait()
+            futures: list[tuple[np.ndarray, Future[np.ndarray]]] = []
+            for j, index in enumerate(picks[k]):
+                image = pool[index]
+                if j % 50 == 49:  # a bad request: NaN in a float image
+                    bad = image.astype(np.float32) / 255
+                    bad[0, 0] = np.nan
+                    with pytest.raises(ValueError, match="NaN"):
+                        batcher.submit(bad)
+                    rejected[k] += 1
+                    continue
+                if j % 2:  # half float32, half uint8: each result keeps its caller's kind
+                    image = image.astype(np.float32) / 255
+                futures.append((image, batcher.submit(image)))
+                if j % 10 == 0:  # some callers wait, as a request handler would
+                    futures[-1][1].result()
+            results[k] = [(image, fut.result(timeout=30)) for image, fut in futures]
+        except BaseException as err:  # re-raised in the main thread below
+            failures.append(err)
+
+    with MicroBatcher(denoiser, max_batch_size=64, max_queue_delay_us=2000) as batcher:
+        threads = [threading.Thread(target=client, args=(k, batcher)) for k in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    assert sum(rejected) == THREADS * (REQUESTS // 50)
+    served = sum(len(r) for r in results)
+    assert served == THREADS * REQUESTS - sum(rejected) == batcher.items
+    assert batcher.largest_batch > 1, "requests were never batched"
+    assert batcher.batches < served
+    for per_thread in results:
+        for image, got in per_thread:
+            want = denoiser.denoise(image)  # one direct call on the same single image
+            assert got.shape == image.shape and got.dtype == image.dtype
+            if image.dtype == np.uint8:
+                np.testing.assert_allclose(got.astype(np.int16), want.astype(np.int16), rtol=0, atol=1)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_error_reaches_exactly_its_batch(onnx_dir: Path, fmnist_test: np.ndarray) -> None:
+    poisoned = PoisonDenoiser(onnx_dir, provider="cpu")
+    good = fmnist_test[:8]  # (8, 28, 28) uint8
+    poison = np.full((28, 28), POISON, np.float32)
+    # A long delay and batch size 4: the first four submissions form one batch, the next four another.
+    with MicroBatcher(poisoned, max_batch_size=4, max_queue_delay_us=2_000_000) as batcher:
+        first = [
+            batcher.submit(good[0]),
+            batcher.submit(poison),
+            batcher.submit(good[1]),
+            batcher.submit(good[2]),
+        ]
+        second = [batcher.submit(image) for image in good[3:7]]
+        for fut in first:
+            with pytest.raises(RuntimeError, match="poisoned batch"):
+                fut.result(timeout=30)
+        for fut, image in zip(second, good[3:7], strict=True):
+            np.testing.assert_array_equal(fut.result(timeout=30), poisoned.denoise(image))
+    assert batcher.batches == 1  # only the successful batch counts
+
+
+def test_close_drains_pending_and_joins(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    batcher = MicroBatcher(denoiser, max_batch_size=8, max_queue_delay_us=1_000_000)
+    futures = [batcher.submit(image) for image in fmnist_test[:100]]
+    batcher.close()
+    assert all(fut.done() for fut in futures)
+    np.testing.assert_array_equal(
+        np.stack([f.result() for f in futures]), denoiser.denoise(fmnist_test[:100])
+    )
+    assert not batcher._worker.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(fmnist_test[0])
+    batcher.close()  # idempotent
+
+
+def test_context_manager_and_call(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    with MicroBatcher(denoiser) as batcher:
+        out = batcher(fmnist_test[0])
+    assert batcher.closed and out.dtype == np.uint8 and out.shape == (28, 28)
+
+
+@pytest.mark.parametrize(
+    "image, pattern",
+    [
+        (np.zeros((2, 28, 28), np.uint8), "one image; got 2"),
+        (np.zeros((28, 28), np.float64), "float32"),
+        (np.full((28, 28), 2.0, np.float32), r"\[0, 1\]"),
+        (np.zeros((27, 28), np.uint8), "shape"),
+    ],
+    ids=["two_images", "float64", "range", "shape"],
+)
+def test_submit_validates_for_the_caller(denoiser: Denoiser, image: np.ndarray, pattern: str) -> None:
+    with MicroBatcher(denoiser, max_batch_size=4, max_queue_delay_us=100) as batcher:
+        with pytest.raises(ValueError, match=pattern):
+            batcher.submit(image)
+        assert batcher(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 1, 28, 28)  # still serving
+
+
+def test_caller_buffer_reuse_is_safe(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    buffer = fmnist_test[0].astype(np.float32) / 255
+    expected = denoiser.denoise(buffer.copy())
+    with MicroBatcher(denoiser, max_batch_size=8, max_queue_delay_us=200_000) as batcher:
+        fut = batcher.submit(buffer)
+        buffer[:] = 0.0  # reused before the batch runs
+    np.testing.assert_allclose(fut.result(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cancelled_request_does_not_break_batch(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    with MicroBatcher(denoiser, max_batch_size=8, max_queue_delay_us=200_000) as batcher:
+        futures = [batcher.submit(image) for image in fmnist_test[:4]]
+        assert futures[1].cancel()
+    assert futures[1].cancelled()
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(futures[i].result(), denoiser.denoise(fmnist_test[i]))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_batch_size": 0}, {"max_queue_delay_us": -1}], ids=["batch", "delay"]
+)
+def test_bad_settings(denoiser: Denoiser, kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        MicroBatcher(denoiser, **kwargs)
+
+
+def test_benchmark_helper_returns_numbers(denoiser: Denoiser) -> None:
+    result = bench_microbatcher(denoiser, concurrency=4, requests=200, max_batch_size=16)
+    for key in ("direct", "batched"):
+        stats = result[key]
+        assert isinstance(stats, dict) and stats["requests"] == 200
+        assert stats["throughput_per_s"] > 0 and stats["p99_ms"] >= stats["p50_ms"] > 0
