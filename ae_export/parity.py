@@ -24,7 +24,7 @@ import torch
 from ae_export.model import DenoisingAutoencoder
 from ae_export.specs import SPECS, ArtifactSpec, Tolerance
 from runtimes.fileio import atomic_write_text
-from runtimes.session import physical_cores
+from runtimes.session import physical_cores, session_options
 
 BATCH_SIZES = (1, 2, 7, 64, 1000)
 PROVIDERS = ("cpu", "cuda")
@@ -129,22 +129,14 @@ def compare(ort_out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> tuple[float
     return float(abs_err.max()), float(rel_err.max()), float(abs_err.mean()), failed
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return options
-
-
 def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSession:
     """A session on exactly this provider; raises RuntimeError if it silently fell back to the CPU."""
     if provider == "cuda":
         providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    # Spinning off: ORT's idle threads must not steal the cores from the PyTorch reference.
+    session = ort.InferenceSession(str(path), session_options(threads, spinning=False), providers=providers)
     if session.get_providers()[0] != ORT_PROVIDER[provider]:
         raise RuntimeError(
             f"{ORT_PROVIDER[provider]} did not start (session runs on {session.get_providers()})"

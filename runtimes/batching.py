@@ -7,6 +7,12 @@ thread takes the first waiting request, then gathers more until it has `max_batc
 without waiting), runs the model once, and hands each caller its own result through a
 `concurrent.futures.Future`.
 
+Default delay 0 (Triton's default too): the worker never waits for company; requests that arrive while
+a batch runs form the next batch, so batches grow with load by themselves. Measured here (2 cores, 3000
+requests): 1 caller 4.6k req/s at delay 0 vs 1.1k at 500 us (every lone request waited the full delay);
+32 callers about the same at either (14-15 per batch). A positive delay only pays where one model call
+costs much more than the wait (a GPU, a bigger model).
+
 Failure isolation: images are validated in `submit`, on the caller's thread, so a bad image raises for
 that caller only and never enters a batch. An exception from the model call is set on the futures of
 exactly that batch's callers; the worker carries on with the next batch.
@@ -42,7 +48,7 @@ class MicroBatcher:
     already submitted, and joins the worker thread. `submit` after close raises RuntimeError.
     """
 
-    def __init__(self, denoiser: Denoiser, max_batch_size: int = 64, max_queue_delay_us: int = 500) -> None:
+    def __init__(self, denoiser: Denoiser, max_batch_size: int = 64, max_queue_delay_us: int = 0) -> None:
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int; got {max_batch_size!r}")
         if not isinstance(max_queue_delay_us, int | float) or max_queue_delay_us < 0:

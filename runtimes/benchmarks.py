@@ -68,7 +68,7 @@ def bench_microbatcher(
     concurrency: int = 16,
     requests: int = 4000,
     max_batch_size: int = 64,
-    max_queue_delay_us: int = 500,
+    max_queue_delay_us: int = 0,
     seed: int = 0,
 ) -> dict[str, object]:
     """Micro-batched vs direct single-image calls from `concurrency` threads on random float32 images."""

@@ -1,0 +1,180 @@
+"""`ae-bench`: one command, one run; prints a Markdown table per section and writes bench.json.
+
+    ae-bench [--full | --tiny] [--sections inference,concurrency,cli,training,quality] [--threads N]
+             [--checkpoint PATH ...] [--onnx-dir DIR] [--out bench.json]
+             [--cli-images N] [--quality-images N] [--data-dir DIR]
+
+Thin: the measurements are in ae_export.bench. Quick mode is the default (a few minutes on 2 cores);
+--full measures longer; --tiny runs every path in seconds (the smoke test; its numbers mean nothing).
+Exit codes: 0 ok, 2 bad input (missing checkpoint or data, bad option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "ae-bench"
+DEFAULT_CHECKPOINT = "artifacts/checkpoint.pt"
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    from ae_export.bench import SECTIONS
+
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    bad = [s for s in names if s not in SECTIONS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(bad) or '(none given)'}; valid: {', '.join(SECTIONS)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ae_export.bench import SECTIONS
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmark ONNX Runtime against PyTorch and the hardware, the serving paths, training, "
+        "and denoising quality against classical filters, all in one run on this machine.",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--full", action="store_true", help="longer runs and bigger tuning sets (quick is default)"
+    )
+    size.add_argument("--tiny", action="store_true", help="seconds, not minutes: proves it runs (smoke test)")
+    p.add_argument(
+        "--sections",
+        type=_sections,
+        default=SECTIONS,
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads for PyTorch and ONNX Runtime alike (default: physical cores)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"checkpoint.pt to benchmark; repeat for several models (default {DEFAULT_CHECKPOINT})",
+    )
+    p.add_argument(
+        "--onnx-dir",
+        type=Path,
+        default=Path("artifacts/onnx"),
+        help="export of the (first) checkpoint (default artifacts/onnx); exported to a temporary folder "
+        "if absent or from another checkpoint",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/bench.json"),
+        help="JSON report path (default artifacts/bench.json)",
+    )
+    p.add_argument(
+        "--cli-images",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="PNG files for the CLI section (default: 10000; --tiny: 32)",
+    )
+    p.add_argument(
+        "--quality-images",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="evaluate quality on test[:N], N <= 2000 (default 2000; --tiny: 24)",
+    )
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx files (default: the Debian package's)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ae_export.bench import (
+        BUDGETS,
+        RENDERERS,
+        load_fashion,
+        machine_info,
+        render_header,
+        resolve_models,
+        run_bench,
+    )
+    from ae_export.checkpoint import CheckpointError, load_checkpoint
+    from ae_export.export import ExportError
+    from runtimes.fileio import atomic_write_text
+    from runtimes.session import physical_cores
+    from train.data import DataError
+
+    budget = BUDGETS["tiny" if args.tiny else "full" if args.full else "quick"]
+    if args.cli_images is not None:
+        budget = dataclasses.replace(budget, cli_images=args.cli_images)
+    if args.quality_images is not None:
+        if args.quality_images > 2000:
+            print(
+                f"{PROG}: error: --quality-images {args.quality_images}: at most 2000 (test[2000:] is the "
+                "tuning slice)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        budget = dataclasses.replace(budget, quality_images=args.quality_images)
+    threads = args.threads or physical_cores()
+    paths = args.checkpoint or [Path(DEFAULT_CHECKPOINT)]
+    try:
+        checkpoints = [load_checkpoint(path) for path in paths]
+        needs_data = any(s in ("cli", "training", "quality") for s in args.sections)
+        data = load_fashion(args.data_dir) if needs_data else None
+    except (CheckpointError, DataError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def show(name: str, result: dict[str, Any]) -> None:
+        print(RENDERERS[name](result) + f"\n\n({name}: {result['seconds']:.1f} s)\n", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ae-bench-") as scratch:
+        try:
+            models = resolve_models(
+                checkpoints, args.onnx_dir, Path(scratch), log=lambda line: print(line, file=sys.stderr)
+            )
+        except ExportError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        header = render_header({"mode": budget.mode, "machine": machine_info(threads)})
+        print(f"{header}\n\nSections: {', '.join(args.sections)}\n", flush=True)
+        try:
+            report = run_bench(args.sections, budget, threads, models, data, on_section=show)
+        except DataError as err:  # e.g. the seed-style loop's idx files are not beside the dataset
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+    print(f"total: {report['seconds']['total']:.1f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`ae-bench`: the FLOP count against a hand calculation and torch's counter, the CLI's option errors, and a
+smoke run of every section at tiny sizes on a real trained checkpoint. No timing asserts: benchmarks are
+not tests; only that each number exists and is finite."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ae_export.bench import (
+    BUDGETS,
+    SECTIONS,
+    count_flops,
+    latency_stats,
+    markdown_table,
+    resolve_models,
+    sanitize,
+    time_calls,
+    torchvision_root,
+)
+from ae_export.bench_cli import main
+from ae_export.checkpoint import load_checkpoint
+from ae_export.model import DenoisingAutoencoder, ModelConfig
+from tests.conftest import run_cli
+
+# Fields that may legitimately be null: no seed reference for an unusual latent size.
+NULLABLE = {"reference_psnr_db"}
+
+
+def _conv(cin: int, cout: int, out_hw: int) -> int:
+    return 2 * cin * 3 * 3 * cout * out_hw * out_hw
+
+
+def _deconv(cin: int, cout: int, in_hw: int) -> int:
+    return 2 * cin * 3 * 3 * cout * in_hw * in_hw
+
+
+def test_count_flops_matches_hand_calculation() -> None:
+    model = DenoisingAutoencoder(ModelConfig(latent_dim=4, hidden_dim=128))
+    expected = {
+        "encoder.cnn.0": _conv(1, 8, 14),  # 28 -> 14
+        "encoder.cnn.2": _conv(8, 16, 7),  # 14 -> 7
+        "encoder.cnn.5": _conv(16, 32, 3),  # 7 -> 3
+        "encoder.lin.0": 2 * 288 * 128,
+        "encoder.lin.2": 2 * 128 * 4,
+        "decoder.lin.0": 2 * 4 * 128,
+        "decoder.lin.2": 2 * 128 * 288,
+        "decoder.cnn.0": _deconv(32, 16, 3),  # 3 -> 7
+        "decoder.cnn.3": _deconv(16, 8, 7),  # 7 -> 14
+        "decoder.cnn.6": _deconv(8, 1, 14),  # 14 -> 28
+    }
+    flops = count_flops(model)
+    assert flops["layers"] == expected
+    assert flops["total"] == sum(expected.values()) == 597_632
+    assert flops["conv"] + flops["linear"] == flops["total"]
+    assert model.training  # the count leaves the module's mode as it was
+
+
+@pytest.mark.parametrize("latent,hidden", [(4, 128), (16, 64), (64, 256)])
+def test_count_flops_matches_torch_flop_counter(latent: int, hidden: int) -> None:
+    model = DenoisingAutoencoder(ModelConfig(latent_dim=latent, hidden_dim=hidden)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    assert count_flops(model)["total"] == counter.get_total_flops()
+
+
+def test_time_calls_meets_minimum_count_and_stats_are_consistent() -> None:
+    calls = []
+    times = time_calls(lambda: calls.append(1), BUDGETS["tiny"])
+    budget = BUDGETS["tiny"]
+    assert len(times) >= budget.min_calls and len(calls) == len(times) + budget.warmup_calls
+    stats = latency_stats(np.array([1_000_000, 2_000_000, 3_000_000]), batch=10)  # 1, 2, 3 ms
+    assert stats["p50_ms"] == 2.0 and stats["mean_ms"] == 2.0 and stats["images_per_s"] == 5000.0
+
+
+def test_markdown_table_and_sanitize() -> None:
+    table = markdown_table(["name", "value"], [["a", 1234.5], ["b", 0.01234]])
+    assert table.splitlines() == ["| name | value |", "|---|---:|", "| a | 1,234 |", "| b | 0.0123 |"]
+    assert sanitize({"x": np.float32(1.5), "y": float("nan"), "z": [Path("p")]}) == {
+        "x": 1.5,
+        "y": None,
+        "z": ["p"],
+    }
+
+
+def test_bad_sections_name_the_valid_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--sections", "inference,bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and ", ".join(SECTIONS) in err
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--tiny", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "b.json")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_torchvision_root_is_what_torchvision_loads(fmnist, tmp_path: Path) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    root = torchvision_root(Path(fmnist.source), tmp_path)
+    dataset = FashionMNIST(str(root), train=True, download=False)
+    assert len(dataset) == len(fmnist.train)
+    assert torch.equal(dataset.data[:5], fmnist.train.images[:5])
+
+
+@pytest.mark.slow
+def test_resolve_models_uses_the_matching_export(
+    trained_checkpoint: Path, onnx_dir: Path, tmp_path: Path
+) -> None:
+    checkpoint = load_checkpoint(trained_checkpoint)
+    lines: list[str] = []
+    (model,) = resolve_models([checkpoint], onnx_dir, tmp_path, log=lines.append)
+    assert model.onnx_dir == onnx_dir and model.note == "" and lines == []  # not exported again
+
+
+def _assert_finite(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if item is None and key in NULLABLE:
+                continue
+            _assert_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _assert_finite(item, f"{where}[{i}]")
+    else:
+        assert value is not None, f"{where} is null (a non-finite number?)"
+        if isinstance(value, float):
+            assert math.isfinite(value), f"{where} = {value}"
+
+
+@pytest.mark.slow
+def test_ae_bench_tiny_smoke(trained_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "ae_export.bench_cli",
+        "--tiny",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--onnx-dir",
+        str(tmp_path / "no-export-here"),  # so the run exports the checkpoint itself
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["mode"] == "tiny" and report["machine"]["threads"] == 2
+    assert report["machine"]["cpu"] and report["machine"]["torch"] and report["machine"]["onnxruntime"]
+    assert list(report["sections"]) == list(SECTIONS)
+    assert "exporting" in result.stderr and report["models"][0]["note"].startswith("exported for this run")
+    for name, section in report["sections"].items():
+        assert section["rows"], f"{name}: no rows"
+        for row in section["rows"]:
+            if row.get("status", "").startswith("not installed"):
+                continue  # BM3D is optional
+            _assert_finite(row, name)
+    inference = report["sections"]["inference"]
+    assert inference["flops_per_image"]["total"] == 597_632
+    assert {r["batch"] for r in inference["rows"]} == {1, 8, 64, 256, 1024}
+    assert {r["runtime"] for r in inference["rows"]} >= {
+        "pytorch eager",
+        "onnxruntime (spin off)",
+        "onnxruntime (spin on)",
+    }
+    _assert_finite(inference["peak"], "peak")
+    _assert_finite(inference["ort_variants"], "ort_variants")
+    _assert_finite(inference["ort_profile"], "ort_profile")
+    assert {r["kind"] for r in inference["ort_profile"]["rows"]} >= {"conv", "conv_transpose", "linear"}
+    assert [r["callers"] for r in report["sections"]["concurrency"]["rows"]] == [1, 8, 32]
+    assert report["sections"]["cli"]["rows"][0]["failed"] == 0
+    methods = " ".join(r["method"] for r in report["sections"]["quality"]["rows"])
+    for method in ("noisy", "Gaussian", "median", "total variation", "non-local means", "BM3D", "ours"):
+        assert method in methods
+    for number in range(1, 6):
+        assert f"### {number}. " in result.stdout
+    assert result.stdout.count("|---") >= 6  # one table per section, two in inference
+    assert f"wrote {out}" in result.stdout
