@@ -129,6 +129,22 @@ def compare(ort_out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> tuple[float
     return float(abs_err.max()), float(rel_err.max()), float(abs_err.mean()), failed
 
 
+def check(
+    artifact: str,
+    provider: str,
+    batch: int,
+    inputs: str,
+    got: np.ndarray,
+    want: np.ndarray,
+    tol: Tolerance,
+    ort_ms: float,
+) -> CheckResult:
+    max_abs, max_rel, mean_abs, failed = compare(got, want, tol)
+    return CheckResult(
+        artifact, provider, batch, inputs, max_abs, max_rel, mean_abs, tol.atol, tol.rtol, failed, ort_ms
+    )
+
+
 def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSession:
     """A session on exactly this provider; raises RuntimeError if it silently fell back to the CPU."""
     if provider == "cuda":
@@ -236,47 +252,17 @@ def run_parity(
             role: open_session(onnx_dir / s.file_name, provider, threads) for role, s in SPECS.items()
         }
         for spec, batch, kind, x, ref in cases:
+            tol = spec.tolerance(provider)
             session = sessions[spec.role]
             started = time.perf_counter()
             (out,) = session.run(None, {session.get_inputs()[0].name: x})
-            elapsed = (time.perf_counter() - started) * 1e3
-            tol = spec.tolerance(provider)
-            max_abs, max_rel, mean_abs, failed = compare(out, ref, tol)
-            report.results.append(
-                CheckResult(
-                    spec.role,
-                    provider,
-                    batch,
-                    kind,
-                    max_abs,
-                    max_rel,
-                    mean_abs,
-                    tol.atol,
-                    tol.rtol,
-                    failed,
-                    elapsed,
-                )
-            )
+            ms = (time.perf_counter() - started) * 1e3
+            report.results.append(check(spec.role, provider, batch, kind, out, ref, tol, ms))
             if spec.role == "denoiser":  # composition: ONNX decoder(encoder(x)) == ONNX denoiser(x)
                 enc, dec = sessions["encoder"], sessions["decoder"]
                 started = time.perf_counter()
                 (z,) = enc.run(None, {enc.get_inputs()[0].name: x})
                 (y,) = dec.run(None, {dec.get_inputs()[0].name: z})
-                elapsed = (time.perf_counter() - started) * 1e3
-                max_abs, max_rel, mean_abs, failed = compare(y, out, tol)
-                report.results.append(
-                    CheckResult(
-                        "decoder(encoder)",
-                        provider,
-                        batch,
-                        kind,
-                        max_abs,
-                        max_rel,
-                        mean_abs,
-                        tol.atol,
-                        tol.rtol,
-                        failed,
-                        elapsed,
-                    )
-                )
+                ms = (time.perf_counter() - started) * 1e3
+                report.results.append(check("decoder(encoder)", provider, batch, kind, y, out, tol, ms))
     return report
