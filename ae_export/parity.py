@@ -78,6 +78,9 @@ class ParityReport:
             f"{r.max_rel:.3e}; tolerance atol {r.atol:g}, rtol {r.rtol:g}"
             for r in self.failures()
         ]
+        if not self.results:
+            states = "; ".join(f"{name}: {state}" for name, state in self.providers.items())
+            lines.append(f"parity FAILED: no check could run ({states})")
         return "\n".join(lines) if lines else "parity passed"
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +174,7 @@ def provider_status(probe_model: Path, threads: int = 1) -> dict[str, str]:
         try:
             open_session(probe_model, name, threads)
             status[name] = "ok"
-        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:
+        except Exception as err:  # onnxruntime raises bare pybind11 types; the reason is reported
             status[name] = f"not available ({err})"
     return status
 

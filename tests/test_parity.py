@@ -125,3 +125,21 @@ def test_parity_cli_passes_on_good_files(onnx_dir, trained_checkpoint, tmp_path)
         "cuda: not available" in done.stdout
         or "cuda" in json.loads((copy / "parity.json").read_text())["providers"]
     )
+
+
+def test_unloadable_model_fails_parity(onnx_dir, trained_checkpoint, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_dir, broken)
+    (broken / "denoiser.onnx").write_bytes(b"not an onnx model")
+    done = run_cli(
+        "ae_export.cli",
+        "parity",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--onnx-dir",
+        str(broken),
+        "--batch-sizes",
+        "1",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no check could run" in done.stderr and "cpu: not available" in done.stderr

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +16,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ae_export.checkpoint import load_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from train.data import fixed_noisy, to_float
 from train.loop import TrainConfig, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
@@ -153,3 +158,36 @@ def test_samples_and_metrics_values_are_finite(trained_checkpoint) -> None:
     metrics = json.loads((trained_checkpoint.parent / "metrics.json").read_text())
     for row in metrics["epochs"]:
         assert all(np.isfinite(v) for v in row.values() if isinstance(v, float))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
+    """Stop ae-train mid-epoch: checkpoint.pt still loads and holds the last whole epoch."""
+    out = tmp_path / "run"
+    args = ["--limit", "2000", "--batch-size", "16", "--epochs", "50", "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train.cli", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "metrics.json").exists(), "no epoch finished in time"
+        time.sleep(0.5)  # well inside the next epoch
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "holds the last whole epoch" in stderr
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert 1 <= checkpoint.epoch < 50
+    assert [row["epoch"] for row in checkpoint.metrics] == list(range(1, checkpoint.epoch + 1))
+    checkpoint.build_model()
