@@ -20,19 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtimes.cli import positive_int
+
 PROG = "ae-bench"
 DEFAULT_CHECKPOINT = "artifacts/checkpoint.pt"
 EXIT_OK, EXIT_USAGE = 0, 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -69,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="threads for PyTorch and ONNX Runtime alike (default: physical cores)",
     )
@@ -96,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cli-images",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="PNG files for the CLI section (default: 10000; --tiny: 32)",
     )
     p.add_argument(
         "--quality-images",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="evaluate quality on test[:N], N <= 2000 (default 2000; --tiny: 24)",

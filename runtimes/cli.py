@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
@@ -20,24 +20,23 @@ PROG = "ae-denoise"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def int_at_least(low: int, expected: str) -> Callable[[str], int]:
+    """An argparse `type` for integers >= low; its error says what was expected and what was given."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+positive_int = int_at_least(1, "a positive integer")
+_seed = int_at_least(0, "an integer >= 0")
 
 
 def _noise_std(text: str) -> float:
@@ -75,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beside an input file); with several inputs, results go to OUT/<input name>/...",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="model samples per call (default 256)"
+        "--batch-size", type=positive_int, default=256, help="model samples per call (default 256)"
     )
     parser.add_argument(
         "--provider",
@@ -85,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="onnxruntime intra-op threads (default: physical cores)",
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="decode/encode threads (default: physical cores, at least 2)",
     )
@@ -116,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse images larger than this many pixels (default {DEFAULT_MAX_PIXELS})",
     )
