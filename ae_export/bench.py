@@ -42,12 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ae_export.checkpoint import Checkpoint
-from ae_export.model import DenoisingAutoencoder, ModelConfig
 from runtimes.benchmarks import bench_microbatcher, bench_pipeline
-from runtimes.session import Denoiser, OnnxModel, physical_cores, session_options
+from runtimes.denoiser import Denoiser
+from runtimes.onnx_model import OnnxModel
+from runtimes.sessions import physical_cores, session_options
+from train.checkpoint import Checkpoint
 from train.data import DataError, Dataset, Split, fixed_noisy, to_float
 from train.metrics import psnr_per_image, ssim_per_image
+from train.model import DenoisingAutoencoder, ModelConfig
 
 SECTIONS = ("inference", "concurrency", "cli", "training", "quality")
 MODES = ("tiny", "quick", "full")
@@ -428,7 +430,7 @@ def _inference_row(
 def _ort_options(
     threads: int, spinning: bool, opt_level: str = "all", mem_pattern: bool = True
 ) -> ort.SessionOptions:
-    """The toolkit's own options (runtimes.session.session_options) with one knob changed."""
+    """The toolkit's own options (runtimes.sessions.session_options) with one knob changed."""
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -115,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve_models,
         run_bench,
     )
-    from ae_export.checkpoint import CheckpointError, load_checkpoint
     from ae_export.export import ExportError
     from runtimes.fileio import atomic_write_text
-    from runtimes.session import physical_cores
+    from runtimes.sessions import physical_cores
+    from train.checkpoint import CheckpointError, load_checkpoint
     from train.data import DataError
 
     budget = BUDGETS["tiny" if args.tiny else "full" if args.full else "quick"]

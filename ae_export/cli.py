@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ae_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ae_export.export import ExportError, export_all, max_supported_opset
 from ae_export.parity import BATCH_SIZES, PROVIDERS, ParityError, ParityReport, run_parity
 from ae_export.specs import DEFAULT_OPSET
+from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 COMMANDS = ("export", "parity")
 PARITY_JSON = "parity.json"

@@ -25,11 +25,12 @@ import torch
 from onnx import numpy_helper
 
 import ae_export
-from ae_export.checkpoint import Checkpoint
-from ae_export.model import DenoisingAutoencoder
 from ae_export.specs import BATCH_AXIS, DEFAULT_OPSET, IMAGE_RANGE, SPECS, ArtifactSpec
 from runtimes.fileio import atomic_write_bytes
 from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata
+from runtimes.noise import noise_model
+from train.checkpoint import Checkpoint
+from train.model import DenoisingAutoencoder
 
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18 and newer
 
@@ -173,13 +174,7 @@ def _metadata(checkpoint: Checkpoint, spec: ArtifactSpec, opset: int) -> dict[st
         input=contract(spec.input_kind, spec.input_name, spec.input_shape(latent)),
         output=contract(spec.output_kind, spec.output_name, spec.output_shape(latent)),
         artifacts={role: s.file_name for role, s in SPECS.items()},
-        noise={
-            "kind": "gaussian_clipped",
-            "std": noise_std,
-            "clip": [0.0, 1.0],
-            "formula": "clip(x + std * N(0, 1), 0, 1)",
-            "target": train_config.get("target", "clean"),
-        },
+        noise={**noise_model(noise_std), "target": train_config.get("target", "clean")},
         training={
             "dataset": checkpoint.dataset,
             "epochs": checkpoint.epoch,

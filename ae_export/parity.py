@@ -21,10 +21,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ae_export.model import DenoisingAutoencoder
 from ae_export.specs import SPECS, ArtifactSpec, Tolerance
 from runtimes.fileio import atomic_write_text
-from runtimes.session import physical_cores, session_options
+from runtimes.noise import add_noise
+from runtimes.sessions import open_session, physical_cores
+from train.model import DenoisingAutoencoder
 
 BATCH_SIZES = (1, 2, 7, 64, 1000)
 PROVIDERS = ("cpu", "cuda")
@@ -148,18 +149,12 @@ def check(
     )
 
 
-def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSession:
-    """A session on exactly this provider; raises RuntimeError if it silently fell back to the CPU."""
-    if provider == "cuda":
-        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    # Spinning off: ORT's idle threads must not steal the cores from the PyTorch reference.
-    session = ort.InferenceSession(str(path), session_options(threads, spinning=False), providers=providers)
-    if session.get_providers()[0] != ORT_PROVIDER[provider]:
-        raise RuntimeError(
-            f"{ORT_PROVIDER[provider]} did not start (session runs on {session.get_providers()})"
-        )
+def open_exact(path: Path, provider: str, threads: int) -> ort.InferenceSession:
+    """The runtime's own session on exactly this provider (never a silent CPU fallback).
+
+    Spinning off: ORT's idle threads must not steal the cores from the PyTorch reference.
+    """
+    session, _ = open_session(path, provider, threads, spinning=False)
     return session
 
 
@@ -172,7 +167,7 @@ def provider_status(probe_model: Path, threads: int = 1) -> dict[str, str]:
             status[name] = f"not available ({ORT_PROVIDER[name]} not in this onnxruntime build)"
             continue
         try:
-            open_session(probe_model, name, threads)
+            open_exact(probe_model, name, threads)
             status[name] = "ok"
         except Exception as err:  # onnxruntime raises bare pybind11 types; the reason is reported
             status[name] = f"not available ({err})"
@@ -192,7 +187,7 @@ def make_inputs(
     image_inputs: dict[str, np.ndarray] = {}
     if images is not None and len(images):
         clean = _tile(images, batch).astype(np.float32)[:, None] / 255.0  # (B, 1, 28, 28)
-        noisy = np.clip(clean + NOISE_STD * rng.standard_normal(clean.shape), 0, 1).astype(np.float32)
+        noisy = add_noise(clean, NOISE_STD, rng)
         image_inputs["clean"] = clean
         image_inputs["noisy"] = noisy
     image_inputs["uniform"] = rng.random((batch, 1, 28, 28), dtype=np.float32)
@@ -251,9 +246,7 @@ def run_parity(
     for provider in providers:
         if report.providers[provider] != "ok":
             continue
-        sessions = {
-            role: open_session(onnx_dir / s.file_name, provider, threads) for role, s in SPECS.items()
-        }
+        sessions = {role: open_exact(onnx_dir / s.file_name, provider, threads) for role, s in SPECS.items()}
         for spec, batch, kind, x, ref in cases:
             tol = spec.tolerance(provider)
             session = sessions[spec.role]

@@ -11,23 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runtimes.batching import MicroBatcher
+    from runtimes.denoiser import Denoiser
     from runtimes.images import BadImageError, find_images, load_gray8, save_png
     from runtimes.metadata import MetadataError, ModelMetadata, TensorContract, parse_metadata
+    from runtimes.onnx_model import OnnxModel
     from runtimes.pipeline import PipelineResult, PlanError, plan_jobs, run_pipeline
-    from runtimes.session import (
-        Denoiser,
-        InvalidModelError,
-        OnnxModel,
-        ProviderUnavailableError,
-        physical_cores,
-    )
+    from runtimes.sessions import InvalidModelError, ProviderUnavailableError, open_session, physical_cores
 
 _EXPORTS = {
-    "Denoiser": "runtimes.session",
-    "OnnxModel": "runtimes.session",
-    "InvalidModelError": "runtimes.session",
-    "ProviderUnavailableError": "runtimes.session",
-    "physical_cores": "runtimes.session",
+    "Denoiser": "runtimes.denoiser",
+    "OnnxModel": "runtimes.onnx_model",
+    "InvalidModelError": "runtimes.sessions",
+    "ProviderUnavailableError": "runtimes.sessions",
+    "open_session": "runtimes.sessions",
+    "physical_cores": "runtimes.sessions",
     "MicroBatcher": "runtimes.batching",
     "BadImageError": "runtimes.images",
     "find_images": "runtimes.images",
@@ -57,6 +54,7 @@ __all__ = [
     "TensorContract",
     "find_images",
     "load_gray8",
+    "open_session",
     "parse_metadata",
     "physical_cores",
     "plan_jobs",

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtimes.session import Denoiser, ImageLayout, restore_images
+from runtimes.denoiser import Denoiser
+from runtimes.layout import ImageLayout, restore_images
 
 _STOP = object()
 

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from runtimes.batching import MicroBatcher
+from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save
 from runtimes.images import SizeMode, find_images
 from runtimes.pipeline import plan_jobs, run_pipeline
-from runtimes.session import Denoiser
 
 
 def _latency_stats(latencies_s: list[float], seconds: float) -> dict[str, float]:

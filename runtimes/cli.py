@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from runtimes.denoiser import Denoiser
 from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
 from runtimes.pipeline import Outcome, PlanError, plan_jobs, run_pipeline
-from runtimes.session import PROVIDERS, Denoiser, InvalidModelError, ProviderUnavailableError
+from runtimes.sessions import PROVIDERS, InvalidModelError, ProviderUnavailableError
 
 PROG = "ae-denoise"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from runtimes.denoiser import Denoiser
 from runtimes.images import (
     DEFAULT_MAX_PIXELS,
     SIZE_MODES,
@@ -33,7 +34,8 @@ from runtimes.images import (
     to_model,
     to_uint8,
 )
-from runtimes.session import Denoiser, physical_cores
+from runtimes.noise import add_noise, check_std
+from runtimes.sessions import physical_cores
 
 OUTPUT_SUFFIX = ".png"
 CHUNK_FILES = 16  # files per thread-pool task
@@ -227,9 +229,7 @@ def _decode(
         # One generator per file, keyed by (seed, file index): reproducible whatever the thread timing.
         rng = np.random.default_rng([seed, job.index])
         clean = gray.astype(np.float32) / np.float32(255.0)
-        noisy = to_uint8(
-            np.clip(clean + np.float32(noise_std) * rng.standard_normal(gray.shape, np.float32), 0, 1)
-        )
+        noisy = to_uint8(add_noise(clean, noise_std, rng))
         gray = noisy  # denoise exactly what is saved as <stem>.noisy.png
     samples, plan = to_model(gray, tile, size_mode)
     return _Decoded(job, samples, plan, noisy)
@@ -302,8 +302,7 @@ def run_pipeline(
         raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {size_mode!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if noise_std < 0 or not np.isfinite(noise_std):
-        raise ValueError(f"noise std must be a finite number >= 0; got {noise_std}")
+    check_std(noise_std)
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (numpy SeedSequence); got {seed}")
     workers = workers or max(2, physical_cores())

@@ -66,8 +66,8 @@ def trained_checkpoint(fmnist, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def onnx_dir(trained_checkpoint, tmp_path_factory) -> Path:
     """encoder.onnx, decoder.onnx, denoiser.onnx exported from `trained_checkpoint` (parity not run here)."""
-    from ae_export.checkpoint import load_checkpoint
     from ae_export.export import export_all
+    from train.checkpoint import load_checkpoint
 
     out = tmp_path_factory.mktemp("onnx")
     export_all(load_checkpoint(trained_checkpoint), out, log=lambda _line: None)

@@ -26,9 +26,9 @@ from ae_export.bench import (
     torchvision_root,
 )
 from ae_export.bench_cli import main
-from ae_export.checkpoint import load_checkpoint
-from ae_export.model import DenoisingAutoencoder, ModelConfig
 from tests.conftest import run_cli
+from train.checkpoint import load_checkpoint
+from train.model import DenoisingAutoencoder, ModelConfig
 
 # Fields that may legitimately be null: no seed reference for an unusual latent size.
 NULLABLE = {"reference_psnr_db"}

@@ -12,12 +12,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from ae_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ae_export.export import ExportError, check_batch_axis, export_all, export_artifact
-from ae_export.model import ModelConfig
 from ae_export.specs import BATCH_AXIS, SPECS
 from runtimes.metadata import parse_metadata
 from tests.conftest import run_cli
+from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from train.model import ModelConfig
 
 
 @pytest.mark.parametrize("batch", [1, 3, 257])

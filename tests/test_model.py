@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ae_export.model import DenoisingAutoencoder, ModelConfig
+from train.model import DenoisingAutoencoder, ModelConfig
 
 ENCODER_SHAPES = [  # (module path, output shape without batch)
     ("encoder.cnn.0", (8, 14, 14)),  # Conv2d(1, 8, 3, s2, p1)

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ae_export.checkpoint import load_checkpoint
 from ae_export.parity import BATCH_SIZES, CheckResult, compare, provider_status, run_parity
 from ae_export.specs import SPECS, Tolerance
 from tests.conftest import run_cli
+from train.checkpoint import load_checkpoint
 
 ARTIFACTS = [*SPECS, "decoder(encoder)"]
 

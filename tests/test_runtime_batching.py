@@ -15,7 +15,7 @@ import pytest
 
 from runtimes.batching import MicroBatcher
 from runtimes.benchmarks import bench_microbatcher
-from runtimes.session import Denoiser
+from runtimes.denoiser import Denoiser
 
 THREADS = 16
 REQUESTS = 500

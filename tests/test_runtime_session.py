@@ -1,4 +1,4 @@
-"""runtimes.session: real onnxruntime sessions on the exported model, no mocks.
+"""runtimes.denoiser / onnx_model / sessions: real onnxruntime sessions on the exported model, no mocks.
 
 Covers the array contract (layouts, kinds, validation errors), chunking, encode/decode through the sibling
 files, model-file errors and provider selection.
@@ -14,15 +14,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from runtimes.denoiser import Denoiser
+from runtimes.layout import prepare_images
 from runtimes.metadata import MetadataError
-from runtimes.session import (
-    Denoiser,
-    InvalidModelError,
-    OnnxModel,
-    ProviderUnavailableError,
-    physical_cores,
-    prepare_images,
-)
+from runtimes.onnx_model import OnnxModel
+from runtimes.sessions import InvalidModelError, ProviderUnavailableError, physical_cores
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ae_export.checkpoint import load_checkpoint
 from tests.conftest import REPO, run_cli
+from train.checkpoint import load_checkpoint
 from train.data import fixed_noisy, to_float
 from train.loop import TrainConfig, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtimes.noise import apply_noise
+
 IMAGE_SIZE = 28
 DATASETS = ("fashion-mnist", "mnist", "folder")
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -255,10 +257,14 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def add_noise(x: torch.Tensor, factor: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The seed's noise model: clip(x + factor * randn, 0, 1)."""
+    """The model's noise (`runtimes.noise.apply_noise`: clip(x + factor * N(0, 1), 0, 1)), drawn by torch.
+
+    torch draws the normal samples (a seeded torch generator keeps training reproducible); the formula is
+    the runtime's, so training and serving add the same noise.
+    """
     # Drawn on the CPU (where the seeded generator lives) so CPU and CUDA runs see the same noise.
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return (x + factor * noise).clamp_(0.0, 1.0)
+    normal = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return apply_noise(x, factor, normal)
 
 
 def fixed_noisy(images: torch.Tensor, factor: float, seed: int) -> torch.Tensor:

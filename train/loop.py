@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ae_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ae_export.model import DenoisingAutoencoder, ModelConfig
 from runtimes.fileio import atomic_save, atomic_write_text
+from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from train.data import Dataset, Split, add_noise, batch_indices, fixed_noisy, load_dataset, to_float
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from train.model import DenoisingAutoencoder, ModelConfig
 
 LOSSES = ("mse", "bce")
 TARGETS = ("clean", "noisy")

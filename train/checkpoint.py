@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ae_export.model import DenoisingAutoencoder, ModelConfig
 from runtimes.fileio import atomic_save
+from train.model import DenoisingAutoencoder, ModelConfig
 
 CHECKPOINT_FORMAT = 1
 

@@ -1,0 +1,160 @@
+"""`Denoiser`: the user-facing API on top of an exported `denoiser.onnx`.
+
+It accepts the image layouts people actually have (see `runtimes.layout`), validates them with errors that
+say what was expected, and returns the same layout and kind. `encode` / `decode` lazily open the sibling
+encoder/decoder files that the metadata names. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.layout import ImageLayout, describe, prepare_images, restore_images
+from runtimes.metadata import ModelMetadata
+from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel
+from runtimes.sessions import InvalidModelError, Provider
+
+DENOISER_FILE = "denoiser.onnx"
+
+
+class Denoiser:
+    """Denoise images with an exported `denoiser.onnx`; `encode`/`decode` use its sibling files.
+
+    `path` may be the denoiser file or the export folder holding it. Construction fails fast, before any
+    work, with FileNotFoundError or InvalidModelError (a ValueError) naming the path, and with
+    ProviderUnavailableError when provider="cuda" cannot really start.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        provider: Provider = "auto",
+        threads: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        warmup: bool = True,
+        spinning: bool = True,
+    ) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / DENOISER_FILE
+        self.model = OnnxModel(
+            path,
+            provider=provider,
+            threads=threads,
+            max_batch=max_batch,
+            warmup=warmup,
+            role="denoiser",
+            spinning=spinning,
+        )
+        sample = self.model.input_sample_shape
+        if len(sample) != 3 or sample[0] != 1 or self.model.output_sample_shape != sample:
+            raise InvalidModelError(
+                path,
+                f"expected a 1-channel image-to-image model (B, 1, H, W) -> same; got {sample} -> "
+                f"{self.model.output_sample_shape}",
+            )
+        self.image_shape: tuple[int, int] = (sample[1], sample[2])
+        self._warmup = warmup
+        self._encoder: OnnxModel | None = None
+        self._decoder: OnnxModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self.model.path
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.model.metadata
+
+    @property
+    def provider(self) -> str:
+        """ "cpu" or "cuda": the provider that really runs the model."""
+        return self.model.provider
+
+    def prepare(self, images: np.ndarray) -> tuple[np.ndarray, ImageLayout]:
+        """Validate `images`; return the float32 (N, 1, H, W) model batch and the layout to restore."""
+        return prepare_images(images, self.image_shape)
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Already-validated float32 (N, 1, H, W) in [0, 1] -> denoised (N, 1, H, W) float32."""
+        return self.model.run(batch)
+
+    def denoise(self, images: np.ndarray) -> np.ndarray:
+        """Denoise images; the result has the input's layout and kind (uint8 in -> uint8 out, rounded)."""
+        batch, layout = prepare_images(images, self.image_shape)
+        return restore_images(self.run_batch(batch), layout)
+
+    __call__ = denoise
+
+    def _sibling(self, role: str) -> OnnxModel:
+        """Open the encoder/decoder named in this export's metadata (same folder), once, thread-safely."""
+        with self._lock:
+            current = self._encoder if role == "encoder" else self._decoder
+            if current is not None:
+                return current
+            name = self.metadata.artifacts.get(role)
+            if not name:
+                raise InvalidModelError(
+                    self.path, f"metadata artifacts name no {role} file: {self.metadata.artifacts}"
+                )
+            sibling_path = self.path.parent / name
+            if not sibling_path.exists():
+                raise FileNotFoundError(
+                    f"{role} file not found: {sibling_path} (named in the metadata of {self.path})"
+                )
+            # The provider the denoiser really got, so all three models of an export run on one device.
+            model = OnnxModel(
+                sibling_path,
+                provider=self.model.provider,
+                threads=self.model.threads,
+                max_batch=self.model.max_batch,
+                warmup=self._warmup,
+                spinning=self.model.spinning,
+                role=role,
+            )
+            if role == "encoder":
+                self._encoder = model
+            else:
+                self._decoder = model
+            return model
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Images (any accepted layout) -> float32 latents (N, latent_dim); one (H, W) -> (latent_dim,)."""
+        encoder = self._sibling("encoder")
+        batch, layout = prepare_images(images, self.image_shape)
+        if encoder.input_sample_shape != batch.shape[1:]:
+            raise InvalidModelError(
+                encoder.path,
+                f"takes {encoder.input_sample_shape} samples; the denoiser takes {batch.shape[1:]}",
+            )
+        latents = encoder.run(batch)  # (N, latent_dim)
+        return latents[0] if layout.form == "hw" else latents
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """float32 latents (N, latent_dim) -> float32 images (N, 1, H, W); one (latent_dim,) -> (H, W)."""
+        decoder = self._sibling("decoder")
+        dims = decoder.input_sample_shape
+        if not isinstance(latents, np.ndarray) or latents.dtype != np.float32:
+            raise ValueError(
+                f"expected float32 latents of shape (N, {dims[0]}) or ({dims[0]},); got {describe(latents)}"
+            )
+        if latents.shape == dims:
+            single, batch = True, latents.reshape(1, *dims)
+        elif latents.ndim == 1 + len(dims) and latents.shape[1:] == dims:
+            single, batch = False, latents
+        else:
+            raise ValueError(
+                f"expected float32 latents of shape (N, {dims[0]}) or ({dims[0]},); got shape {latents.shape}"
+            )
+        if not np.isfinite(batch).all():
+            raise ValueError("expected finite latents; got NaN or Inf values")
+        images = decoder.run(np.ascontiguousarray(batch))  # (N, 1, H, W)
+        return images[0, 0] if single else images
+
+    def __repr__(self) -> str:
+        return f"Denoiser({str(self.path)!r}, provider={self.provider!r}, image_shape={self.image_shape})"

@@ -1,0 +1,94 @@
+"""The image layouts callers hand the runtime, validated and viewed as a model batch, and given back.
+
+People have images as (N, 1, H, W), (N, H, W) or one (H, W); float32 in [0, 1] or uint8 0-255. These
+functions turn any of them into the model's float32 (N, 1, H, W) batch in one cheap pass, and turn the
+model's output back into the caller's own layout and kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ImageForm = Literal["nchw", "nhw", "hw"]
+ImageKind = Literal["float32", "uint8"]
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How the caller's images were laid out, so results come back in the same layout and kind."""
+
+    form: ImageForm  # "nchw": (N, 1, H, W); "nhw": (N, H, W); "hw": one (H, W) image
+    kind: ImageKind  # "float32" in [0, 1] or "uint8" 0-255
+    count: int
+
+
+def describe(images: object) -> str:
+    if isinstance(images, np.ndarray):
+        return f"{images.dtype} array of shape {images.shape}"
+    return type(images).__name__
+
+
+def prepare_images(images: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, ImageLayout]:
+    """Validate images and view them as a float32 model batch (N, 1, H, W) in [0, 1].
+
+    float32 input that is already C-contiguous is passed through as a view (no copy); uint8 is scaled by
+    1/255 in one pass. Raises ValueError naming what was expected and what was got.
+    """
+    h, w = image_shape
+    expected = (
+        f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array, float32 in [0, 1] or uint8 0-255"
+    )
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"expected {expected}; got {describe(images)}")
+    if images.dtype == np.float32:
+        kind: ImageKind = "float32"
+    elif images.dtype == np.uint8:
+        kind = "uint8"
+    else:
+        raise ValueError(
+            f"expected dtype float32 (values in [0, 1]) or uint8 (0-255); got {images.dtype} "
+            f"(convert with .astype(np.float32) / 255 or .astype(np.uint8) first)"
+        )
+    shape = images.shape
+    form: ImageForm
+    if images.ndim == 4 and shape[1:] == (1, h, w):
+        form = "nchw"
+    elif images.ndim == 3 and shape[1:] == (h, w):
+        form = "nhw"
+    elif images.ndim == 2 and shape == (h, w):
+        form = "hw"
+    else:
+        raise ValueError(f"expected {expected}; got shape {shape}")
+    batch = images.reshape(-1, 1, h, w)  # (N, 1, H, W); a view for contiguous input
+    if kind == "uint8":
+        scaled = np.divide(batch, np.float32(255.0), dtype=np.float32)  # one pass, same as astype()/255
+        return scaled, ImageLayout(form, kind, batch.shape[0])
+    if batch.size:
+        lo, hi = batch.min(), batch.max()  # NaN propagates, so one test covers NaN, Inf and range
+        if not (lo >= 0.0 and hi <= 1.0):
+            n_nan = int(np.isnan(batch).sum())
+            n_inf = int(np.isinf(batch).sum())
+            if n_nan or n_inf:
+                raise ValueError(
+                    f"expected finite float32 values in [0, 1]; got {n_nan} NaN and {n_inf} Inf value(s)"
+                )
+            raise ValueError(f"expected float32 values in [0, 1]; got values in [{lo:g}, {hi:g}]")
+    return np.ascontiguousarray(batch), ImageLayout(form, kind, batch.shape[0])
+
+
+def restore_images(output: np.ndarray, layout: ImageLayout) -> np.ndarray:
+    """Model output (N, 1, H, W) float32 -> the caller's layout and kind (uint8 rounded to nearest)."""
+    n, _, h, w = output.shape
+    if layout.kind == "uint8":
+        scaled = output * np.float32(255.0)  # a new array: the session's output may be reused
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, 0.0, 255.0, out=scaled)
+        output = scaled.astype(np.uint8)
+    if layout.form == "nchw":
+        return output
+    if layout.form == "nhw":
+        return output.reshape(n, h, w)
+    return output.reshape(h, w)

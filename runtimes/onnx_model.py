@@ -1,0 +1,137 @@
+"""`OnnxModel`: one ae-export ONNX file of any role (encoder, decoder, denoiser) in a session.
+
+Configured from the file itself (its `ae_export.*` metadata and the session's own input/output names and
+shapes), so a runtime never has to agree with the exporter on hard-coded names. Imports only the standard
+library, numpy and onnxruntime: edge devices have no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.metadata import MetadataError, ModelMetadata, parse_metadata
+from runtimes.sessions import InvalidModelError, Provider, open_session, physical_cores
+
+DEFAULT_MAX_BATCH = 256
+
+
+class OnnxModel:
+    """One ae-export ONNX file in an InferenceSession, configured from its own metadata.
+
+    `run(batch)` takes a C-contiguous float32 array (B, *input_sample_shape) and returns
+    (B, *output_sample_shape); B larger than `max_batch` is split into chunks so memory stays bounded.
+    `run` is thread-safe (onnxruntime sessions allow concurrent `run` calls).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        provider: Provider = "auto",
+        threads: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        warmup: bool = True,
+        role: str | None = None,
+        spinning: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        if not self.path.is_file():
+            raise InvalidModelError(self.path, "not a regular file (expected an .onnx file from `ae-export`)")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int; got {max_batch!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None (= physical cores); got {threads!r}")
+        self.threads = threads if threads is not None else physical_cores()
+        self.max_batch = max_batch
+        self._session, self.provider = open_session(self.path, provider, self.threads, spinning)
+        self.spinning = spinning
+        try:
+            self.metadata: ModelMetadata = parse_metadata(
+                self._session.get_modelmeta().custom_metadata_map, str(self.path)
+            )
+        except MetadataError as err:
+            raise InvalidModelError(self.path, str(err).removeprefix(f"{self.path}: ")) from err
+        if role is not None and self.metadata.role != role:
+            raise InvalidModelError(
+                self.path, f"is an ae-export {self.metadata.role} model; expected the {role} ({role}.onnx)"
+            )
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InvalidModelError(
+                self.path, f"expected 1 input and 1 output; the graph has {len(inputs)} and {len(outputs)}"
+            )
+        self.input_name: str = inputs[0].name
+        self.output_name: str = outputs[0].name
+        self.input_sample_shape = self._sample_shape(
+            inputs[0].shape, inputs[0].type, self.metadata.input.shape
+        )
+        self.output_sample_shape = self._sample_shape(
+            outputs[0].shape, outputs[0].type, self.metadata.output.shape
+        )
+        for kind, graph_name, contract in (
+            ("input", self.input_name, self.metadata.input),
+            ("output", self.output_name, self.metadata.output),
+        ):
+            if contract.name != graph_name:
+                raise InvalidModelError(
+                    self.path,
+                    f"metadata names the {kind} {contract.name!r} but the graph's is {graph_name!r}",
+                )
+        self._output_names = [self.output_name]
+        if warmup:
+            # The first run allocates buffers and picks kernels; pay that at start-up, not on a request.
+            self.run(np.zeros((1, *self.input_sample_shape), dtype=np.float32))
+
+    def _sample_shape(
+        self, graph_shape: list[int | str | None], type_name: str, meta_shape: tuple[int | str, ...]
+    ) -> tuple[int, ...]:
+        """Per-sample shape: the static axes after the symbolic batch axis, checked against metadata."""
+        if type_name != "tensor(float)":
+            raise InvalidModelError(self.path, f"expected float32 graph inputs/outputs; found {type_name}")
+        if not graph_shape or isinstance(graph_shape[0], int):
+            raise InvalidModelError(
+                self.path, f"expected a symbolic leading batch axis; graph shape {graph_shape}"
+            )
+        rest = graph_shape[1:]
+        if not all(isinstance(d, int) and d > 0 for d in rest):
+            raise InvalidModelError(self.path, f"expected static non-batch axes; graph shape {graph_shape}")
+        sample = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+        meta_sample = tuple(meta_shape[1:])
+        if meta_sample != sample:
+            raise InvalidModelError(
+                self.path, f"metadata shape {list(meta_shape)} disagrees with the graph's {graph_shape}"
+            )
+        return sample
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session really uses, best first."""
+        return list(self._session.get_providers())
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(B, *input_sample_shape) float32 -> (B, *output_sample_shape) float32, chunked by max_batch."""
+        if batch.dtype != np.float32 or batch.shape[1:] != self.input_sample_shape or batch.ndim < 1:
+            raise ValueError(
+                f"{self.path.name}: expected a float32 batch of shape (B, *{self.input_sample_shape}); "
+                f"got {batch.dtype} {batch.shape}"
+            )
+        n = batch.shape[0]
+        if n == 0:
+            return np.empty((0, *self.output_sample_shape), dtype=np.float32)
+        if n <= self.max_batch:
+            return self._session.run(self._output_names, {self.input_name: batch})[0]
+        out = np.empty((n, *self.output_sample_shape), dtype=np.float32)
+        for start in range(0, n, self.max_batch):
+            stop = min(start + self.max_batch, n)
+            out[start:stop] = self._session.run(self._output_names, {self.input_name: batch[start:stop]})[0]
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxModel({str(self.path)!r}, role={self.metadata.role!r}, provider={self.provider!r}, "
+            f"threads={self.threads}, max_batch={self.max_batch})"
+        )
