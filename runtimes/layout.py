@@ -92,3 +92,19 @@ def restore_images(output: np.ndarray, layout: ImageLayout) -> np.ndarray:
     if layout.form == "nhw":
         return output.reshape(n, h, w)
     return output.reshape(h, w)
+
+
+def pad_to_multiple(batch: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad (N, 1, H, W) at the bottom and right so H and W are multiples of `multiple`.
+
+    Fully convolutional models halve the resolution `log2(multiple)` times and need whole halvings; the
+    caller crops the output back to (H, W). Reflection (mirror without repeating the edge row) keeps the
+    padded border looking like the image; an image thinner than its padding is edge-replicated instead.
+    The same rule as train.fcn.pad_to_stride, so the runtime and the PyTorch reference see the same pixels.
+    """
+    height, width = batch.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not (pad_h or pad_w):
+        return batch
+    mode = "reflect" if height > pad_h and width > pad_w else "edge"
+    return np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode=mode)
