@@ -26,6 +26,7 @@ from ae_export.parity import (
 )
 from ae_export.specs import ANY_SIZE_PARITY_SIZES, DEFAULT_OPSET
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from train.data import DataError, load_dataset
 
 COMMANDS = ("export", "parity")
 PARITY_JSON = "parity.json"
@@ -89,8 +90,6 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 
 def parity_images(checkpoint: Checkpoint, data_dir: str | None) -> np.ndarray | None:
     """Real held-out images of the checkpoint's dataset, or None (then parity uses random inputs only)."""
-    from train.data import DataError, load_dataset
-
     name = checkpoint.dataset.get("name", "fashion-mnist")
     source = data_dir or (checkpoint.dataset.get("source") if name != "fashion-mnist" else None)
     try:
