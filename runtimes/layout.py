@@ -31,15 +31,23 @@ def describe(images: object) -> str:
     return type(images).__name__
 
 
-def prepare_images(images: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, ImageLayout]:
+def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> tuple[np.ndarray, ImageLayout]:
     """Validate images and view them as a float32 model batch (N, 1, H, W) in [0, 1].
 
-    float32 input that is already C-contiguous is passed through as a view (no copy); uint8 is scaled by
-    1/255 in one pass. Raises ValueError naming what was expected and what was got.
+    `image_shape` None: the model takes any height and width (a fully convolutional model). float32 input
+    that is already C-contiguous is passed through as a view (no copy); uint8 is scaled by 1/255 in one
+    pass. Raises ValueError naming what was expected and what was got.
     """
+    if image_shape is None:
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3, 4) and min(images.shape[-2:], default=0):
+            image_shape = (int(images.shape[-2]), int(images.shape[-1]))
+        else:
+            image_shape = (0, 0)  # nothing matches: the error below names the accepted layouts
     h, w = image_shape
+    h_text, w_text = (str(h), str(w)) if h else ("H", "W")
     expected = (
-        f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array, float32 in [0, 1] or uint8 0-255"
+        f"images as (N, 1, {h_text}, {w_text}), (N, {h_text}, {w_text}) or one ({h_text}, {w_text}) "
+        "array, float32 in [0, 1] or uint8 0-255"
     )
     if not isinstance(images, np.ndarray):
         raise ValueError(f"expected {expected}; got {describe(images)}")
