@@ -145,9 +145,11 @@ class OnnxModel:
                 f"got {batch.dtype} {batch.shape}"
             )
         n = batch.shape[0]
-        out_shape = tuple(
-            got if want is None else want
-            for got, want in zip(batch.shape[1:], self.output_sample_shape, strict=True)
+        # Symbolic output axes (an any-size image model) take the input's: image in, same-size image out.
+        out_shape = (
+            tuple(batch.shape[1:])
+            if None in self.output_sample_shape
+            else tuple(int(d) for d in self.output_sample_shape if d is not None)
         )
         if n == 0:
             return np.empty((0, *out_shape), dtype=np.float32)
