@@ -1,6 +1,6 @@
 """`ae-export`: export a checkpoint to ONNX and prove parity; `ae-export parity` checks existing files.
 
-    ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18]
+    ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18] [--graph fast]
     ae-export parity [--checkpoint artifacts/checkpoint.pt] [--onnx-dir artifacts/onnx]
 
 Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 parity failed,
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ae_export.export import ExportError, export_all, max_supported_opset
+from ae_export.export import DEFAULT_GRAPH, GRAPHS, ExportError, export_all, max_supported_opset
 from ae_export.parity import BATCH_SIZES, PROVIDERS, ParityError, ParityReport, run_parity
 from ae_export.specs import DEFAULT_OPSET
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", parents=[common], help="export and check parity (the default command)")
     exp.add_argument("--out", default="artifacts/onnx", help="folder for the .onnx files and parity.json")
     exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"18..{max_supported_opset()}")
+    exp.add_argument(
+        "--graph",
+        default=DEFAULT_GRAPH,
+        choices=GRAPHS,
+        help="fast: ConvTranspose rewritten into Conv + Col2Im (faster in ONNX Runtime); portable: "
+        "standard ops only, for consumers without Col2Im (OpenCV DNN, some mobile EPs)",
+    )
     exp.add_argument("--no-parity", action="store_true", help="skip parity (not recommended)")
     par = sub.add_parser("parity", parents=[common], help="check parity of existing files")
     par.add_argument("--onnx-dir", default="artifacts/onnx")
@@ -105,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {Path(args.onnx_dir) / PARITY_JSON}")
             return 0
         out = Path(args.out)
-        paths = export_all(checkpoint, out, args.opset, verify=None if args.no_parity else verify)
+        paths = export_all(
+            checkpoint, out, args.opset, verify=None if args.no_parity else verify, graph=args.graph
+        )
         if not args.no_parity:
             report.write_json(out / PARITY_JSON)
             (out / REJECTED_JSON).unlink(missing_ok=True)

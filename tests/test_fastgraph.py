@@ -9,8 +9,20 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ae_export.export import export_all
 from ae_export.fastgraph import UnsupportedGraphError, graph_kind, rewrite_conv_transpose
+from ae_export.parity import BATCH_SIZES, run_parity
 from ae_export.specs import SPECS
+from runtimes.metadata import parse_metadata
+from train.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def portable_dir(trained_checkpoint, tmp_path_factory):
+    """The same checkpoint exported with --graph portable (standard ONNX ops only)."""
+    out = tmp_path_factory.mktemp("portable")
+    export_all(load_checkpoint(trained_checkpoint), out, log=lambda _line: None, graph="portable")
+    return out
 
 
 def _single_layer(
@@ -67,8 +79,8 @@ def test_layer_matches_torch(cin, cout, k, s, p, op, hw, batch) -> None:
 
 @pytest.mark.parametrize("merge", [True, False])
 @pytest.mark.parametrize("role", ["decoder", "denoiser"])
-def test_whole_graph_unchanged(onnx_dir, role, merge) -> None:
-    portable = onnx.load(str(onnx_dir / SPECS[role].file_name))
+def test_whole_graph_unchanged(portable_dir, role, merge) -> None:
+    portable = onnx.load(str(portable_dir / SPECS[role].file_name))
     fast = rewrite_conv_transpose(portable, merge=merge)
     ops = [n.op_type for n in fast.graph.node]
     assert "ConvTranspose" not in ops
@@ -101,3 +113,13 @@ def test_refuses_unsupported_layers() -> None:
     dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
     with pytest.raises(UnsupportedGraphError, match="static"):
         rewrite_conv_transpose(dynamic)
+
+
+def test_portable_graph_keeps_parity(portable_dir, onnx_dir, trained_checkpoint, fmnist_test) -> None:
+    """Both graphs stay certified: the portable export passes the same parity matrix as the default."""
+    for folder, graph in ((portable_dir, "portable"), (onnx_dir, "fast")):
+        proto = onnx.load(str(folder / SPECS["denoiser"].file_name))
+        assert parse_metadata({p.key: p.value for p in proto.metadata_props}).graph == graph
+    model = load_checkpoint(trained_checkpoint).build_model()
+    report = run_parity(model, portable_dir, fmnist_test[:1000], BATCH_SIZES, providers=("cpu",))
+    assert report.passed, report.failure_summary()
