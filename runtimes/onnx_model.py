@@ -23,7 +23,7 @@ PARALLEL = ("sessions", "intra-op")
 Parallel = Literal["sessions", "intra-op"]
 # Smallest slice a per-core session is given: below it, one single-threaded call is faster than
 # splitting (thread hand-off costs tens of microseconds). See `OnnxModel`'s docstring for the table.
-MIN_SLICE = 8
+MIN_SLICE = 16
 
 
 class OnnxModel:
@@ -46,10 +46,13 @@ class OnnxModel:
     (denoiser, batch 256, 2-core x86 VM, onnxruntime 1.32, quiet machine). Batch 1 is fastest on one
     thread (47.1 us vs 50.0 us with 2 intra-op threads, see `session_options`). The split threshold
     follows from two costs measured here: handing a slice to a pool thread costs ~10 us (submit +
-    result), one image costs ~10 us of single-thread model time at large batch, so from 2 * MIN_SLICE =
-    16 images splitting wins on idle cores. On a loaded machine (load average 16 on 2 cores) nothing
-    parallel pays: fast graph at batch 256, best of 25 interleaved rounds, 1 thread 10.8 ms, 2 intra-op
-    threads 21.6 ms, 2 sessions 16.7 ms; pass threads=1 where the cores are known to be busy.
+    result) and one image ~10-20 us of single-thread model time, so on idle cores splitting pays from
+    about 8 images. It is set at 2 * MIN_SLICE = 32 because the micro-batcher's batches (15-25 images at
+    32 callers) ran better unsplit: its callers' Python work needs the second core (median of 4
+    alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8). On a
+    loaded machine (load average 16 on 2 cores) nothing parallel pays: fast graph at batch 256, best of
+    25 interleaved rounds, 1 thread 10.8 ms, 2 intra-op threads 21.6 ms, 2 sessions 16.7 ms; pass
+    threads=1 where the cores are known to be busy.
     """
 
     def __init__(

@@ -19,7 +19,9 @@ def models(onnx_dir):
     split.close()
 
 
-@pytest.mark.parametrize("batch", [1, 2 * MIN_SLICE - 1, 2 * MIN_SLICE, 2 * MIN_SLICE + 3, 64, 64 * 2 + 5])
+@pytest.mark.parametrize(
+    "batch", [1, 2 * MIN_SLICE - 1, 2 * MIN_SLICE, 2 * MIN_SLICE + 3, 17, 64, 64 * 2 + 5]
+)
 def test_split_equals_one_session(models, batch) -> None:
     one, split, intra = models
     assert len(split._sessions) == 2 and len(one._sessions) == 1 and len(intra._sessions) == 1
