@@ -75,8 +75,8 @@ bench: setup
 	$(BIN)/ae-bench --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/bench.json
 
 lint: setup
-	$(BIN)/ruff check ae_export train runtimes tests
-	$(BIN)/ruff format --check ae_export train runtimes tests
+	$(BIN)/ruff check ae_export train runtimes bench tests
+	$(BIN)/ruff format --check ae_export train runtimes bench tests
 
 clean:
 	rm -rf $(ART) .pytest_cache
