@@ -30,7 +30,7 @@ TUNE_SEED = 4321  # the tuning slice gets its own noise
 TUNE_START = 2000  # classical parameters are tuned on test[2000:2000+n], never on the evaluated test[:2000]
 BM3D_TUNE_IMAGES = 100  # BM3D costs ~0.2-0.4 s/image: its grid (full mode only) is tried on 100 images
 MODEL_BATCH = 256
-# Published PSNRs (dB) for the lecture's setup on the first 2,000 test images at noise 0.3, and the lecture
+# Reported PSNRs (dB) for the lecture's setup on the first 2,000 test images at noise 0.3, and the lecture
 # models' by latent size: reference points, not measured here.
 REFERENCE_PSNR = {"noisy": 12.8, "gaussian": 16.1, "median": 16.3, "tv": 16.5, "nl-means": 16.8, "bm3d": 17.2}
 LECTURE_MODEL_PSNR = {4: 17.5, 16: 19.0, 64: 19.3}
@@ -253,7 +253,7 @@ TABLES = (
         ),
         notes=lambda result: [
             "ms/image: classical methods one image at a time on one thread; our models batched "
-            f"({MODEL_BATCH}) on {result['threads_models']} threads. Reference: published figures for the "
+            f"({MODEL_BATCH}) on {result['threads_models']} threads. Reference: figures reported for the "
             "lecture's setup (the lecture's models for ours)."
         ],
     ),
