@@ -22,7 +22,8 @@ from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save
 from runtimes.images import SizeMode, find_images
 from runtimes.noise import add_noise
-from runtimes.pipeline import plan_jobs, run_pipeline
+from runtimes.pipeline import run_pipeline
+from runtimes.planning import plan_jobs
 
 NEEDS_DATA = True
 BATCH_SIZE = 256

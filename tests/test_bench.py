@@ -22,7 +22,7 @@ from bench.tables import Column, Table, markdown_table, render_table
 from bench.timing import BUDGETS, latency_stats, time_calls
 from bench.training import torchvision_root
 from runtimes.denoiser import Denoiser
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
 
