@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup setup-gpu data train export parity demo test test-fast bench lint clean
+.PHONY: setup setup-gpu data train export parity demo test test-fast bench gpu-check lint clean
 
 setup: $(STAMP) data
 
@@ -73,6 +73,16 @@ bench: setup
 	@test -f $(CKPT) || $(MAKE) --no-print-directory train
 	@if [ ! -f $(ONNX)/denoiser.onnx ] || [ $(CKPT) -nt $(ONNX)/denoiser.onnx ]; then $(MAKE) --no-print-directory export; fi
 	$(BIN)/ae-bench --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/bench.json
+
+# Every CUDA path (training, parity on CUDA, ae-denoise --provider cuda, the bench's CUDA rows,
+# pytest -m gpu) in one run; report in $(ART)/gpu_check/. Without a GPU it says so and exits 0.
+gpu-check: setup
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory setup-gpu; \
+	  test -f $(CKPT) || $(MAKE) --no-print-directory train; \
+	  if [ ! -f $(ONNX)/denoiser.onnx ] || [ $(CKPT) -nt $(ONNX)/denoiser.onnx ]; then $(MAKE) --no-print-directory export; fi; \
+	fi
+	$(BIN)/python -m ae_export.gpu_check --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/gpu_check
 
 lint: setup
 	$(BIN)/ruff check ae_export train runtimes tests

@@ -50,7 +50,6 @@ TOLERANCES: dict[str, float] = {
     # denoiser. 1e-2 allows two steps plus propagation and still catches a wrong scale.
     "int8": 1e-2,
 }
-OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -59,9 +58,13 @@ class ConsumerError(RuntimeError):
     """A consumer failed to load or run a file; the message is the consumer's own."""
 
 
-def load_openvino(path: Path) -> Runner:
+def load_openvino(path: Path, threads: int | None = None, precision: str | None = "f32") -> Runner:
+    """OpenVINO on the CPU; `precision` None keeps the device's default (bf16 on AMX/AVX512-BF16 CPUs)."""
+    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
     try:
-        compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_CONFIG)
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
     except RuntimeError as err:  # OpenVINO raises RuntimeError subclasses carrying its own message
         raise ConsumerError(f"OpenVINO {ov.__version__}: {err}") from err
 
@@ -74,8 +77,11 @@ def load_openvino(path: Path) -> Runner:
     return run
 
 
-def load_opencv(path: Path) -> Runner:
+def load_opencv(path: Path, threads: int | None = None) -> Runner:
+    """OpenCV DNN (its default CPU backend); `threads` sets OpenCV's process-wide thread count."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the error comes back as cv2.error
+    if threads is not None:
+        cv2.setNumThreads(threads)
     try:
         net = cv2.dnn.readNetFromONNX(str(path))
     except cv2.error as err:
@@ -95,9 +101,9 @@ LOADERS: dict[str, Callable[[Path], Runner]] = {"openvino": load_openvino, "open
 assert tuple(LOADERS) == CONSUMERS
 
 
-def load_onnxruntime(path: Path) -> Runner:
+def load_onnxruntime(path: Path, threads: int | None = None) -> Runner:
     """The reference: ONNX Runtime on the CPU through the project's one session opener."""
-    session, _ = open_session(path, "cpu")
+    session, _ = open_session(path, "cpu", threads=threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
