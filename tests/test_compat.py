@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 from ae_export.compat import BATCH_SIZES, CONSUMERS, TOLERANCES, check_file, run_compat
 from ae_export.specs import SPECS
 from ae_export.targets import ExportedFile, ManifestError, exported_files
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

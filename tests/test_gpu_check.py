@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.mark.skipif(

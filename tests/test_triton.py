@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ae_export.specs import SPECS
 from ae_export.triton import Options, TritonConfigError, derive_config, parse_config, render_config
 from runtimes.batching import MicroBatcher
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ORT_TO_TRITON = {"tensor(float)": mc.TYPE_FP32, "tensor(float16)": mc.TYPE_FP16}
 BATCHER = inspect.signature(MicroBatcher.__init__).parameters
