@@ -41,10 +41,11 @@ TOLERANCES: dict[str, float] = {
     # <= 1.2e-7 (OpenCV) on the three artifacts; 1e-5 is the project's CPU parity tolerance.
     "fp32": 1e-5,
     "fast": 1e-5,  # the exactly-rewritten fp32 graph (sub-pixel Conv + Col2Im): same bound as fp32
-    # fp16 weights and compute: ONNX Runtime's CPU runs the fp16 graph through casts while OpenVINO
-    # (f32 hint) computes in f32 from the same fp16 weights; measured 4.3e-5 on a keep_io_types fp16
-    # denoiser at batch 256. 1e-4 is 2x that, far below a real fault (~1e-2).
-    "fp16": 1e-4,
+    # fp16 weights and compute, fp32 I/O: ONNX Runtime rounds intermediates to fp16 (one ulp is 9.8e-4 at
+    # 1.0) while OpenVINO (f32 hint) and OpenCV compute in f32 from the same fp16 weights, so up to about
+    # one fp16 ulp of the output is rounding, not a fault; measured <= 1.2e-4 on the exported fp16 files
+    # at batch 1/8/256. 1e-3 is one ulp at 1.0 and still 10x below a real fault (~1e-2).
+    "fp16": 1e-3,
     # int8 QDQ: each consumer rounds requantization at its own point, so an output may move by a step of
     # its 8-bit grid (1/255 = 3.9e-3 over [0, 1]); measured 2.3e-3 at batch 256 on a per-channel QDQ
     # denoiser. 1e-2 allows two steps plus propagation and still catches a wrong scale.
@@ -58,6 +59,12 @@ class ConsumerError(RuntimeError):
     """A consumer failed to load or run a file; the message is the consumer's own."""
 
 
+def _openvino_error(err: RuntimeError) -> ConsumerError:
+    """OpenVINO's message without its "Exception from src/...cpp:N:" stack lines, which say nothing."""
+    lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return ConsumerError(f"OpenVINO {ov.__version__.split('-')[0]}: {' '.join(lines) or err}")
+
+
 def load_openvino(path: Path, threads: int | None = None, precision: str | None = "f32") -> Runner:
     """OpenVINO on the CPU; `precision` None keeps the device's default (bf16 on AMX/AVX512-BF16 CPUs)."""
     config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
@@ -66,13 +73,13 @@ def load_openvino(path: Path, threads: int | None = None, precision: str | None 
     try:
         compiled = ov.Core().compile_model(str(path), "CPU", config)
     except RuntimeError as err:  # OpenVINO raises RuntimeError subclasses carrying its own message
-        raise ConsumerError(f"OpenVINO {ov.__version__}: {err}") from err
+        raise _openvino_error(err) from err
 
     def run(x: np.ndarray) -> np.ndarray:
         try:
             return np.asarray(compiled(x)[0])
         except RuntimeError as err:
-            raise ConsumerError(f"OpenVINO {ov.__version__}: {err}") from err
+            raise _openvino_error(err) from err
 
     return run
 
@@ -126,8 +133,9 @@ class CompatRow:
 
 
 def tolerance(variant: str) -> float:
+    """The variant's tolerance; an ORT-format variant ("fp16.ort") has its precision's."""
     try:
-        return TOLERANCES[variant]
+        return TOLERANCES[variant.removesuffix(".ort")]
     except KeyError:
         raise ValueError(
             f"no compat tolerance for variant {variant!r}; stated for {', '.join(TOLERANCES)}"
@@ -149,10 +157,8 @@ def sample_inputs(path: Path, batch: int, seed: int = 0) -> np.ndarray:
 def check_file(exported: ExportedFile, consumers: Sequence[str], batches: Sequence[int]) -> list[CompatRow]:
     """One row per consumer x batch for one file: load once per consumer, compare at every batch."""
     tol = tolerance(exported.variant)
-    reference = load_onnxruntime(exported.path)
-    inputs = {b: sample_inputs(exported.path, b) for b in batches}
-    expected = {b: reference(x) for b, x in inputs.items()}
-    rows = []
+    rows: list[CompatRow] = []
+    expected: dict[int, np.ndarray] = {}
     for consumer in consumers:
         row = {"consumer": consumer, "model": exported.name, "variant": exported.variant}
         row |= {"file": exported.path.name, "tolerance": tol}
@@ -163,6 +169,10 @@ def check_file(exported: ExportedFile, consumers: Sequence[str], batches: Sequen
                 CompatRow(**row, batch=b, status="cannot load", max_abs=None, error=str(err)) for b in batches
             ]
             continue
+        if not expected:  # the reference runs only where some consumer loaded the file
+            reference = load_onnxruntime(exported.path)
+            inputs = {b: sample_inputs(exported.path, b) for b in batches}
+            expected = {b: reference(x) for b, x in inputs.items()}
         for b in batches:
             try:
                 got = run(inputs[b])
@@ -182,14 +192,14 @@ def check_file(exported: ExportedFile, consumers: Sequence[str], batches: Sequen
 def run_compat(
     onnx_dir: Path, consumers: Sequence[str] = CONSUMERS, batches: Sequence[int] = BATCH_SIZES
 ) -> list[CompatRow]:
-    """The whole matrix for an export folder (.ort files are ONNX Runtime's own format: left out)."""
+    """The whole matrix for an export folder, `.ort` files included: they are ONNX Runtime's own format,
+    and the matrix shows each consumer's own refusal rather than leaving them out silently."""
     bad = [c for c in consumers if c not in LOADERS]
     if bad:
         raise ValueError(f"unknown consumer(s) {bad}; choose from {', '.join(CONSUMERS)}")
     rows = []
     for exported in exported_files(onnx_dir):
-        if exported.onnx:
-            rows += check_file(exported, consumers, batches)
+        rows += check_file(exported, consumers, batches)
     return rows
 
 
@@ -212,7 +222,7 @@ def markdown(rows: Sequence[CompatRow]) -> str:
         diffs = [r.max_abs for r in group if r.max_abs is not None]
         worst = f"{max(diffs):.1e}" if diffs else "-"
         error = next((r.error for r in group if r.error), "").splitlines()
-        shown = " / ".join(line.strip() for line in error[:2])[:160].replace("|", "\\|")
+        shown = " / ".join(line.strip() for line in error[:2])[:200].replace("|", "\\|")
         lines.append(
             f"| {consumer} | {model} ({group[0].variant}) | {loads} | {','.join(map(str, ok)) or '-'} | "
             f"{worst} | {group[0].tolerance:.0e} | {shown} |"

@@ -4,10 +4,11 @@ One list, read by the Triton repository writer and the compatibility matrix alik
 artifacts of the specs under their role names, then every variant that the folder's `manifest.json`
 lists (fp16, int8, ... from `ae-export --variants`), named `<role>_<variant>`.
 
-The manifest is read as `{"files": [{"file": "denoiser.fp16.onnx", "role": "denoiser", "variant":
-"fp16"}, ...]}`; fp32 entries are the base files and are not listed twice. `.ort` entries are kept,
-marked `onnx=False`: only ONNX Runtime reads that format, so each target decides to leave them out. A
-manifest without those keys is an error, never a silent skip.
+The manifest (written by `ae-export --variants`) is read as `{"files": [{"file": "denoiser.fp16.onnx",
+"kind": "model", "role": "denoiser", "variant": "fp16", ...}, ...]}`; entries of another kind (reports,
+operator lists) are not models, and fp32 entries are the base files, not listed twice. `.ort` entries
+are kept, marked `onnx=False`: only ONNX Runtime reads that format, so each target leaves them out. A
+model entry without those keys is an error, never a silent skip.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class ExportedFile:
         return self.path.suffix == ".onnx"
 
 
+def model_name(role: str, variant: str) -> str:
+    """`denoiser_fp16`, `denoiser_int8_ort`: a name Triton and file systems accept (no dots)."""
+    return f"{role}_{variant}".replace(".", "_")
+
+
 def manifest_variants(onnx_dir: Path) -> list[ExportedFile]:
     """The non-fp32 files `manifest.json` lists; empty when the folder has no manifest."""
     path = onnx_dir / MANIFEST
@@ -46,14 +52,13 @@ def manifest_variants(onnx_dir: Path) -> list[ExportedFile]:
         return []
     try:
         entries = json.loads(path.read_text())["files"]
+        models = [e for e in entries if e.get("kind", "model") == "model"]
         found = [
-            ExportedFile(
-                f"{e['role']}_{e['variant']}", str(e["role"]), str(e["variant"]), onnx_dir / e["file"]
-            )
-            for e in entries
+            ExportedFile(model_name(e["role"], e["variant"]), e["role"], e["variant"], onnx_dir / e["file"])
+            for e in models
             if e["variant"] != BASE_VARIANT
         ]
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
         raise ManifestError(
             f"{path}: expected {{'files': [{{'file', 'role', 'variant'}}, ...]}}: {err!r}"
         ) from err

@@ -65,9 +65,10 @@ def variant_dir(onnx_dir, tmp_path_factory) -> Path:
     for spec in SPECS.values():
         shutil.copyfile(onnx_dir / spec.file_name, folder / spec.file_name)
     _col2im_variant(onnx_dir / "denoiser.onnx", folder / "denoiser.fast.onnx")
-    files = [{"file": s.file_name, "role": r, "variant": "fp32"} for r, s in SPECS.items()]
-    files.append({"file": "denoiser.fast.onnx", "role": "denoiser", "variant": "fast"})
-    (folder / "manifest.json").write_text(json.dumps({"files": files}))
+    files = [{"file": s.file_name, "kind": "model", "role": r, "variant": "fp32"} for r, s in SPECS.items()]
+    files.append({"file": "denoiser.fast.onnx", "kind": "model", "role": "denoiser", "variant": "fast"})
+    files.append({"file": "mobile_usability.txt", "kind": "report"})  # not a model: left alone
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": files}))
     return folder
 
 
