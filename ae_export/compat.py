@@ -7,7 +7,8 @@ module (C++ vision apps) runs. Each exported file (and each `.onnx` variant the 
 loaded by each consumer and run at every batch size of the dynamic batch axis; its output is compared
 with ONNX Runtime (CPU) running the same file on the same input. A consumer that cannot load or run a
 file is reported with the consumer's own error message (OpenCV, for instance, has no Col2Im layer and
-does not load fp16 or QDQ int8 graphs): the matrix lists it, it is never hidden.
+does not load the "fast" graph, whose decoder uses Col2Im): the matrix lists it, it is never hidden.
+Each row also says which graph the file holds ("fast" when it uses Col2Im, else "portable").
 
 Precision: OpenVINO compiles for the CPU's fastest precision by default, bfloat16 on CPUs with AMX or
 AVX512-BF16, which moves the denoiser's output by ~4e-4. The matrix asks for f32
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime
 import openvino as ov
 
@@ -121,6 +123,7 @@ class CompatRow:
     model: str  # "denoiser", "denoiser_fp16", ...
     variant: str
     file: str
+    graph: str  # "fast" (uses Col2Im) | "portable" | "-" (not an ONNX file)
     batch: int
     status: str  # "ok" | "mismatch" | "cannot load" | "cannot run"
     max_abs: float | None
@@ -130,6 +133,14 @@ class CompatRow:
     @property
     def passed(self) -> bool:
         return self.status == "ok"
+
+
+def graph_kind(path: Path) -> str:
+    """ "fast" when an ONNX file uses Col2Im (the rewritten decoder), "portable" otherwise, "-" for .ort."""
+    if path.suffix != ".onnx":
+        return "-"
+    model = onnx.load(str(path), load_external_data=False)
+    return "fast" if any(node.op_type == "Col2Im" for node in model.graph.node) else "portable"
 
 
 def tolerance(variant: str) -> float:
@@ -157,11 +168,12 @@ def sample_inputs(path: Path, batch: int, seed: int = 0) -> np.ndarray:
 def check_file(exported: ExportedFile, consumers: Sequence[str], batches: Sequence[int]) -> list[CompatRow]:
     """One row per consumer x batch for one file: load once per consumer, compare at every batch."""
     tol = tolerance(exported.variant)
+    graph = graph_kind(exported.path)
     rows: list[CompatRow] = []
     expected: dict[int, np.ndarray] = {}
     for consumer in consumers:
         row = {"consumer": consumer, "model": exported.name, "variant": exported.variant}
-        row |= {"file": exported.path.name, "tolerance": tol}
+        row |= {"file": exported.path.name, "graph": graph, "tolerance": tol}
         try:
             run = LOADERS[consumer](exported.path)
         except ConsumerError as err:
@@ -210,7 +222,7 @@ def versions() -> dict[str, str]:
 def markdown(rows: Sequence[CompatRow]) -> str:
     """consumer x model: loads?, max abs diff over the batch sizes, tolerance, the consumer's error."""
     lines = [
-        "| consumer | model (variant) | loads | batches ok | max abs diff | tolerance | error |",
+        "| consumer | model (variant, graph) | loads | batches ok | max abs diff | tolerance | error |",
         "|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[CompatRow]] = {}
@@ -224,8 +236,8 @@ def markdown(rows: Sequence[CompatRow]) -> str:
         error = next((r.error for r in group if r.error), "").splitlines()
         shown = " / ".join(line.strip() for line in error[:2])[:200].replace("|", "\\|")
         lines.append(
-            f"| {consumer} | {model} ({group[0].variant}) | {loads} | {','.join(map(str, ok)) or '-'} | "
-            f"{worst} | {group[0].tolerance:.0e} | {shown} |"
+            f"| {consumer} | {model} ({group[0].variant}, {group[0].graph}) | {loads} | "
+            f"{','.join(map(str, ok)) or '-'} | {worst} | {group[0].tolerance:.0e} | {shown} |"
         )
     return "\n".join(lines)
 
