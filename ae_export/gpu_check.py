@@ -34,7 +34,7 @@ import torch
 from runtimes.fileio import atomic_write_text
 from runtimes.sessions import CUDA_EP, InvalidModelError, ProviderUnavailableError, open_session
 
-BENCH_MODULE = "ae_export.bench_cli"
+BENCH_MODULE = "bench.cli"
 STEP_TIMEOUT_S = 1800
 
 
@@ -127,8 +127,8 @@ def _judge(step: Step, work: Path) -> None:
         if total == skipped:
             step.status, step.detail = "failed", f"every gpu test skipped ({skipped}): nothing ran on the GPU"
     if step.name.startswith("bench") and step.returncode == 0:
-        text = (work / "bench.json").read_text()
-        cuda_rows = text.count('"device": "cuda"')
+        inference = json.loads((work / "bench.json").read_text())["sections"]["inference"]
+        cuda_rows = sum(1 for row in inference["rows"] if row.get("device") == "cuda")
         step.detail = f"{cuda_rows} CUDA rows in bench.json"
         if not cuda_rows:
             step.status, step.detail = "failed", "the bench wrote no CUDA row"
