@@ -15,7 +15,7 @@ import numpy as np
 
 from runtimes.layout import ImageLayout, describe, pad_to_multiple, prepare_images, restore_images
 from runtimes.metadata import ModelMetadata
-from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel
+from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
 from runtimes.sessions import InvalidModelError, Provider
 
 DENOISER_FILE = "denoiser.onnx"
@@ -40,6 +40,7 @@ class Denoiser:
         max_batch: int = DEFAULT_MAX_BATCH,
         warmup: bool = True,
         spinning: bool = True,
+        parallel: Parallel = "sessions",
     ) -> None:
         path = Path(path)
         if path.is_dir():
@@ -52,6 +53,7 @@ class Denoiser:
             warmup=warmup,
             role="denoiser",
             spinning=spinning,
+            parallel=parallel,
         )
         sample = self.model.input_sample_shape
         if len(sample) != 3 or sample[0] != 1 or self.model.output_sample_shape != sample:
@@ -137,6 +139,7 @@ class Denoiser:
                 max_batch=self.model.max_batch,
                 warmup=self._warmup,
                 spinning=self.model.spinning,
+                parallel=self.model.parallel,
                 role=role,
             )
             if role == "encoder":

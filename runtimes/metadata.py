@@ -26,6 +26,11 @@ KEY_TRAINING = PREFIX + "training"  # dataset, epochs, final metrics, ...
 KEY_PROVENANCE = PREFIX + "provenance"  # checkpoint sha256, versions, opset, created
 KEY_ARTIFACTS = PREFIX + "artifacts"  # {"encoder": "encoder.onnx", ...}: sibling files of one export
 KEY_TOLERANCE = PREFIX + "tolerance"  # {"cpu": {"atol":..,"rtol":..}, "cuda": {...}}
+# Optional (files written before it existed hold the portable graph): "portable" = standard ONNX ops only
+# (ConvTranspose); "fast" = transposed convolutions rewritten into Conv + Col2Im (opset 18), which some
+# consumers (OpenCV DNN, some mobile execution providers) do not implement.
+KEY_GRAPH = PREFIX + "graph"
+GRAPHS = ("portable", "fast")
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ROLE, KEY_MODEL, KEY_INPUT, KEY_OUTPUT, KEY_ARTIFACTS)
 ROLES = ("encoder", "decoder", "denoiser")
 
@@ -88,6 +93,7 @@ class ModelMetadata:
     provenance: dict[str, Any] = field(default_factory=dict)
     tolerance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    graph: str = "portable"
 
 
 def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
@@ -103,6 +109,7 @@ def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
         KEY_PROVENANCE: meta.provenance,
         KEY_ARTIFACTS: meta.artifacts,
         KEY_TOLERANCE: meta.tolerance,
+        KEY_GRAPH: meta.graph,
     }
     return {key: json.dumps(value, sort_keys=True, allow_nan=False) for key, value in values.items()}
 
@@ -130,6 +137,9 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
         )
     if values[KEY_ROLE] not in ROLES:
         raise MetadataError(f"{source}: role {values[KEY_ROLE]!r} is not one of {', '.join(ROLES)}")
+    graph = values.get(KEY_GRAPH, "portable")
+    if graph not in GRAPHS:
+        raise MetadataError(f"{source}: graph {graph!r} is not one of {', '.join(GRAPHS)}")
     try:
         return ModelMetadata(
             role=values[KEY_ROLE],
@@ -142,6 +152,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             provenance=dict(values.get(KEY_PROVENANCE) or {}),
             tolerance=dict(values.get(KEY_TOLERANCE) or {}),
             format_version=int(values[KEY_FORMAT]),
+            graph=graph,
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise MetadataError(f"{source}: malformed ae_export metadata: {err!r}") from err

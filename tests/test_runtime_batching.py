@@ -7,14 +7,13 @@ marked image: the only way to make onnxruntime fail on demand, and exactly what 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runtimes.batching import MicroBatcher
-from runtimes.benchmarks import bench_microbatcher
 from runtimes.denoiser import Denoiser
 
 THREADS = 16
@@ -176,9 +175,14 @@ def test_bad_settings(denoiser: Denoiser, kwargs: dict[str, int]) -> None:
         MicroBatcher(denoiser, **kwargs)
 
 
-def test_benchmark_helper_returns_numbers(denoiser: Denoiser) -> None:
-    result = bench_microbatcher(denoiser, concurrency=4, requests=200, max_batch_size=16)
-    for key in ("direct", "batched"):
-        stats = result[key]
-        assert isinstance(stats, dict) and stats["requests"] == 200
-        assert stats["throughput_per_s"] > 0 and stats["p99_ms"] >= stats["p50_ms"] > 0
+def test_call_path_delivers_model_errors(onnx_dir: Path, fmnist_test: np.ndarray) -> None:
+    """`batcher(image)` (the lock-based wait, not a Future) gets its batch's error, then serves again."""
+    poisoned = PoisonDenoiser(onnx_dir, provider="cpu")
+    poison = np.full((28, 28), POISON, np.float32)
+    with MicroBatcher(poisoned, max_batch_size=2, max_queue_delay_us=500_000) as batcher:
+        with ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(batcher, fmnist_test[0]), pool.submit(batcher, poison)]
+            for call in calls:
+                with pytest.raises(RuntimeError, match="poisoned batch"):
+                    call.result(timeout=30)
+        np.testing.assert_array_equal(batcher(fmnist_test[1]), poisoned.denoise(fmnist_test[1]))

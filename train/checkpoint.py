@@ -101,7 +101,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: bad model_config: {err}") from err
     checkpoint = Checkpoint(
         model_config=config,
-        model_state=raw["model"],
+        # A state dict taken from a torch.compile'd module carries "_orig_mod." prefixes; the plain
+        # module's names are the contract, so strip them and any checkpoint loads into an uncompiled model.
+        model_state={k.removeprefix("_orig_mod."): v for k, v in raw["model"].items()},
         epoch=int(raw.get("epoch", 0)),
         train_config=dict(raw.get("train_config") or {}),
         optimizer_state=raw.get("optimizer"),

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt up to --epochs")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.compile,
+        help="torch.compile + channels_last for the training step (faster steps, seconds of compiling)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--threads", type=int, default=None, help="photos: torch CPU threads (default: torch's, all cores)"
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             out=args.out,
             limit=args.limit,
+            compile=args.compile,
         )
         checkpoint = train(config, resume=args.resume, quiet=args.quiet)
     except KeyboardInterrupt:
