@@ -67,6 +67,73 @@ class ArtifactSpec:
             ) from None
 
 
+@dataclass(frozen=True)
+class VariantSpec:
+    """One deployment flavour of the three artifacts: how it is named, stored and judged.
+
+    name: what users pass to `--variant` and what the manifest records ("fp32", "int8.ort", ...).
+    suffix: the file-name tail after the role: `denoiser` + ".int8.onnx".
+    vs_torch / vs_fp32: parity tolerance against the PyTorch model and against the fp32 ONNX file.
+    psnr_budget_db: the most mean PSNR (standard test) the variant may lose against the fp32 file.
+    parity_inputs: the parity input kinds checked (None: all of them).
+    """
+
+    name: str
+    precision: str  # "fp32" | "fp16" | "int8": the arithmetic inside the graph (inputs/outputs stay fp32)
+    fmt: str  # "onnx" | "ort"
+    suffix: str
+    vs_torch: Tolerance
+    vs_fp32: Tolerance
+    psnr_budget_db: float
+    parity_inputs: tuple[str, ...] | None = None
+
+    def file_name(self, role: str) -> str:
+        return f"{role}{self.suffix}"
+
+
+# fp16: weights and activations rounded to 11 significant bits (relative step 2^-11 ~ 4.9e-4) at every
+# layer; measured on the default 10-epoch model: max abs 1.2e-3 on the denoiser's [0, 1] outputs, 3.2e-3
+# on the encoder's latents (which reach ~30 in magnitude, so relative ~1e-4). 1e-2 abs leaves ~3x room
+# for other trainings and still fails a weight nudged by 1e-2 at the first layer (it moves outputs ~3e-2).
+FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
+# int8: 8-bit activations and per-channel weights; each of 11 layers adds up to half a quantization step
+# (1/255 of its range) and the errors add up. Measured max abs on the default model: 0.13 on [0, 1]
+# outputs (denoiser, rare pixels at sharp edges; mean abs 4e-3), 1.9 on latents whose range is ~60.
+# The bound is loose by nature: int8 is judged first by the PSNR budget, parity catches gross faults
+# (a swapped or corrupted weight tensor moves outputs by 0.3 or more, NaN, a wrong graph).
+INT8_TOLERANCE = Tolerance(atol=0.25, rtol=0.25)
+# The same graph in ORT's flatbuffer format: the same kernels after the same optimisations.
+# int8 is calibrated on real images and real latents: activations beyond the calibrated ranges saturate
+# by design. Latents drawn per dimension at random (parity's "latent-random") leave that range (max abs
+# 0.75 on the decoder), so int8 parity uses the real-data inputs and uniform images only.
+INT8_PARITY_INPUTS = ("clean", "noisy", "uniform", "latent-real")
+# fp32 files in ORT format: the same graph and kernels; a budget of 0.001 dB allows float rounding only.
+ORT_FP32_BUDGET_DB = 0.001
+FP32_VARIANT = VariantSpec("fp32", "fp32", "onnx", ".onnx", CPU_TOLERANCE, CPU_TOLERANCE, 0.0)
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        FP32_VARIANT,
+        VariantSpec("fp16", "fp16", "onnx", ".fp16.onnx", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),
+        VariantSpec(
+            "int8", "int8", "onnx", ".int8.onnx", INT8_TOLERANCE, INT8_TOLERANCE, 0.10, INT8_PARITY_INPUTS
+        ),
+        VariantSpec("fp32.ort", "fp32", "ort", ".ort", CPU_TOLERANCE, CPU_TOLERANCE, ORT_FP32_BUDGET_DB),
+        VariantSpec("fp16.ort", "fp16", "ort", ".fp16.ort", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),
+        VariantSpec(
+            "int8.ort", "int8", "ort", ".int8.ort", INT8_TOLERANCE, INT8_TOLERANCE, 0.10, INT8_PARITY_INPUTS
+        ),
+    )
+}
+# What `ae-export --variants` accepts: the precisions, and "ort" = an .ort file for each precision written.
+VARIANT_CHOICES = ("fp16", "int8", "ort")
+DEFAULT_VARIANTS = ("fp16", "int8", "ort")
+
+
+def variant_for(precision: str, fmt: str) -> VariantSpec:
+    return next(v for v in VARIANTS.values() if v.precision == precision and v.fmt == fmt)
+
+
 ENCODER = ArtifactSpec("encoder", "encoder.onnx", "image", "image", "latent", "latent")
 DECODER = ArtifactSpec("decoder", "decoder.onnx", "latent", "latent", "image", "image")
 DENOISER = ArtifactSpec("denoiser", "denoiser.onnx", "image", "image", "denoised", "image")

@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.layout import ImageLayout, describe, prepare_images, restore_images
+from runtimes.manifest import DEFAULT_VARIANT, resolve_model
 from runtimes.metadata import ModelMetadata
 from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel
 from runtimes.sessions import InvalidModelError, Provider
-
-DENOISER_FILE = "denoiser.onnx"
 
 
 class Denoiser:
     """Denoise images with an exported `denoiser.onnx`; `encode`/`decode` use its sibling files.
 
-    `path` may be the denoiser file or the export folder holding it. Construction fails fast, before any
-    work, with FileNotFoundError or InvalidModelError (a ValueError) naming the path, and with
+    `path` may be the denoiser file (`.onnx` or `.ort`) or the export folder holding it; in a folder,
+    `variant` picks the file through its manifest ("fp32", "fp16", "int8", "int8.ort", ...; see
+    `runtimes.manifest`). Construction fails fast, before any work, with FileNotFoundError (a missing
+    variant names those present) or InvalidModelError (a ValueError) naming the path, and with
     ProviderUnavailableError when provider="cuda" cannot really start.
     """
 
@@ -37,10 +38,16 @@ class Denoiser:
         max_batch: int = DEFAULT_MAX_BATCH,
         warmup: bool = True,
         spinning: bool = True,
+        variant: str = DEFAULT_VARIANT,
     ) -> None:
         path = Path(path)
         if path.is_dir():
-            path = path / DENOISER_FILE
+            path = resolve_model(path, "denoiser", variant)
+        elif variant != DEFAULT_VARIANT:
+            raise InvalidModelError(
+                path,
+                f"variant {variant!r} picks a file of an export folder; pass the folder, or this file alone",
+            )
         self.model = OnnxModel(
             path,
             provider=provider,
