@@ -23,8 +23,9 @@ import onnx
 from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 from onnxruntime.tools.mobile_helpers import usability_checker
 
-from ae_export.specs import SPECS, VariantSpec, variant_for
-from runtimes.metadata import KEY_ARTIFACTS, KEY_VARIANT
+from ae_export.specs import VariantSpec, variant_for
+from ae_export.variants import tag_variant
+from runtimes.metadata import KEY_VARIANT
 
 REQUIRED_OPERATORS = "required_operators.config"
 USABILITY_REPORT = "mobile_usability.txt"
@@ -44,12 +45,9 @@ def to_ort(onnx_files: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
         names: dict[str, Path] = {}
         for path in onnx_files:
             proto = onnx.load(str(path))
-            variant = _variant_of(proto)
+            variant, excluded = _variant_of(proto)
             ort_variant = variant_for(variant.precision, "ort")
-            artifacts = {role: ort_variant.file_name(role) for role in SPECS}
-            for prop in proto.metadata_props:
-                if prop.key == KEY_ARTIFACTS:
-                    prop.value = json.dumps(artifacts, sort_keys=True)
+            tag_variant(proto, ort_variant, excluded)  # siblings: the .ort files of the same precision
             role = _role_of(proto)
             # The converter names outputs after inputs with the suffix swapped: denoiser.int8.onnx -> .ort
             stem = ort_variant.file_name(role).removesuffix(".ort")
@@ -83,11 +81,13 @@ def _quiet_converter():
         logger.setLevel(level)
 
 
-def _variant_of(proto: onnx.ModelProto) -> VariantSpec:
+def _variant_of(proto: onnx.ModelProto) -> tuple[VariantSpec, list[str]]:
+    """The file's variant (fp32 when untagged) and its layers kept in float."""
     for prop in proto.metadata_props:
         if prop.key == KEY_VARIANT:
-            return variant_for(json.loads(prop.value)["precision"], "onnx")
-    return variant_for("fp32", "onnx")
+            value = json.loads(prop.value)
+            return variant_for(value["precision"], "onnx"), list(value.get("excluded_layers", []))
+    return variant_for("fp32", "onnx"), []
 
 
 def _role_of(proto: onnx.ModelProto) -> str:

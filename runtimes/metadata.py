@@ -26,7 +26,7 @@ KEY_TRAINING = PREFIX + "training"  # dataset, epochs, final metrics, ...
 KEY_PROVENANCE = PREFIX + "provenance"  # checkpoint sha256, versions, opset, created
 KEY_ARTIFACTS = PREFIX + "artifacts"  # {"encoder": "encoder.onnx", ...}: sibling files of one export
 KEY_TOLERANCE = PREFIX + "tolerance"  # {"cpu": {"atol":..,"rtol":..}, "cuda": {...}}
-KEY_VARIANT = PREFIX + "variant"  # fp16/int8 files only: {"name", "precision", "format", "excluded_layers"}
+KEY_VARIANT = PREFIX + "variant"  # variant files: {"name", "precision", "format", "excluded_layers"}
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ROLE, KEY_MODEL, KEY_INPUT, KEY_OUTPUT, KEY_ARTIFACTS)
 ROLES = ("encoder", "decoder", "denoiser")
 
