@@ -30,7 +30,7 @@ from runtimes.manifest import (
     resolve_model,
     sha256_file,
 )
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 ALL_VARIANTS = list(VARIANTS)  # fp32, fp16, int8, fp32.ort, fp16.ort, int8.ort
 WIDE_BUDGETS = {"fp16": 0.1, "int8": 1.0}

@@ -1,4 +1,4 @@
-"""The seed's convolutional denoising autoencoder, layer for layer.
+"""The lecture's convolutional denoising autoencoder, layer for layer.
 
 The encoder maps a (B, 1, 28, 28) image in [0, 1] to a (B, latent_dim) code; the decoder maps the code
 back to a (B, 1, 28, 28) image in [0, 1] (sigmoid output). `ModelConfig` is everything needed to rebuild
