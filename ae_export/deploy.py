@@ -232,7 +232,7 @@ def export_variants(
                 log(
                     f"{o.variant.name}: {o.quality.psnr_db:.3f} dB "
                     f"({-o.loss_db(fp32_q):+.3f} vs fp32, budget "
-                    f"{o.budget_db:.2f}), pair {-o.pair_loss_db(fp32_pair):+.3f} dB"
+                    f"{o.budget_db:.3f}), pair {-o.pair_loss_db(fp32_pair):+.3f} dB"
                     + (f"; kept in float: {', '.join(o.excluded)}" if o.excluded else "")
                 )
         kept = [o for o in outcomes if not o.rejected]

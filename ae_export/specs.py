@@ -92,16 +92,18 @@ class VariantSpec:
 
 
 # fp16: weights and activations rounded to 11 significant bits (relative step 2^-11 ~ 4.9e-4) at every
-# layer; measured on the default 10-epoch model: max abs 1.2e-3 on the denoiser's [0, 1] outputs, 3.2e-3
-# on the encoder's latents (which reach ~30 in magnitude, so relative ~1e-4). 1e-2 abs leaves ~3x room
-# for other trainings and still fails a weight nudged by 1e-2 at the first layer (it moves outputs ~3e-2).
+# layer. Measured on the default model (10 epochs), every batch size and input kind: max abs 2.6e-3 on the
+# denoiser's [0, 1] outputs (mean 1.1e-4), 2.3e-3 on the decoder's, 6.6e-4 on the encoder's latents.
+# 1e-2 leaves ~4x room for other trainings and still fails any real fault (flipping or nudging a weight
+# tensor moves outputs by 1e-1 and more).
 FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
-# int8: 8-bit activations and per-channel weights; each of 11 layers adds up to half a quantization step
-# (1/255 of its range) and the errors add up. Measured max abs on the default model: 0.13 on [0, 1]
-# outputs (denoiser, rare pixels at sharp edges; mean abs 4e-3), 1.9 on latents whose range is ~60.
-# The bound is loose by nature: int8 is judged first by the PSNR budget, parity catches gross faults
-# (a swapped or corrupted weight tensor moves outputs by 0.3 or more, NaN, a wrong graph).
-INT8_TOLERANCE = Tolerance(atol=0.25, rtol=0.25)
+# int8: 8-bit activations and per-channel 8-bit weights; each layer adds up to half a quantization step
+# of its range and the steps add up over 11 layers. Measured on the default model: mean abs 3e-3, but
+# rare pixels reach 0.35 (19 of 784,000 decoder outputs above 0.25 at batch 1000, real latents), where an
+# activation sits near a rounding boundary that the next layers amplify. An element therefore fails only
+# beyond 0.5 abs and 0.5 rel: no int8 rounding reaches that, while a corrupted or sign-flipped weight
+# tensor, NaN or a wrong graph does. What int8 may lose in quality is judged by its PSNR budget instead.
+INT8_TOLERANCE = Tolerance(atol=0.5, rtol=0.5)
 # The same graph in ORT's flatbuffer format: the same kernels after the same optimisations.
 # int8 is calibrated on real images and real latents: activations beyond the calibrated ranges saturate
 # by design. Latents drawn per dimension at random (parity's "latent-random") leave that range (max abs

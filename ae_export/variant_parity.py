@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from ae_export.parity import BATCH_SIZES, ParityReport, check, make_inputs
@@ -37,8 +38,7 @@ def _torch_reference(model: DenoisingAutoencoder, role: str, x: np.ndarray) -> n
         return fn(torch.from_numpy(x)).numpy()
 
 
-def _run(path: Path, x: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
-    session, _ = open_session(path, "cpu", threads, spinning=False)
+def _run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, float]:
     name = session.get_inputs()[0].name
     started = time.perf_counter()
     (out,) = session.run(None, {name: x})
@@ -67,17 +67,21 @@ def check_variant_files(
         for role, spec in SPECS.items():
             for kind, x in inputs[spec.input_kind].items():
                 cases.append((role, batch, kind, x, _torch_reference(model, role, x)))
+    fp32_sessions = {
+        role: open_session(fp32_dir / FP32_VARIANT.file_name(role), "cpu", threads, spinning=False)[0]
+        for role in {item.role for item in files}
+    }
     for item in files:
-        fp32_path = fp32_dir / FP32_VARIANT.file_name(item.role)
+        session, _ = open_session(item.path, "cpu", threads, spinning=False)
         for role, batch, kind, x, ref in cases:
             allowed = item.variant.parity_inputs
             if role != item.role or (allowed is not None and kind not in allowed):
                 continue
-            out, ms = _run(item.path, x, threads)
+            out, ms = _run(session, x)
             name = item.path.name
             report.results.append(check(name, "cpu", batch, kind, out, ref, item.variant.vs_torch, ms))
             if item.variant.name != FP32_VARIANT.name:
-                base, _ = _run(fp32_path, x, threads)
+                base, _ = _run(fp32_sessions[item.role], x)
                 report.results.append(
                     check(name, "cpu", batch, f"{kind} vs fp32", out, base, item.variant.vs_fp32, ms)
                 )
@@ -92,7 +96,7 @@ def manifest_files(folder: Path) -> list[VariantFile]:
     return [
         VariantFile(e["role"], VARIANTS[e["variant"]], folder / e["file"])
         for e in manifest["files"]
-        if e.get("kind") == "model" and e["variant"] != FP32_VARIANT.name
+        if e.get("kind") == "model" and e["variant"] != FP32_VARIANT.name and (folder / e["file"]).is_file()
     ]
 
 
