@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ae_export.export import module_for
 from ae_export.parity import BATCH_SIZES, ParityReport, check, make_inputs
 from ae_export.specs import FP32_VARIANT, SPECS, VARIANTS, VariantSpec
 from runtimes.manifest import MANIFEST_FILE, load_manifest, sha256_file
@@ -34,8 +35,7 @@ class VariantFile:
 
 def _torch_reference(model: DenoisingAutoencoder, role: str, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        fn = {"encoder": model.encode, "decoder": model.decode, "denoiser": model.forward}[role]
-        return fn(torch.from_numpy(x)).numpy()
+        return module_for(model, SPECS[role])(torch.from_numpy(x)).numpy()
 
 
 def _run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, float]:
