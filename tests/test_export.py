@@ -94,13 +94,16 @@ def test_rejected_export_leaves_no_files(trained_checkpoint, tmp_path) -> None:
 def test_export_cli_end_to_end(trained_checkpoint, tmp_path) -> None:
     out = tmp_path / "onnx"
     done = run_cli(
-        "ae_export.cli", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--batch-sizes", "1,7"
+        "ae_export.cli",
+        *("--checkpoint", str(trained_checkpoint), "--out", str(out), "--batch-sizes", "1,7"),
+        *("--variants", "none"),  # the fp32 files only; tests/test_variants.py covers the variants
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "decoder.onnx",
         "denoiser.onnx",
         "encoder.onnx",
+        "manifest.json",
         "parity.json",
     ]
     report = json.loads((out / "parity.json").read_text())
