@@ -47,7 +47,7 @@ from ae_export.variants import (
     tag_variant,
     to_fp16,
 )
-from runtimes.manifest import VARIANT_SUFFIXES
+from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
 from runtimes.sessions import physical_cores
 from train.checkpoint import Checkpoint
 from train.data import Dataset
@@ -140,6 +140,17 @@ def _parity(
     return report
 
 
+def _drop_earlier_variants(out_dir: Path) -> None:
+    """The fp32 files were just replaced: variant files, extras and the manifest of an earlier export no
+    longer describe them, so they go first (a crash later then leaves the fp32 files alone, not a mix)."""
+    for name, suffix in VARIANT_SUFFIXES.items():
+        if name != FP32_VARIANT.name:
+            for role in SPECS:
+                (out_dir / f"{role}{suffix}").unlink(missing_ok=True)
+    for extra in (REQUIRED_OPERATORS, USABILITY_REPORT, MANIFEST_FILE):
+        (out_dir / extra).unlink(missing_ok=True)
+
+
 def _remove(folder: Path, variant: VariantSpec) -> None:
     for role in SPECS:
         (folder / variant.file_name(role)).unlink(missing_ok=True)
@@ -158,6 +169,7 @@ def export_variants(
 ) -> VariantsResult:
     """Write the requested variants of the fp32 files in out_dir (see the module docstring)."""
     budgets = dict(budgets or {})
+    _drop_earlier_variants(out_dir)
     noise_std = float(checkpoint.train_config.get("noise_factor", 0.3))
     model = checkpoint.build_model()
     fp32 = {role: out_dir / FP32_VARIANT.file_name(role) for role in SPECS}
@@ -241,13 +253,6 @@ def export_variants(
             **{o.variant.name: staged / o.variant.file_name("denoiser") for o in kept},
         }
         speed = measure_throughput(models, test.noisy[:256])
-        # Move into place: first drop every variant file of an earlier export, then the new ones.
-        for name, suffix in VARIANT_SUFFIXES.items():
-            if name != FP32_VARIANT.name:
-                for role in SPECS:
-                    (out_dir / f"{role}{suffix}").unlink(missing_ok=True)
-        for extra in (REQUIRED_OPERATORS, USABILITY_REPORT):
-            (out_dir / extra).unlink(missing_ok=True)
         for path in sorted(staged.iterdir()):
             if path.is_file():
                 path.replace(out_dir / path.name)
