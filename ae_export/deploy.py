@@ -46,6 +46,7 @@ from ae_export.variants import (
     standard_test,
     tag_variant,
     to_fp16,
+    weighted_layers,
 )
 from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
 from runtimes.sessions import physical_cores
@@ -257,6 +258,8 @@ def export_variants(
             if path.is_file():
                 path.replace(out_dir / path.name)
     fp32_outcome = Outcome(FP32_VARIANT, 0.0, fp32_q, fp32_pair)
+    # Layer key ("encoder.cnn.0") -> node name, per role: the names the int8 files keep for float nodes.
+    layers = {role: weighted_layers(onnx.load(str(fp32[role])), role) for role in SPECS}
     entries = []
     for o in [fp32_outcome, *kept]:
         for role in SPECS:
@@ -273,7 +276,8 @@ def export_variants(
                 precision=o.variant.precision,
                 format=o.variant.fmt,
                 opset=opset_of(out_dir / source),
-                excluded_layers=o.excluded,
+                excluded_layers=[k for k in o.excluded if k in layers[role]],
+                excluded_nodes=[layers[role][k] for k in o.excluded if k in layers[role]],
             )
             q = o.quality if role == "denoiser" else o.pair
             entry["quality"] = {
