@@ -7,6 +7,7 @@ dotprod). Reads the export folder's manifest.json; the measuring is `ae_export.v
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ae_export.manifest import cpu_int8_support
@@ -27,7 +28,7 @@ def run(ctx: BenchContext) -> Result:
             "standard_test": "-",
             "threads": ctx.threads,
             "cpu": cpu_int8_support(),
-            "rows": [],
+            "rows": [{"variant": "-", "status": "no manifest"}],
         }
     return bench_variants(folder, ctx.dataset(), NOISE_STD, ctx.threads)
 
@@ -46,16 +47,20 @@ def _ratio(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _fixed(digits: int, sign: str = "") -> Callable[[Any], str]:
+    return lambda v: "-" if v is None else f"{v:{sign}.{digits}f}"
+
+
 TABLES = (
     Table(
         columns=(
             Column("variant", "variant"),
             Column("file", "file"),
-            Column("KiB", lambda r: r["bytes"] / 1024),
+            Column("KiB", lambda r: r["bytes"] / 1024 if "bytes" in r else None),
             Column("size vs fp32", "size_vs_fp32", _ratio),
-            Column("PSNR dB", "psnr_db", lambda v: f"{v:.3f}"),
-            Column("loss dB", "loss_db", lambda v: f"{v:+.3f}"),
-            Column("SSIM", "ssim", lambda v: f"{v:.4f}"),
+            Column("PSNR dB", "psnr_db", _fixed(3)),
+            Column("loss dB", "loss_db", _fixed(3, "+")),
+            Column("SSIM", "ssim", _fixed(4)),
             Column("img/s b1", "img_s_b1"),
             Column("vs fp32 b1", "vs_fp32_b1", _ratio),
             Column("img/s b256", "img_s_b256"),
