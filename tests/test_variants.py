@@ -233,3 +233,11 @@ def test_variant_over_budget_is_reported_and_not_written(trained_checkpoint: Pat
     manifest = load_manifest(out)
     assert [r["variant"] for r in manifest["rejected"]] == ["fp16"]
     assert {e["variant"] for e in manifest["files"] if e["kind"] == "model"} == {"fp32", "fp32.ort"}
+    # `ae-export parity` (what `make parity` runs) passes on what was written, the .ort files included.
+    check = run_cli(
+        "ae_export.cli",
+        *("parity", "--checkpoint", str(trained_checkpoint), "--onnx-dir", str(out)),
+        *("--batch-sizes", "7", "--providers", "cpu"),
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "denoiser.ort" in check.stdout and "integrity FAILED" not in check.stderr
