@@ -132,15 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         images = parity_images(data)
         report = ParityReport()
 
-        def verify(onnx_dir: Path) -> None:
+        def verify(onnx_dir: Path) -> ParityReport:
             nonlocal report
             report = run_parity(model, onnx_dir, images, batch_sizes, providers)
             print(report.table())
             if not report.passed:
                 raise ParityError(report)
+            return report
 
         if args.command == "parity":
-            return _parity_command(Path(args.onnx_dir), model, images, batch_sizes, verify, report)
+            return _parity_command(Path(args.onnx_dir), model, images, batch_sizes, verify)
         out = Path(args.out)
         variants = _variants(args.variants)
         budgets = _budgets(args.psnr_budget)
@@ -177,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _parity_command(folder: Path, model, images, batch_sizes, verify, report: ParityReport) -> int:
+def _parity_command(folder: Path, model, images, batch_sizes, verify) -> int:
     """fp32 files vs PyTorch (raises ParityError), then every other file the manifest lists."""
-    verify(folder)
+    report = verify(folder)
     problems = integrity_problems(folder)
     files = manifest_files(folder)
     if files:
