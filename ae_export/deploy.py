@@ -294,6 +294,7 @@ def export_variants(
                 entry["tolerance"] = {
                     "vs_torch": o.variant.vs_torch.to_dict(),
                     "vs_fp32": o.variant.vs_fp32.to_dict(),
+                    "mean_abs_bound": o.variant.mean_abs_bound,
                 }
             if role == "denoiser":
                 entry["throughput"] = {

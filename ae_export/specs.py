@@ -86,6 +86,7 @@ class VariantSpec:
     vs_fp32: Tolerance
     psnr_budget_db: float
     parity_inputs: tuple[str, ...] | None = None
+    mean_abs_bound: float | None = None  # a check also fails when its mean abs error exceeds this
 
     def file_name(self, role: str) -> str:
         return f"{role}{self.suffix}"
@@ -98,12 +99,15 @@ class VariantSpec:
 # tensor moves outputs by 1e-1 and more).
 FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
 # int8: 8-bit activations and per-channel 8-bit weights; each layer adds up to half a quantization step
-# of its range and the steps add up over 11 layers. Measured on the default model: mean abs 3e-3, but
-# rare pixels reach 0.35 (19 of 784,000 decoder outputs above 0.25 at batch 1000, real latents), where an
-# activation sits near a rounding boundary that the next layers amplify. An element therefore fails only
-# beyond 0.5 abs and 0.5 rel: no int8 rounding reaches that, while a corrupted or sign-flipped weight
-# tensor, NaN or a wrong graph does. What int8 may lose in quality is judged by its PSNR budget instead.
-INT8_TOLERANCE = Tolerance(atol=0.5, rtol=0.5)
+# of its range and the steps add up over 11 layers. Measured on the default model (10 epochs): mean abs
+# 4e-3 to 7.7e-3 per check, but single elements reach 0.49 on [0, 1] outputs (a few per million pixels,
+# batch 1000) and 0.72 on latents, where an activation sits near a rounding boundary that the next layers
+# amplify (an 8-epoch model: 0.35). So an element fails only beyond 0.75 abs and 0.75 rel (gross faults,
+# NaN), and the mean abs error of each check must stay under INT8_MEAN_ABS = 0.02 (2.6x the worst mean
+# measured): that is what catches a corrupted or sign-flipped weight tensor. What int8 may lose in
+# quality is judged by its PSNR budget.
+INT8_TOLERANCE = Tolerance(atol=0.75, rtol=0.75)
+INT8_MEAN_ABS = 0.02
 # The same graph in ORT's flatbuffer format: the same kernels after the same optimisations.
 # int8 is calibrated on real images and real latents: activations beyond the calibrated ranges saturate
 # by design. Latents drawn per dimension at random (parity's "latent-random") leave that range (max abs
@@ -123,7 +127,15 @@ VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("fp32.ort", "fp32", "ort", ".ort", CPU_TOLERANCE, CPU_TOLERANCE, ORT_FP32_BUDGET_DB),
         VariantSpec("fp16.ort", "fp16", "ort", ".fp16.ort", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),
         VariantSpec(
-            "int8.ort", "int8", "ort", ".int8.ort", INT8_TOLERANCE, INT8_TOLERANCE, 0.10, INT8_PARITY_INPUTS
+            "int8.ort",
+            "int8",
+            "ort",
+            ".int8.ort",
+            INT8_TOLERANCE,
+            INT8_TOLERANCE,
+            0.10,
+            INT8_PARITY_INPUTS,
+            INT8_MEAN_ABS,
         ),
     )
 }

@@ -9,6 +9,7 @@ only: the variants are made for CPU and mobile runtimes, and the `.ort` files fo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import onnxruntime as ort
 import torch
 
 from ae_export.export import module_for
-from ae_export.parity import BATCH_SIZES, ParityReport, check, make_inputs
+from ae_export.parity import BATCH_SIZES, CheckResult, ParityReport, check, make_inputs
 from ae_export.specs import FP32_VARIANT, SPECS, VARIANTS, VariantSpec
 from runtimes.manifest import MANIFEST_FILE, load_manifest, sha256_file
 from runtimes.sessions import open_session, physical_cores
@@ -43,6 +44,18 @@ def _run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, floa
     started = time.perf_counter()
     (out,) = session.run(None, {name: x})
     return out, (time.perf_counter() - started) * 1e3
+
+
+def _bounded(result: CheckResult, variant: VariantSpec) -> CheckResult:
+    """Fail a check whose mean abs error exceeds the variant's bound; the input label says why."""
+    bound = variant.mean_abs_bound
+    if bound is None or result.mean_abs <= bound:
+        return result
+    return dataclasses.replace(
+        result,
+        inputs=f"{result.inputs}; mean abs {result.mean_abs:.2e} > bound {bound:g}",
+        failed_elements=max(result.failed_elements, 1),
+    )
 
 
 def check_variant_files(
@@ -79,12 +92,13 @@ def check_variant_files(
                 continue
             out, ms = _run(session, x)
             name = item.path.name
-            report.results.append(check(name, "cpu", batch, kind, out, ref, item.variant.vs_torch, ms))
+            report.results.append(
+                _bounded(check(name, "cpu", batch, kind, out, ref, item.variant.vs_torch, ms), item.variant)
+            )
             if item.variant.name != FP32_VARIANT.name:
                 base, _ = _run(fp32_sessions[item.role], x)
-                report.results.append(
-                    check(name, "cpu", batch, f"{kind} vs fp32", out, base, item.variant.vs_fp32, ms)
-                )
+                result = check(name, "cpu", batch, f"{kind} vs fp32", out, base, item.variant.vs_fp32, ms)
+                report.results.append(_bounded(result, item.variant))
     return report
 
 
