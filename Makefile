@@ -24,7 +24,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LINT_PATHS := ae_export train runtimes bench tests
 
-.PHONY: setup setup-gpu data train export parity demo test test-fast bench lint clean
+.PHONY: setup setup-gpu data train export parity demo test test-fast bench gpu-check lint clean
 
 setup: $(STAMP) data
 
@@ -80,6 +80,15 @@ test-fast: setup
 
 bench: setup $(DENOISER)
 	$(BIN)/ae-bench --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/bench.json
+
+# Every CUDA path (training, parity on CUDA, ae-denoise --provider cuda, the bench's CUDA rows,
+# pytest -m gpu) in one run; report in $(ART)/gpu_check/. Without a GPU it says so and exits 0 (and
+# trains or exports nothing); with one it first swaps in onnxruntime-gpu and brings the export up to date.
+gpu-check: setup
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory setup-gpu $(DENOISER); \
+	fi
+	$(BIN)/python -m ae_export.gpu_check --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -2,6 +2,7 @@
 
     ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18] [--graph fast]
     ae-export parity [--checkpoint artifacts/checkpoint.pt] [--onnx-dir artifacts/onnx]
+    ae-export triton [--onnx-dir artifacts/onnx] [--out artifacts/model_repository] [--check REPO]
 
 Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 parity failed,
 2 bad input (missing/corrupt checkpoint, unwritable folder, unsupported opset, export fault).
@@ -10,6 +11,7 @@ Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -21,7 +23,10 @@ from ae_export.specs import DEFAULT_OPSET
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from train.data import DataError, load_dataset
 
-COMMANDS = ("export", "parity")
+COMMANDS = ("export", "parity", "triton", "compat")
+# Subcommands with a parser of their own, imported when called: each needs an extra (`triton`, `compat`)
+# that exporting does not, so a missing extra fails only the subcommand that needs it, naming the extra.
+TOOLS = {"triton": ("ae_export.triton", "triton"), "compat": ("ae_export.compat", "compat")}
 PARITY_JSON = "parity.json"
 REJECTED_JSON = "parity.rejected.json"
 PARITY_IMAGES = 1000
@@ -33,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export encoder, decoder and denoiser to ONNX (dynamic batch) and check parity.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", metavar="{export,parity}")
+    sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", default="artifacts/checkpoint.pt")
     common.add_argument(
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-parity", action="store_true", help="skip parity (not recommended)")
     par = sub.add_parser("parity", parents=[common], help="check parity of existing files")
     par.add_argument("--onnx-dir", default="artifacts/onnx")
+    sub.add_parser("triton", help="write or --check a Triton model repository (see ae-export triton -h)")
+    sub.add_parser("compat", help="OpenVINO / OpenCV DNN vs ONNX Runtime matrix (see ae-export compat -h)")
     return p
 
 
@@ -89,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "export")
+    if argv[0] in TOOLS:
+        module, extra = TOOLS[argv[0]]
+        try:
+            tool = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            print(
+                f"ae-export {argv[0]}: needs the `{extra}` extra ({err}): pip install 'ae-export[{extra}]'",
+                file=sys.stderr,
+            )
+            return 2
+        return tool.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         providers = _csv(args.providers, str, "providers", PROVIDERS)
