@@ -24,7 +24,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LINT_PATHS := ae_export train runtimes bench tests
 
-.PHONY: setup setup-gpu data train export parity demo test test-fast bench gpu-check lint clean
+.PHONY: setup setup-gpu data train export parity demo test test-fast bench gpu-check lint clean photo photo-bench photo-picture
 
 setup: $(STAMP) data
 
@@ -89,6 +89,26 @@ gpu-check: setup
 	  $(MAKE) --no-print-directory setup-gpu $(DENOISER); \
 	fi
 	$(BIN)/python -m ae_export.gpu_check --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/gpu_check
+
+# Photographs: the fully convolutional denoiser (any size), trained on scikit-image's bundled photos.
+PHOTO := $(ART)/photo
+PHOTO_CKPT := $(PHOTO)/checkpoint.pt
+PHOTO_DENOISER := $(PHOTO)/onnx/denoiser.onnx
+
+$(PHOTO_CKPT): | setup
+	$(BIN)/ae-train --preset photo --out $(PHOTO) $(TRAIN_ARGS)
+
+$(PHOTO_DENOISER): $(PHOTO_CKPT) | setup
+	$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(EXPORT_ARGS)
+
+photo: setup $(PHOTO_DENOISER)
+
+# Quality table (ours vs NL-means vs BM3D at sigma 15, 25, 50) and the picture, in one run.
+photo-bench: setup $(PHOTO_DENOISER)
+	$(BIN)/python -m bench.photo --onnx $(PHOTO)/onnx --out $(ART)/bench/photo.json --picture $(PHOTO)/photo.png
+
+photo-picture: setup $(PHOTO_DENOISER)
+	$(BIN)/python -m bench.photo --onnx $(PHOTO)/onnx --picture $(PHOTO)/photo.png --picture-only
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from ae_export.export import DEFAULT_GRAPH, GRAPHS, ExportError, export_all, max_supported_opset
-from ae_export.parity import BATCH_SIZES, PROVIDERS, ParityError, ParityReport, run_parity
-from ae_export.specs import DEFAULT_OPSET
+from ae_export.parity import (
+    BATCH_SIZES,
+    PROVIDERS,
+    ParityError,
+    ParityReport,
+    run_parity,
+    run_parity_any_size,
+)
+from ae_export.specs import ANY_SIZE_PARITY_SIZES, DEFAULT_OPSET
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from train.data import DataError, load_dataset
 
@@ -48,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated parity batch sizes"
     )
     common.add_argument("--data-dir", default=None, help="where the checkpoint's dataset lives, if moved")
+    common.add_argument(
+        "--sizes",
+        default=",".join(f"{h}x{w}" for h, w in ANY_SIZE_PARITY_SIZES),
+        help="comma-separated HxW parity image sizes (models with dynamic height/width only)",
+    )
     exp = sub.add_parser("export", parents=[common], help="export and check parity (the default command)")
     exp.add_argument("--out", default="artifacts/onnx", help="folder for the .onnx files and parity.json")
     exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"18..{max_supported_opset()}")
@@ -78,6 +90,16 @@ def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list
     if not values:
         raise ValueError(f"--{name} is empty")
     return values
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in _csv(text, str, "sizes"):
+        height, _, width = item.lower().partition("x")
+        if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+            raise ValueError(f"--sizes: {item!r} is not HxW with positive integers (e.g. 64x96)")
+        sizes.append((int(height), int(width)))
+    return sizes
 
 
 def parity_images(checkpoint: Checkpoint, data_dir: str | None) -> np.ndarray | None:
@@ -112,13 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         providers = _csv(args.providers, str, "providers", PROVIDERS)
         batch_sizes = _csv(args.batch_sizes, int, "batch-sizes")
         checkpoint = load_checkpoint(args.checkpoint)
+        sizes = _sizes(args.sizes)
         model = checkpoint.build_model()
-        images = parity_images(checkpoint, args.data_dir)
+        any_size = checkpoint.model_config.arch == "fcn"
+        images = None if any_size else parity_images(checkpoint, args.data_dir)
         report = ParityReport()
 
         def verify(onnx_dir: Path) -> None:
             nonlocal report
-            report = run_parity(model, onnx_dir, images, batch_sizes, providers)
+            if any_size:
+                report = run_parity_any_size(model, onnx_dir, sizes, batch_sizes, providers)
+            else:
+                report = run_parity(model, onnx_dir, images, batch_sizes, providers)
             print(report.table())
             if not report.passed:
                 raise ParityError(report)

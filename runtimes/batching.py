@@ -169,8 +169,14 @@ class MicroBatcher:
     def _run(self, batch: list[_Request]) -> None:
         # Drop callers who cancelled their Future; __call__ requests cannot be cancelled.
         live = [r for r in batch if r.future is None or r.future.set_running_or_notify_cancel()]
-        if not live:
-            return
+        # An any-size model gets requests of several sizes: one model call per size.
+        by_size: dict[tuple[int, ...], list[_Request]] = {}
+        for request in live:
+            by_size.setdefault(request.sample.shape[1:], []).append(request)
+        for group in by_size.values():
+            self._run_group(group)
+
+    def _run_group(self, live: list[_Request]) -> None:
         try:
             inputs = (
                 live[0].sample if len(live) == 1 else np.concatenate([r.sample for r in live])

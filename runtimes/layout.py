@@ -37,8 +37,8 @@ def describe(images: object) -> str:
 ONE_BITS = np.uint32(0x3F800000)
 
 
-def _expected(image_shape: tuple[int, int]) -> str:
-    h, w = image_shape
+def _expected(image_shape: tuple[int, int] | None) -> str:
+    h, w = image_shape if image_shape is not None else ("H", "W")
     return (
         f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array, float32 in [0, 1] or uint8 0-255"
     )
@@ -58,8 +58,11 @@ def _check_range(batch: np.ndarray) -> None:
     raise ValueError(f"expected float32 values in [0, 1]; got values in [{lo:g}, {hi:g}]")
 
 
-def prepare_images(images: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, ImageLayout]:
+def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> tuple[np.ndarray, ImageLayout]:
     """Validate images and view them as a float32 model batch (N, 1, H, W) in [0, 1].
+
+    `image_shape` None: the model takes any height and width (a fully convolutional model); the images'
+    own last two axes are taken as (H, W).
 
     float32 input that is already C-contiguous is passed through as a view (no copy); uint8 is scaled by
     1/255 in one pass. Raises ValueError naming what was expected and what was got.
@@ -80,8 +83,10 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int]) -> tuple[np
             f"expected dtype float32 (values in [0, 1]) or uint8 (0-255); got {images.dtype} "
             f"(convert with .astype(np.float32) / 255 or .astype(np.uint8) first)"
         )
-    h, w = image_shape
     shape = images.shape
+    if image_shape is None:  # any size: (H, W) are the last two axes, if there are two
+        image_shape = (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 and min(shape[-2:]) > 0 else (0, 0)
+    h, w = image_shape
     ndim = len(shape)
     form: ImageForm
     if ndim == 4 and shape[1:] == (1, h, w):
@@ -119,3 +124,19 @@ def restore_images(output: np.ndarray, layout: ImageLayout) -> np.ndarray:
     if layout.form == "nhw":
         return output.reshape(n, h, w)
     return output.reshape(h, w)
+
+
+def pad_to_multiple(batch: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad (N, 1, H, W) at the bottom and right so H and W are multiples of `multiple`.
+
+    Fully convolutional models halve the resolution `log2(multiple)` times and need whole halvings; the
+    caller crops the output back to (H, W). Reflection (mirror without repeating the edge row) keeps the
+    padded border looking like the image; an image thinner than its padding is edge-replicated instead.
+    The same rule as train.fcn.pad_to_stride, so the runtime and the PyTorch reference see the same pixels.
+    """
+    height, width = batch.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not (pad_h or pad_w):
+        return batch
+    mode = "reflect" if height > pad_h and width > pad_w else "edge"
+    return np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode=mode)

@@ -48,6 +48,8 @@ class TensorContract:
     dtype: str = "float32"
     layout: str = ""
     value_range: tuple[float, float] | None = None
+    # Symbolic height/width axes take sizes that are multiples of this (the runtime pads and crops back).
+    size_multiple: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class TensorContract:
             "dtype": self.dtype,
             "layout": self.layout,
             "range": list(self.value_range) if self.value_range is not None else None,
+            "size_multiple": self.size_multiple,
         }
 
     @classmethod
@@ -67,12 +70,13 @@ class TensorContract:
             dtype=str(data.get("dtype", "float32")),
             layout=str(data.get("layout", "")),
             value_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
+            size_multiple=int(data.get("size_multiple", 1)),
         )
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one sample: every axis but the leading batch axis, which must be symbolic."""
-        return tuple(int(d) for d in self.shape[1:])
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of one sample: every axis but the leading batch axis; None for a symbolic axis."""
+        return tuple(None if isinstance(d, str) else int(d) for d in self.shape[1:])
 
 
 @dataclass(frozen=True)

@@ -138,16 +138,20 @@ class OnnxModel:
                     f"metadata names the {kind} {contract.name!r} but the graph's is {graph_name!r}",
                 )
         self._output_names = [self.output_name]
+        # Models with symbolic height/width take sizes that are multiples of this (1: fixed-size models).
+        self.size_multiple = max(1, self.metadata.input.size_multiple)
         if warmup:
             # The first run allocates buffers and picks kernels; pay that at start-up, not on a request.
-            self.run(np.zeros((1, *self.input_sample_shape), dtype=np.float32))
+            warm = tuple(self.size_multiple if d is None else d for d in self.input_sample_shape)
+            self.run(np.zeros((1, *warm), dtype=np.float32))
             if self._pool is not None:  # every per-core session, at a split batch size
-                self.run(np.zeros((MIN_SLICE * len(self._sessions), *self.input_sample_shape), np.float32))
+                self.run(np.zeros((MIN_SLICE * len(self._sessions), *warm), np.float32))
 
     def _sample_shape(
         self, graph_shape: list[int | str | None], type_name: str, meta_shape: tuple[int | str, ...]
-    ) -> tuple[int, ...]:
-        """Per-sample shape: the static axes after the symbolic batch axis, checked against metadata."""
+    ) -> tuple[int | None, ...]:
+        """Per-sample shape after the symbolic batch axis, checked against metadata; None marks an axis
+        that is symbolic in both (a fully convolutional model's height and width)."""
         if type_name != "tensor(float)":
             raise InvalidModelError(self.path, f"expected float32 graph inputs/outputs; found {type_name}")
         if not graph_shape or isinstance(graph_shape[0], int):
@@ -155,10 +159,18 @@ class OnnxModel:
                 self.path, f"expected a symbolic leading batch axis; graph shape {graph_shape}"
             )
         rest = graph_shape[1:]
-        if not all(isinstance(d, int) and d > 0 for d in rest):
-            raise InvalidModelError(self.path, f"expected static non-batch axes; graph shape {graph_shape}")
-        sample = tuple(int(d) for d in rest)  # type: ignore[arg-type]
-        meta_sample = tuple(meta_shape[1:])
+        meta_rest = meta_shape[1:]
+        if len(rest) != len(meta_rest) or not all(
+            (isinstance(d, int) and d > 0) or (not isinstance(d, int) and isinstance(m, str))
+            for d, m in zip(rest, meta_rest, strict=True)
+        ):
+            raise InvalidModelError(
+                self.path,
+                f"expected static non-batch axes (or symbolic ones the metadata declares); graph shape "
+                f"{graph_shape}, metadata {list(meta_shape)}",
+            )
+        sample = tuple(d if isinstance(d, int) else None for d in rest)
+        meta_sample = tuple(None if isinstance(d, str) else d for d in meta_rest)
         if meta_sample != sample:
             raise InvalidModelError(
                 self.path, f"metadata shape {list(meta_shape)} disagrees with the graph's {graph_shape}"
@@ -172,18 +184,37 @@ class OnnxModel:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(B, *input_sample_shape) float32 -> (B, *output_sample_shape) float32, chunked by max_batch."""
-        if batch.dtype != np.float32 or batch.shape[1:] != self.input_sample_shape or batch.ndim < 1:
+        expected = self.input_sample_shape
+        if (
+            batch.dtype != np.float32
+            or batch.ndim != 1 + len(expected)
+            or any(
+                want is not None and got != want for got, want in zip(batch.shape[1:], expected, strict=True)
+            )
+            or any(
+                want is None and got % self.size_multiple
+                for got, want in zip(batch.shape[1:], expected, strict=True)
+            )
+        ):
+            shown = tuple("any" if d is None else d for d in expected)
+            multiple = f", any sizes multiples of {self.size_multiple}" if None in expected else ""
             raise ValueError(
-                f"{self.path.name}: expected a float32 batch of shape (B, *{self.input_sample_shape}); "
+                f"{self.path.name}: expected a float32 batch of shape (B, *{shown}){multiple}; "
                 f"got {batch.dtype} {batch.shape}"
             )
         n = batch.shape[0]
+        # Symbolic output axes (an any-size image model) take the input's: image in, same-size image out.
+        out_shape = (
+            tuple(batch.shape[1:])
+            if None in self.output_sample_shape
+            else tuple(int(d) for d in self.output_sample_shape if d is not None)
+        )
         if n == 0:
-            return np.empty((0, *self.output_sample_shape), dtype=np.float32)
+            return np.empty((0, *out_shape), dtype=np.float32)
         if n < 2 * MIN_SLICE or self._pool is None:
             if n <= self.max_batch:  # the lowest-latency path: one call, no hand-off
                 return self._session.run(self._output_names, {self.input_name: batch})[0]
-        out = np.empty((n, *self.output_sample_shape), dtype=np.float32)
+        out = np.empty((n, *out_shape), dtype=np.float32)
         for start in range(0, n, self.max_batch):
             stop = min(start + self.max_batch, n)
             if self._pool is None or stop - start < 2 * MIN_SLICE:

@@ -7,11 +7,14 @@ the module from a state dict, so it is saved next to the weights in every checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from train.fcn import FcnDenoiser
 
 IMAGE_SIZE = 28
 CHANNELS = 1
@@ -24,9 +27,16 @@ class ModelConfig:
 
     latent_dim: int = 4
     hidden_dim: int = 128
+    arch: str = "lecture"  # a key of MODEL_BUILDERS; checkpoints without it are the lecture's model
+    # arch "fcn" (train/fcn.py): base channels, number of 2x downsamplings, 3x3 convolutions per stage.
+    fcn_width: int = 32
+    fcn_levels: int = 3
+    fcn_depth: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("latent_dim", "hidden_dim"):
+        if self.arch not in MODEL_BUILDERS:
+            raise ValueError(f"ModelConfig.arch {self.arch!r}; valid: {', '.join(MODEL_BUILDERS)}")
+        for name in ("latent_dim", "hidden_dim", "fcn_width", "fcn_levels", "fcn_depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
@@ -111,3 +121,22 @@ class DenoisingAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+def _build_fcn(config: ModelConfig) -> nn.Module:
+    model = FcnDenoiser(config.fcn_width, config.fcn_levels, config.fcn_depth)
+    model.config = config  # as DenoisingAutoencoder.config: the module says what it was built from
+    return model
+
+
+# arch -> builder. "lecture": the fixed-size autoencoder above (encoder, decoder, denoiser);
+# "fcn": the fully convolutional denoiser of train/fcn.py (any height and width, denoiser only).
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "lecture": DenoisingAutoencoder,
+    "fcn": _build_fcn,
+}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The module `config.arch` names, freshly initialised."""
+    return MODEL_BUILDERS[config.arch](config)
