@@ -31,7 +31,7 @@ class ModelConfig:
     # arch "fcn" (train/fcn.py): base channels, number of 2x downsamplings, 3x3 convolutions per stage.
     fcn_width: int = 32
     fcn_levels: int = 3
-    fcn_depth: int = 2
+    fcn_depth: int = 1
 
     def __post_init__(self) -> None:
         if self.arch not in MODEL_BUILDERS:
