@@ -262,7 +262,7 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
     for chain in _chains(graph):
         layers = [_read_layer(node, inits, shapes) for node, _ in chain]
         phases, grid = (1, 1), layers[0].in_hw
-        for index, (layer, (node, _between)) in enumerate(zip(layers, chain, strict=True)):
+        for index, (layer, (node, between)) in enumerate(zip(layers, chain, strict=True)):
             weight, bias, pads, grid_out = _phase_conv(layer, phases, grid)
             blocks = (layer.strides[0] * phases[0], layer.strides[1] * phases[1])
             exact = all(g * b == o for g, b, o in zip(grid_out, blocks, layer.out_hw, strict=True))
@@ -270,7 +270,9 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
             stem = node.name or node.output[0]
             w_name, b_name = fresh(f"{stem}.phase_weight"), fresh(f"{stem}.phase_bias")
             new_inits += [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(bias, b_name)]
-            conv_out = fresh(f"{stem}.phases") if last else node.output[0]
+            # Tensors in phase layout are named "<node>.phases...": they are no longer what the exporter
+            # named them, and profilers (ORT names fused nodes after them) can attribute their time.
+            conv_out = fresh(f"{stem}.phases")
             nodes = [
                 helper.make_node(
                     "Conv",
@@ -320,6 +322,12 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
                 phases, grid = (1, 1), layer.out_hw
             else:
                 phases, grid = blocks, grid_out
+                current = conv_out
+                for op in between:  # elementwise ops now act on the phase layout: rename their outputs
+                    op.input[0] = current
+                    current = fresh(f"{stem}.phases_{op.op_type.lower()}")
+                    op.output[0] = current
+                chain[index + 1][0].input[0] = current  # the next ConvTranspose reads the phases
             replaced[id(node)] = nodes
     if not replaced:
         return model

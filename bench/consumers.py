@@ -46,7 +46,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         try:
             runner = load()
         except ConsumerError as err:
-            notes.append(f"{name} cannot load {ctx.first.denoiser_path.name}: {str(err).splitlines()[0]}")
+            reason = " / ".join(line.strip() for line in str(err).splitlines()[:2])  # OpenCV: op on line 2
+            notes.append(f"{name} cannot load {ctx.first.denoiser_path.name}: {reason}")
             continue
         for batch, x in inputs.items():
             out = runner(x)

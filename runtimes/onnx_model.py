@@ -49,10 +49,20 @@ class OnnxModel:
     result) and one image ~10-20 us of single-thread model time, so on idle cores splitting pays from
     about 8 images. It is set at 2 * MIN_SLICE = 32 because the micro-batcher's batches (15-25 images at
     32 callers) ran better unsplit: its callers' Python work needs the second core (median of 4
-    alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8). On a
-    loaded machine (load average 16 on 2 cores) nothing parallel pays: fast graph at batch 256, best of
-    25 interleaved rounds, 1 thread 10.8 ms, 2 intra-op threads 21.6 ms, 2 sessions 16.7 ms; pass
-    threads=1 where the cores are known to be busy.
+    alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8).
+
+    Measured here with the machine loaded by other jobs (load average 16-21 on 2 cores), so the ratios
+    say how each choice degrades when the cores are busy (best p50 over interleaved rounds, batch 256):
+
+        graph     threading                       run A (25 rounds)   run B (3 reps, min..max)
+        fast      1 thread                        10.8 ms             -
+        fast      2 intra-op threads              21.6 ms             -
+        fast      2 per-core sessions (split)     16.7 ms             6.8..15.6 ms (Denoiser.denoise)
+        portable  2 intra-op threads (old default)  -                 26.3..29.4 ms
+
+    Intra-op threads synchronise at every operator and lose most when a core is taken away; whole
+    slices on independent single-threaded sessions do not wait for each other. Pass threads=1 where
+    the cores are known to be busy with other work.
     """
 
     def __init__(

@@ -123,3 +123,45 @@ def test_portable_graph_keeps_parity(portable_dir, onnx_dir, trained_checkpoint,
     model = load_checkpoint(trained_checkpoint).build_model()
     report = run_parity(model, portable_dir, fmnist_test[:1000], BATCH_SIZES, providers=("cpu",))
     assert report.passed, report.failure_summary()
+
+
+def test_asymmetric_pads_and_strides() -> None:
+    """Per-axis strides, a non-square kernel and unequal begin/end pads, against ORT's ConvTranspose."""
+    rng = np.random.default_rng(3)
+    weight = rng.uniform(-0.3, 0.3, (3, 2, 3, 4)).astype(np.float32)
+    bias = rng.uniform(-0.3, 0.3, 2).astype(np.float32)
+    model = _single_layer(weight, bias, 5, strides=[2, 3], pads=[1, 0, 2, 1], output_padding=[1, 0])
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 6  # (batch, 3, 5, 6)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    ref = _run(model, {"x": x})
+    assert ref.shape == (2, 2, 9, 18)
+    np.testing.assert_allclose(_run(rewrite_conv_transpose(model), {"x": x}), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_chain_merges_through_elementwise_ops() -> None:
+    """Two layers with LeakyRelu between, exact tiling: one Col2Im for both, same values."""
+    rng = np.random.default_rng(4)
+    inits = {
+        "w1": rng.uniform(-0.3, 0.3, (4, 3, 3, 3)),
+        "b1": rng.uniform(-0.3, 0.3, 3),
+        "w2": rng.uniform(-0.3, 0.3, (3, 2, 3, 3)),
+        "b2": rng.uniform(-0.3, 0.3, 2),
+    }
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["h"], **attrs),
+        helper.make_node("LeakyRelu", ["h"], ["r"], alpha=0.1),
+        helper.make_node("ConvTranspose", ["r", "w2", "b2"], ["y"], **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    fast = rewrite_conv_transpose(model)
+    assert [n.op_type for n in fast.graph.node] == ["Conv", "LeakyRelu", "Conv", "Reshape", "Col2Im"]
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(fast, {"x": x}), _run(model, {"x": x}), atol=1e-6, rtol=1e-6)
