@@ -5,7 +5,7 @@ coins, astronaut, clock, chelsea; never trained on) with 8-bit clipped Gaussian 
 50 (/255) from fixed seeds; each method's output rounded to 8 bits (what a saved file holds); PSNR and
 SSIM as scikit-image computes them (data range 1), averaged per image; and wall time per megapixel.
 
-* ours: the exported `denoiser.onnx` run by the torch-free runtime (`runtimes.Denoiser`), the path
+* ours: the exported denoiser run by the torch-free runtime (`runtimes.Denoiser`), the path
   `ae-denoise` takes. One model for every sigma (it was trained on a range and is told nothing).
 * NL-means: scikit-image's `denoise_nl_means` told the true sigma, h = 0.8 sigma, 7x7 patches within
   23x23 (patch_distance 11), fast mode: the parameters scikit-image's own documentation recommends.
@@ -83,7 +83,7 @@ def run_photo_bench(
     methods: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
         "noisy input": lambda noisy, _s: noisy,
         "NL-means (scikit-image)": _nl_means,
-        "ours (denoiser.onnx, ONNX Runtime)": lambda noisy, _s: denoiser.denoise(noisy.astype(np.float32)),
+        "ours (ONNX Runtime)": lambda noisy, _s: denoiser.denoise(noisy.astype(np.float32)),
     }
     notes = []
     bm3d = _bm3d()
@@ -187,7 +187,7 @@ def draw_picture(onnx: str | Path, path: str | Path, threads: int | None = None)
         ("clean", clean),
         (f"noisy (sigma {PICTURE_SIGMA_255}/255)", noisy),
         ("NL-means", _nl_means(noisy, sigma)),
-        ("ours (denoiser.onnx)", denoiser.denoise(noisy)),
+        ("ours", denoiser.denoise(noisy)),
     ]
     bm3d = _bm3d()
     if bm3d is not None:
@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.photo",
         description="Photographs: the any-size denoiser vs NL-means and BM3D (PSNR/SSIM, ms per megapixel).",
     )
-    p.add_argument("--onnx", default="artifacts/photo/onnx", help="denoiser.onnx or its export folder")
+    p.add_argument(
+        "--onnx", default="artifacts/photo/onnx", help="the exported denoiser or its export folder"
+    )
     p.add_argument("--out", default="artifacts/bench/photo.json", help="JSON results")
     p.add_argument("--sigmas", default=",".join(map(str, SIGMAS_255)), help="comma-separated sigmas x255")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: cores)")
