@@ -1,14 +1,38 @@
-"""`ae-train`: train the seed's denoising autoencoder. Thin: parses, calls train.loop.train, reports."""
+"""`ae-train`: train the convolutional denoising autoencoder. Thin: parses, calls train.loop.train, reports.
+
+Values come from three layers, later ones winning: TrainConfig's defaults (the lecture recipe), the
+chosen `--preset`, then the flags given explicitly on the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
+from typing import Any
 
 from train.data import DATASETS, DataError
-from train.loop import DEVICES, LOSSES, TARGETS, TrainConfig, train
+from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, train
+from train.model import ARCHS
+from train.presets import DEFAULT_PRESET, PRESETS, preset_values
 
 DEFAULTS = TrainConfig()
+# Flags a preset may set: their argparse default is None ("not given"), so a preset value is only
+# overridden by a flag the user actually typed.
+RECIPE_FLAGS: dict[str, type] = {
+    "epochs": int,
+    "batch_size": int,
+    "arch": str,
+    "latent_dim": int,
+    "hidden_dim": int,
+    "width": int,
+    "blocks": int,
+    "lr": float,
+    "schedule": str,
+    "weight_decay": float,
+    "noise_factor": float,
+}
+CHOICES: dict[str, tuple[str, ...]] = {"arch": tuple(ARCHS), "schedule": SCHEDULES}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,14 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the convolutional denoising autoencoder (noisy -> clean by default).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=DEFAULT_PRESET,
+        help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()),
+    )
     p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset)
     p.add_argument("--data-dir", default=None, help="folder with idx files, or of images for 'folder'")
-    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim)
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    p.add_argument("--noise-factor", type=float, default=DEFAULTS.noise_factor)
+    for name, kind in RECIPE_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            choices=CHOICES.get(name),
+            default=None,
+            help=f"overrides the preset (lecture: {getattr(DEFAULTS, name)})",
+        )
     p.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
     p.add_argument(
         "--target",
@@ -41,25 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- preset <- explicit flags; TrainConfig and ModelConfig validate the result."""
+    values: dict[str, Any] = {**asdict(DEFAULTS), **preset_values(args.preset)}
+    values.update({name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None})
+    values.update(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        loss=args.loss,
+        target=args.target,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+        limit=args.limit,
+    )
+    config = TrainConfig(**values)
+    config.model_config()  # a bad combination of model knobs fails here, before any data is read
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = TrainConfig(
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            latent_dim=args.latent_dim,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            noise_factor=args.noise_factor,
-            loss=args.loss,
-            target=args.target,
-            seed=args.seed,
-            device=args.device,
-            out=args.out,
-            limit=args.limit,
-        )
+        config = config_from_args(args)
         checkpoint = train(config, resume=args.resume, quiet=args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {args.out}/checkpoint.pt holds the last whole epoch", file=sys.stderr)
