@@ -313,6 +313,7 @@ def train(
             raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; try a lower --lr")
         row = {"epoch": epoch, "train_loss": train_loss, **scores}
         row["train_seconds"] = train_seconds
+        row["threads"] = torch.get_num_threads()  # s/epoch means little without it
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         checkpoint = Checkpoint(
