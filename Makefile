@@ -1,7 +1,8 @@
 # ae-export: two commands set everything up on a fresh machine.
 #   make demo   train (if needed) -> export + parity -> denoise sample images with ae-denoise
 #   make test   the test suite
-# Every target that needs the environment depends on it, so each works from a fresh clone.
+# Files are real make targets: the ONNX export is rebuilt when the checkpoint is newer, the checkpoint is
+# trained when missing, the environment is installed when pyproject.toml changes.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,15 +13,22 @@ EXTRAS ?= train,dev,bench
 ART ?= artifacts
 CKPT := $(ART)/checkpoint.pt
 ONNX := $(ART)/onnx
+DENOISER := $(ONNX)/denoiser.onnx
 DEMO := $(ART)/demo
 DATA_DIR := /usr/share/datasets/fashion-mnist
 DATA_PKG := dataset-fashion-mnist
 TRAIN_ARGS ?=
+EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+LINT_PATHS := ae_export train runtimes bench tests
 
-.PHONY: setup setup-gpu data train export parity demo test test-fast bench lint clean
+PRESETS := lecture balanced quality
+PRESET_DIR := $(ART)/presets
+FRONTIER_ARGS ?=
+
+.PHONY: setup setup-gpu data train export parity demo test test-fast bench frontier lint clean
 
 setup: $(STAMP) data
 
@@ -46,21 +54,26 @@ data:
 	  || echo "note: could not install $(DATA_PKG); ae-train will try torchvision's download or use --data-dir"; \
 	else echo "note: $(DATA_DIR) absent; ae-train will try torchvision's download (or pass --data-dir)"; fi
 
+# `make train` always trains (it is what the user asked for); the file target trains only when missing.
 train: setup
 	$(BIN)/ae-train --out $(ART) $(TRAIN_ARGS)
 
-export: setup
-	@test -f $(CKPT) || $(MAKE) --no-print-directory train
-	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX)
+$(CKPT): | setup
+	$(BIN)/ae-train --out $(ART) $(TRAIN_ARGS)
 
-parity: setup
+$(DENOISER): $(CKPT) | setup
+	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
+
+# `make train export` exports the checkpoint just trained: a phony export always runs after its prerequisites.
+export: setup $(CKPT)
+	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
+
+parity: setup $(DENOISER)
 	$(BIN)/ae-export parity --checkpoint $(CKPT) --onnx-dir $(ONNX)
 
-demo: setup
-	@test -f $(CKPT) || $(MAKE) --no-print-directory train
-	@if [ ! -f $(ONNX)/denoiser.onnx ] || [ $(CKPT) -nt $(ONNX)/denoiser.onnx ]; then $(MAKE) --no-print-directory export; fi
+demo: setup $(DENOISER)
 	$(BIN)/python -m train.demo prepare --out $(DEMO)/clean --count 100
-	$(BIN)/ae-denoise --onnx $(ONNX)/denoiser.onnx $(DEMO)/clean -o $(DEMO)/denoised --add-noise 0.3 --seed 0 --overwrite
+	$(BIN)/ae-denoise --onnx $(DENOISER) $(DEMO)/clean -o $(DEMO)/denoised --add-noise 0.3 --seed 0 --overwrite
 	$(BIN)/python -m train.demo score --clean $(DEMO)/clean --denoised $(DEMO)/denoised --sheet $(DEMO)/demo.png
 
 test: setup
@@ -69,14 +82,26 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: setup
-	@test -f $(CKPT) || $(MAKE) --no-print-directory train
-	@if [ ! -f $(ONNX)/denoiser.onnx ] || [ $(CKPT) -nt $(ONNX)/denoiser.onnx ]; then $(MAKE) --no-print-directory export; fi
+bench: setup $(DENOISER)
 	$(BIN)/ae-bench --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/bench.json
 
-lint: setup
-	$(BIN)/ruff check ae_export train runtimes tests
-	$(BIN)/ruff format --check ae_export train runtimes tests
+# The quality/cost frontier: train the presets that are missing (artifacts/presets/NAME/checkpoint.pt),
+# export each (with parity), then measure them all, draw docs/frontier.png and refresh README's table.
+$(PRESET_DIR)/%/checkpoint.pt: | setup
+	$(BIN)/ae-train --preset $* --out $(PRESET_DIR)/$* --quiet
+
+$(PRESET_DIR)/%/onnx/denoiser.onnx: $(PRESET_DIR)/%/checkpoint.pt | setup
+	$(BIN)/ae-export --checkpoint $< --out $(PRESET_DIR)/$*/onnx $(EXPORT_ARGS)
+
+.PRECIOUS: $(PRESET_DIR)/%/checkpoint.pt
+
+frontier: setup $(foreach p,$(PRESETS),$(PRESET_DIR)/$(p)/onnx/denoiser.onnx)
+	$(BIN)/python -m bench.frontier_cli --presets-dir $(PRESET_DIR) --presets $(subst $(eval) ,$(comma),$(PRESETS)) \
+	  --out $(ART)/frontier --picture docs/frontier.png --readme README.md $(FRONTIER_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 clean:
 	rm -rf $(ART) .pytest_cache

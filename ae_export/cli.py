@@ -19,6 +19,7 @@ from ae_export.export import ExportError, export_all, max_supported_opset
 from ae_export.parity import BATCH_SIZES, PROVIDERS, ParityError, ParityReport, run_parity
 from ae_export.specs import DEFAULT_OPSET
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from train.data import DataError, load_dataset
 
 COMMANDS = ("export", "parity")
 PARITY_JSON = "parity.json"
@@ -67,8 +68,6 @@ def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list
 
 def parity_images(checkpoint: Checkpoint, data_dir: str | None) -> np.ndarray | None:
     """Real held-out images of the checkpoint's dataset, or None (then parity uses random inputs only)."""
-    from train.data import DataError, load_dataset
-
     name = checkpoint.dataset.get("name", "fashion-mnist")
     source = data_dir or (checkpoint.dataset.get("source") if name != "fashion-mnist" else None)
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ae_export.export import module_for
 from ae_export.specs import SPECS, ArtifactSpec, Tolerance
 from runtimes.fileio import atomic_write_text
 from runtimes.noise import add_noise
@@ -203,8 +204,7 @@ def make_inputs(
 
 def _reference(model: DenoisingAutoencoder, spec: ArtifactSpec, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        fn = {"encoder": model.encode, "decoder": model.decode, "denoiser": model.forward}[spec.role]
-        return fn(torch.from_numpy(x)).numpy()
+        return module_for(model, spec)(torch.from_numpy(x)).numpy()
 
 
 def run_parity(

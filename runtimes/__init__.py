@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from runtimes.images import BadImageError, find_images, load_gray8, save_png
     from runtimes.metadata import MetadataError, ModelMetadata, TensorContract, parse_metadata
     from runtimes.onnx_model import OnnxModel
-    from runtimes.pipeline import PipelineResult, PlanError, plan_jobs, run_pipeline
+    from runtimes.pipeline import PipelineResult, run_pipeline
+    from runtimes.planning import PlanError, plan_jobs
     from runtimes.sessions import InvalidModelError, ProviderUnavailableError, open_session, physical_cores
 
 _EXPORTS = {
@@ -31,8 +32,8 @@ _EXPORTS = {
     "load_gray8": "runtimes.images",
     "save_png": "runtimes.images",
     "PipelineResult": "runtimes.pipeline",
-    "PlanError": "runtimes.pipeline",
-    "plan_jobs": "runtimes.pipeline",
+    "PlanError": "runtimes.planning",
+    "plan_jobs": "runtimes.planning",
     "run_pipeline": "runtimes.pipeline",
     "MetadataError": "runtimes.metadata",
     "ModelMetadata": "runtimes.metadata",

@@ -22,7 +22,8 @@ from runtimes.batching import MicroBatcher
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save
 from runtimes.images import SizeMode, find_images
-from runtimes.pipeline import plan_jobs, run_pipeline
+from runtimes.pipeline import run_pipeline
+from runtimes.planning import plan_jobs
 
 
 def _latency_stats(latencies_s: list[float], seconds: float) -> dict[str, float]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from runtimes.denoiser import Denoiser
 from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
-from runtimes.pipeline import Outcome, PlanError, plan_jobs, run_pipeline
+from runtimes.pipeline import Outcome, run_pipeline
+from runtimes.planning import PlanError, plan_jobs
 from runtimes.sessions import PROVIDERS, InvalidModelError, ProviderUnavailableError
 
 PROG = "ae-denoise"
@@ -177,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if result.stale_temps_removed:  # said even with --quiet: files were removed from the output tree
+        print(
+            f"{PROG}: removed {result.stale_temps_removed} temporary file(s) left by an interrupted run",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(f"{PROG}: {result.summary()} on {denoiser.provider}", file=sys.stderr)
     return EXIT_FAILED if result.failed or plan.scan_errors else EXIT_OK

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
+
+TEMP_SUFFIX = ".tmp"
+# `.<destination name>.<mkstemp's 8 random characters>.tmp`: the temporary files `atomic_open` makes.
+_TEMP_NAME = re.compile(r"^\.(?P<dest>.+)\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
 @contextlib.contextmanager
@@ -22,7 +27,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = Tr
     if "w" not in mode:
         raise ValueError(f"atomic_open writes only; mode {mode!r} has no 'w'")
     dest = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -51,3 +56,31 @@ def atomic_save(path: str | os.PathLike[str], save: Callable[[IO[bytes]], None],
     """Run `save(handle)` against a temporary file, then rename it onto `path`."""
     with atomic_open(path, "wb", fsync=fsync) as handle:
         save(handle)
+
+
+def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
+    """Remove the temporary files a killed writer left beside these destinations; return how many.
+
+    Why: `atomic_open` cleans up after every failure it sees, but a process killed with SIGKILL (or a
+    power cut) leaves its `.<name>.XXXXXXXX.tmp` behind. Only files of exactly that pattern whose
+    `<name>` is one of `destinations` are removed, so nothing else in the folder is ever touched. Do not
+    run it while another process writes the same destinations.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for dest in destinations:
+        dest = Path(dest)
+        wanted.setdefault(dest.parent, set()).add(dest.name)
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            with os.scandir(folder) as listing:
+                entries = [e for e in listing if e.name.endswith(TEMP_SUFFIX) and e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.match(entry.name)
+            if match and match["dest"] in names and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

@@ -194,6 +194,19 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
+def fit_gray8(gray8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 -> (h, w) uint8, bicubic; the one resize that training and serving share.
+
+    Why one function: a folder of images used for training (`train.data`'s folder dataset) and the same
+    files denoised with `--size-mode resize` must become the same model input, pixel for pixel. Resizing
+    in 8-bit "L" mode clips bicubic overshoot by itself.
+    """
+    h, w = size
+    if gray8.shape == (h, w):
+        return gray8
+    return np.asarray(Image.fromarray(gray8).resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
 @dataclass(frozen=True)
 class FitPlan:
     """How an image was cut or scaled into model samples, so `from_model` can put the result back."""
@@ -221,10 +234,7 @@ def to_model(
     th, tw = tile
     if mode == "resize":
         plan = FitPlan("resize", (height, width), tile)
-        unit = gray8.astype(np.float32) / np.float32(255.0)  # (H, W)
-        if (height, width) != tile:
-            resized = Image.fromarray(unit).resize((tw, th), Image.Resampling.BICUBIC)
-            unit = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # bicubic overshoots
+        unit = fit_gray8(gray8, tile).astype(np.float32) / np.float32(255.0)  # (h, w)
         return unit.reshape(1, 1, th, tw), plan
     sy, sx = max(1, th // 2), max(1, tw // 2)
     rows, cols = math.ceil(height / sy) + 1, math.ceil(width / sx) + 1

@@ -1,10 +1,9 @@
-"""Denoise folders of image files: output planning with safety checks, and an overlapped pipeline.
+"""Execute an `ae-denoise` plan: decode, denoise in batches, encode, with the three stages overlapped.
 
-`plan_jobs` maps input files to output PNG paths (mirroring each input tree) and refuses, before any work,
-plans that would write over an input or into an input tree (where a later run would read the results back
-as inputs). `run_pipeline` then decodes files on a small thread pool, gathers them into model batches on
-the calling thread, and encodes/writes results on the same pool, so decoding, inference and encoding
-overlap: Pillow and onnxruntime both release the GIL in their C code.
+`run_pipeline` decodes files on a small thread pool, gathers them into model batches on the calling
+thread, and encodes/writes results on the same pool, so decoding, inference and encoding overlap: Pillow
+and onnxruntime both release the GIL in their C code. The plan (which file goes where, and the safety
+checks) comes from `runtimes.planning`.
 """
 
 from __future__ import annotations
@@ -21,13 +20,13 @@ from typing import Literal
 import numpy as np
 
 from runtimes.denoiser import Denoiser
+from runtimes.fileio import remove_stale_temps
 from runtimes.images import (
     DEFAULT_MAX_PIXELS,
     SIZE_MODES,
     BadImageError,
     FitPlan,
     SizeMode,
-    find_images,
     from_model,
     load_gray8,
     save_png,
@@ -35,150 +34,10 @@ from runtimes.images import (
     to_uint8,
 )
 from runtimes.noise import add_noise, check_std
+from runtimes.planning import Job
 from runtimes.sessions import physical_cores
 
-OUTPUT_SUFFIX = ".png"
 CHUNK_FILES = 16  # files per thread-pool task
-NOISY_SUFFIX = ".noisy.png"
-
-
-class PlanError(ValueError):
-    """The requested inputs/outputs are unsafe or ambiguous; nothing has been written."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input file and where its result (and, with added noise, its noisy input) goes."""
-
-    index: int
-    source: Path
-    output: Path
-    noisy_output: Path | None = None
-
-
-@dataclass
-class Plan:
-    jobs: list[Job]
-    scan_errors: list[tuple[Path, str]] = field(default_factory=list)  # folders that could not be listed
-
-
-def _abspath(path: Path) -> Path:
-    """Absolute and normalised, symlinks kept (so `.` gets its real folder name for `<input>_denoised`)."""
-    return Path(os.path.abspath(path))
-
-
-def _output_names(files: Sequence[Path], root: Path) -> list[Path]:
-    """Relative output paths for files under `root`: `a.jpg` -> `a.png`, unless two files would collide
-    (`a.png` and `a.jpg`), in which case the non-PNG keeps its suffix: `a.jpg.png`."""
-    rels = [f.relative_to(root) for f in files]
-    plain = [rel.with_suffix(OUTPUT_SUFFIX) for rel in rels]
-    counts: dict[Path, int] = {}
-    for name in plain:
-        counts[name] = counts.get(name, 0) + 1
-    names = []
-    for rel, name in zip(rels, plain, strict=True):
-        if counts[name] > 1 and rel.suffix.lower() != OUTPUT_SUFFIX:
-            name = rel.with_name(rel.name + OUTPUT_SUFFIX)
-        names.append(name)
-    return names
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def plan_jobs(
-    inputs: Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str] | None = None,
-    with_noisy: bool = False,
-) -> Plan:
-    """Map inputs (files or folders) to output paths; raise PlanError for unsafe or colliding outputs.
-
-    Layout: a folder `D` goes to `OUT/<relative path>.png` with `-o OUT` and one input, to
-    `OUT/<D name>/...` with several inputs, and to the sibling folder `D_denoised/` without `-o`. A file
-    `F` goes to `OUT/<F stem>.png`, or beside itself as `<F stem>_denoised.png` without `-o`.
-    """
-    if not inputs:
-        raise PlanError("no inputs given")
-    roots = [Path(p) for p in inputs]
-    missing = [str(p) for p in roots if not os.path.lexists(p)]
-    if missing:
-        raise PlanError(f"input not found: {', '.join(missing)}")
-    out_dir = _abspath(Path(output)) if output is not None else None
-    scan_errors: list[tuple[Path, str]] = []
-    pairs: list[tuple[Path, Path]] = []  # (source, output)
-    input_dirs: list[Path] = []
-    for root in roots:
-        absolute = _abspath(root)
-        if root.is_dir():
-            input_dirs.append(Path(os.path.realpath(root)))
-            if out_dir is None:
-                out_root = absolute.parent / f"{absolute.name}_denoised"
-            elif len(roots) == 1:
-                out_root = out_dir
-            else:
-                out_root = out_dir / absolute.name
-            files = find_images(
-                root,
-                on_error=lambda err: scan_errors.append(
-                    (Path(err.filename or "?"), f"cannot list folder: {err.strerror or err}")
-                ),
-            )
-            pairs.extend(zip(files, (out_root / n for n in _output_names(files, root)), strict=True))
-        elif out_dir is None:
-            pairs.append((root, absolute.parent / f"{absolute.stem}_denoised{OUTPUT_SUFFIX}"))
-        else:
-            pairs.append((root, out_dir / f"{absolute.stem}{OUTPUT_SUFFIX}"))
-    jobs = [
-        Job(
-            i, src, dst, dst.with_name(dst.name[: -len(OUTPUT_SUFFIX)] + NOISY_SUFFIX) if with_noisy else None
-        )
-        for i, (src, dst) in enumerate(pairs)
-    ]
-    _check_safety(jobs, input_dirs)
-    return Plan(jobs, scan_errors)
-
-
-def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
-    """Refuse outputs that are inputs (by path or by inode), lie inside an input tree, or collide."""
-    input_real = {os.path.realpath(job.source) for job in jobs}
-    input_ids: set[tuple[int, int]] = set()
-    for job in jobs:
-        try:
-            st = os.stat(job.source)
-        except OSError:
-            continue  # unreadable inputs are reported when loaded; they cannot be written over either
-        input_ids.add((st.st_dev, st.st_ino))
-    problems: list[str] = []
-    seen: dict[str, Path] = {}
-    for job in jobs:
-        for out in (job.output, job.noisy_output):
-            if out is None:
-                continue
-            real = os.path.realpath(out)
-            if real in input_real:
-                problems.append(f"output {out} is an input file")
-            else:
-                try:
-                    st = os.stat(out)
-                except OSError:
-                    st = None
-                if st is not None and (st.st_dev, st.st_ino) in input_ids:
-                    problems.append(f"output {out} is a hard link to an input file")
-            for folder in input_dirs:
-                if _is_within(Path(real), folder):
-                    problems.append(
-                        f"output {out} lies inside input folder {folder}; results would be read back as "
-                        "inputs (choose -o outside every input folder)"
-                    )
-                    break
-            if real in seen:
-                problems.append(f"inputs {seen[real]} and {job.source} both map to output {out}")
-            seen[real] = job.source
-    if problems:
-        shown = "; ".join(problems[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise PlanError(f"refusing to write: {shown}{more}")
 
 
 Status = Literal["done", "failed", "skipped"]
@@ -198,6 +57,7 @@ class PipelineResult:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    stale_temps_removed: int = 0  # temporary files of a killed earlier run, cleaned before starting
     seconds: float = 0.0
     failures: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -320,6 +180,10 @@ def run_pipeline(
         if on_outcome is not None:
             on_outcome(outcome)
 
+    # A run killed mid-write (SIGKILL, power cut) leaves hidden temporaries beside its outputs.
+    result.stale_temps_removed = remove_stale_temps(
+        out for job in jobs for out in (job.output, job.noisy_output) if out is not None
+    )
     todo: list[Job] = []
     folder_errors: dict[Path, str] = {}
     for job in jobs:

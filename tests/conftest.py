@@ -7,33 +7,14 @@ exported by ae_export.export.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Enough to beat the noisy input's PSNR (about 15 dB vs 12.8 dB) in about 6 s on 2 cores.
 SMALL_TRAIN = {"limit": 4000, "batch_size": 32, "epochs": 2}
-
-
-def run_cli(
-    module: str, *args: str, cwd: Path | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """Run `python -m module args` as a user would, with the repo importable; capture text output."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="session")

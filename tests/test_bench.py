@@ -26,7 +26,7 @@ from ae_export.bench import (
     torchvision_root,
 )
 from ae_export.bench_cli import main
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
 

@@ -112,7 +112,7 @@ def test_missing_fashion_names_apt_package(tmp_path) -> None:
         load_dataset("fashion-mnist", tmp_path / "nowhere", download=False)
 
 
-def test_noise_model_is_the_seeds() -> None:
+def test_noise_model_is_the_lectures() -> None:
     images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
     x = to_float(images)
     assert x.shape == (64, 1, 28, 28) and float(x.max()) <= 1.0
@@ -121,3 +121,25 @@ def test_noise_model_is_the_seeds() -> None:
     expected = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     assert torch.equal(noisy, expected)
     assert torch.equal(fixed_noisy(images, 0.3, 7), fixed_noisy(images, 0.3, 7))
+
+
+@pytest.mark.parametrize(
+    ("size", "mode"), [((28, 28), "L"), ((56, 40), "RGB"), ((9, 13), "LA"), ((300, 200), "I;16")]
+)
+def test_folder_image_trains_as_the_runtime_serves_it(tmp_path, fmnist_test, size, mode) -> None:
+    """One decoder and one resize: a file in a training folder becomes exactly the tensor that
+    `ae-denoise --size-mode resize` feeds the model for the same file."""
+    from runtimes.images import load_gray8, to_model
+
+    w, h = size
+    image = Image.fromarray(fmnist_test[3]).resize((w, h))
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) * 257).astype(np.uint16))
+    else:
+        image = image.convert(mode)
+    path = tmp_path / "img.png"
+    image.save(path)
+    data = load_folder_dataset(tmp_path)
+    trained = to_float(data.train.images)[0].numpy()  # (1, 28, 28)
+    served, _ = to_model(load_gray8(path), (28, 28), "resize")  # (1, 1, 28, 28)
+    np.testing.assert_array_equal(trained, served[0])

@@ -20,9 +20,11 @@ from runtimes.images import (
     from_model,
     load_gray8,
     to_model,
+    to_uint8,
 )
-from runtimes.pipeline import PlanError, plan_jobs
-from tests.conftest import run_cli
+from runtimes.noise import add_noise
+from runtimes.planning import PlanError, plan_jobs
+from tests.helpers import run_cli
 
 CLI = "runtimes.cli"
 NOISE = 0.3
@@ -59,9 +61,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def noisy_u8(clean: np.ndarray, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = clean.astype(np.float32) / 255 + NOISE * rng.standard_normal(clean.shape, dtype=np.float32)
-    return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return to_uint8(add_noise(clean.astype(np.float32) / 255, NOISE, np.random.default_rng(seed)))
 
 
 # ---------------------------------------------------------------------------------------------------------

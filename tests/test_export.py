@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from ae_export.export import ExportError, check_batch_axis, export_all, export_artifact
 from ae_export.specs import BATCH_AXIS, SPECS
 from runtimes.metadata import parse_metadata
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from train.model import ModelConfig
 

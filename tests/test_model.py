@@ -1,4 +1,4 @@
-"""The seed's architecture, layer for layer."""
+"""The lecture's architecture, layer for layer."""
 
 from __future__ import annotations
 

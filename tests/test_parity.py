@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from ae_export.parity import BATCH_SIZES, CheckResult, compare, provider_status, run_parity
 from ae_export.specs import SPECS, Tolerance
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from train.checkpoint import load_checkpoint
 
 ARTIFACTS = [*SPECS, "decoder(encoder)"]

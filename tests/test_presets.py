@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ae_export.export import choose_example_batch
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 from train.cli import build_parser, config_from_args
 from train.loop import TrainConfig, learning_rate
 from train.model import ARCHS, DenoisingAutoencoder, ModelConfig

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 from train.checkpoint import load_checkpoint
 from train.data import fixed_noisy, to_float
 from train.loop import TrainConfig, evaluate, train
@@ -95,7 +95,7 @@ def test_resume_equals_uninterrupted(fmnist, tmp_path) -> None:
 
 
 def test_noisy_target_reproduces_seed_recipe(fmnist, tmp_path) -> None:
-    """--target noisy (the seed's slide) trains against the noisy input: with the same seed, init and noise
+    """--target noisy (the lecture's slide) trains against the noisy input: with the same seed, init and noise
     draws, only the target differs, so the losses must differ from the clean-target run's."""
     kwargs = {"epochs": 1, **TINY}
     noisy = train(

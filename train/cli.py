@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         choices=TARGETS,
         default=DEFAULTS.target,
-        help="'clean' trains a denoiser; 'noisy' reproduces the seed's slide (loss against the noisy input)",
+        help="'clean' trains a denoiser; 'noisy' reproduces the lecture's slide (loss vs the noisy input)",
     )
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)

@@ -1,6 +1,6 @@
 """Datasets held in memory as whole uint8 tensors, and the noise model.
 
-Why in memory: Fashion-MNIST is 47 MB as uint8, and the seed's per-sample PIL `ToTensor` pipeline spends
+Why in memory: Fashion-MNIST is 47 MB as uint8, and the lecture's per-sample PIL `ToTensor` pipeline spends
 more time in Python than the 87k-parameter model spends computing. A split is one (N, 28, 28) uint8 tensor;
 batches are index slices, converted to float on the fly, and noise is drawn per batch from a seeded
 generator, so training is compute-bound and reproducible.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtimes.images import IMAGE_SUFFIXES, BadImageError, find_images, fit_gray8, load_gray8
 from runtimes.noise import apply_noise
 
 IMAGE_SIZE = 28
 DATASETS = ("fashion-mnist", "mnist", "folder")
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".gif")
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -149,26 +148,6 @@ def load_idx_dataset(root: Path, name: str) -> Dataset:
 # -------------------------------------------------------------------------------------------------- folder
 
 
-def _load_gray28(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps  # Pillow is a base dependency; imported here to keep startup light
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8))
-            elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(black, rgba)
-            im = im.convert("L")
-            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-            return np.asarray(im, dtype=np.uint8)
-
-
 def load_folder_dataset(root: Path, val_fraction: float = 0.1) -> Dataset:
     """Every image under `root`, 8-bit grayscale 28x28; split by a hash of the relative path.
 
@@ -177,22 +156,23 @@ def load_folder_dataset(root: Path, val_fraction: float = 0.1) -> Dataset:
     """
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    files = find_images(root)
     images: list[np.ndarray] = []
     in_val: list[bool] = []
     skipped: list[str] = []
     for path in files:
         try:
-            images.append(_load_gray28(path))
-        except (OSError, ValueError, SyntaxError, Warning) as err:  # Pillow's faults for bad files
-            skipped.append(f"{path}: {type(err).__name__}: {err}")
+            # The runtime's own decoder and resize: a file trains as the model input it is served as.
+            images.append(fit_gray8(load_gray8(path), (IMAGE_SIZE, IMAGE_SIZE)))
+        except BadImageError as err:
+            skipped.append(f"{path}: {err.reason}")
             continue
         digest = hashlib.sha1(str(path.relative_to(root)).encode()).digest()
         in_val.append(int.from_bytes(digest[:4], "big") / 2**32 < val_fraction)
     if not images:
         raise DataError(
             f"{root}: no readable images (found {len(files)} candidate files, {len(skipped)} unreadable; "
-            f"suffixes looked for: {', '.join(IMAGE_SUFFIXES)})"
+            f"suffixes looked for: {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     stack = torch.from_numpy(np.stack(images))
     mask = torch.tensor(in_val)

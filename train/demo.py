@@ -6,7 +6,7 @@
     python -m train.demo score --clean artifacts/demo/clean --denoised artifacts/demo/denoised
 
 `prepare` writes clean Fashion-MNIST test images as PNGs (the user's "images/" folder); ae-denoise adds the
-seed's noise (saving `<name>.noisy.png`) and writes `<name>.png`; `score` compares both with the clean
+lecture's noise (saving `<name>.noisy.png`) and writes `<name>.png`; `score` compares both with the clean
 originals (PSNR, SSIM, as scikit-image defines them) and draws a contact sheet for a person to look at.
 """
 

@@ -1,8 +1,8 @@
-"""The training loop: the seed's recipe, trained noisy -> clean by default.
+"""The training loop: the lecture's recipe, trained noisy -> clean by default.
 
-Why clean targets: the seed's slide computes the loss between the output and the *noisy* input, which
+Why clean targets: the lecture's slide computes the loss between the output and the *noisy* input, which
 teaches the network to reproduce the noise it was shown; a denoiser must map noisy -> clean. `target="noisy"`
-keeps the seed's exact recipe so its numbers (train loss 0.051, val loss 0.040 at latent 4) stay
+keeps the lecture's exact recipe so its numbers (train loss 0.051, val loss 0.040 at latent 4) stay
 reproducible.
 
 Reproducibility: the model is initialised from `seed`; each epoch's shuffle and noise come from a
@@ -140,7 +140,7 @@ def evaluate(
     device: torch.device,
     batch_size: int = 1000,
 ) -> dict[str, float]:
-    """The seed's val loss (clean in, MSE of the reconstruction) and the denoising measures.
+    """The lecture's val loss (clean in, MSE of the reconstruction) and the denoising measures.
 
     Denoising: the fixed-seed noisy image in, the clean image as target: MSE, PSNR, SSIM; plus the noisy
     input's own PSNR/SSIM as the baseline a denoiser must beat.
@@ -172,7 +172,7 @@ def train_epoch(
     device: torch.device,
     progress: bool,
 ) -> float:
-    """One pass over the training split; returns the mean batch loss (the seed's 'train loss')."""
+    """One pass over the training split; returns the mean batch loss (the lecture's 'train loss')."""
     model.train()
     generator = _epoch_generator(config.seed, epoch)
     batches = batch_indices(len(split), config.batch_size, generator)
@@ -210,7 +210,7 @@ def train_epoch(
 def save_samples(
     model: DenoisingAutoencoder, split: Split, config: TrainConfig, path: Path, device: torch.device
 ) -> None:
-    """The seed's figure: rows original / noisy / reconstructed, one column per class where labeled."""
+    """The lecture's figure: rows original / noisy / reconstructed, one column per class where labeled."""
     from PIL import Image, ImageDraw
 
     if split.labels is not None:

@@ -1,0 +1,85 @@
+"""A killed `ae-denoise` run: outputs stay whole, and the next run removes the temporaries it left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from runtimes.fileio import remove_stale_temps
+from tests.helpers import REPO, run_cli
+
+CLI = "runtimes.cli"
+
+
+def _images(folder: Path, images: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"img_{i:05d}.png")
+
+
+def _temps(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob(".*.tmp"))
+
+
+def test_rerun_removes_its_own_stale_temps_only(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    _images(tmp_path / "in", fmnist_test[:4])
+    out = tmp_path / "out"
+    out.mkdir()
+    # What SIGKILL mid-write leaves: `.<output name>.<8 random chars>.tmp` beside the outputs ...
+    stale = [out / ".img_00000.png.k3j_x9Qa.tmp", out / ".img_00003.png.00000000.tmp"]
+    # ... and files that only look similar, which belong to someone else and must stay.
+    foreign = [
+        out / ".notes.txt.abcdefgh.tmp",  # not one of this run's outputs
+        out / ".img_00001.png.short.tmp",  # not mkstemp's 8 characters
+        out / "img_00002.png.abcdefgh.tmp",  # not hidden
+        out / "keep.txt",
+    ]
+    for path in stale + foreign:
+        path.write_bytes(b"partial")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 2 temporary file(s) left by an interrupted run" in proc.stderr
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"partial" for p in foreign)
+    assert sorted(p.name for p in out.glob("img_*.png")) == [f"img_{i:05d}.png" for i in range(4)]
+
+
+def test_remove_stale_temps_ignores_missing_folders(tmp_path: Path) -> None:
+    assert remove_stale_temps([tmp_path / "nowhere" / "a.png"]) == 0
+
+
+def test_sigkill_then_rerun_leaves_no_temporaries(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """The real thing: kill -9 while outputs are being written, rerun, check the tree."""
+    images = fmnist_test[:1500]  # enough files for the run to be mid-way when killed
+    _images(tmp_path / "in", images)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and sum(1 for _ in out.glob("*.png")) >= 100:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    written = sorted(out.glob("*.png"))
+    assert 0 < len(written) < len(images), "the run was not killed mid-way; the test proves nothing"
+    for path in written:  # atomic writes: every output that exists is a whole PNG
+        with Image.open(path) as image:
+            image.load()
+    rerun = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert _temps(out) == []
+    assert len(list(out.glob("*.png"))) == len(images)
