@@ -1,7 +1,7 @@
-"""ae-export: train, export to ONNX and parity-check a convolutional denoising autoencoder.
+"""ae-export: turn a trained checkpoint (from `train`) into checked ONNX files and deployment artifacts.
 
-Importing the package is light (no torch): `ae_export.specs` is torch-free; `model`, `export`, `parity`
-and `checkpoint` need the `[train]` extra.
+Importing the package is light (no torch): `ae_export.specs` is torch-free; `export` and `parity` need the
+`[train]` extra. The model and its checkpoint live in `train`, one stage below.
 """
 
 __version__ = "0.1.0"

@@ -14,18 +14,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ae_export.bench import (
-    BUDGETS,
-    SECTIONS,
-    count_flops,
-    latency_stats,
-    markdown_table,
-    resolve_models,
-    sanitize,
-    time_calls,
-    torchvision_root,
-)
-from ae_export.bench_cli import main
+from bench.cli import main
+from bench.concurrency import bench_microbatcher
+from bench.flops import count_flops
+from bench.report import SECTIONS, resolve_models, sanitize
+from bench.tables import Column, Table, markdown_table, render_table
+from bench.timing import BUDGETS, latency_stats, time_calls
+from bench.training import torchvision_root
+from runtimes.denoiser import Denoiser
 from tests.helpers import run_cli
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
@@ -80,6 +76,46 @@ def test_time_calls_meets_minimum_count_and_stats_are_consistent() -> None:
     assert stats["p50_ms"] == 2.0 and stats["mean_ms"] == 2.0 and stats["images_per_s"] == 5000.0
 
 
+def test_latency_stats_with_wall_time_gives_the_callers_throughput() -> None:
+    stats = latency_stats(np.array([2_000_000] * 4), batch=1, wall_s=0.004)  # 4 overlapping 2 ms calls
+    assert stats["calls"] == 4 and stats["images_per_s"] == 500.0 and stats["throughput_per_s"] == 1000.0
+
+
+def test_table_declaration_renders_keys_derived_values_and_missing_cells() -> None:
+    table = Table(
+        title=lambda result: f"{result['threads']} threads",
+        columns=(Column("name", "name"), Column("share %", lambda r: 100 * r["share"]), Column("n", "n")),
+        notes=lambda result: ["a note"],
+    )
+    text = render_table(
+        table, {"threads": 2, "rows": [{"name": "a", "share": 0.5, "n": 3}, {"name": "b", "share": 1.0}]}
+    )
+    assert text.split("\n\n") == [
+        "2 threads",
+        "| name | share % | n |\n|---|---:|---:|\n| a | 50.00 | 3 |\n| b | 100.00 | - |",
+        "- a note",
+    ]
+
+
+def test_every_section_provides_the_interface() -> None:
+    for name, section in SECTIONS.items():
+        assert isinstance(section.NEEDS_DATA, bool), name
+        assert callable(section.run) and callable(section.heading), name
+        assert section.TABLES and all(isinstance(t, Table) for t in section.TABLES), name
+
+
+def test_bench_draws_noise_and_opens_sessions_only_through_the_shared_code() -> None:
+    import re
+
+    package = Path(__file__).resolve().parent.parent / "bench"
+    for path in package.glob("*.py"):
+        text = path.read_text()
+        noise = re.search(r"\*\s*[\w.]*(randn|standard_normal)", text)  # std * N(0, 1) written by hand
+        assert noise is None, f"{path.name}: hand-written noise ({noise and noise.group(0)})"
+        assert "InferenceSession(" not in text, f"{path.name}: opens a session itself (use open_session)"
+        assert "denoiser.onnx" not in text and not re.search(r"\b28\b", text), f"{path.name}: literal"
+
+
 def test_markdown_table_and_sanitize() -> None:
     table = markdown_table(["name", "value"], [["a", 1234.5], ["b", 0.01234]])
     assert table.splitlines() == ["| name | value |", "|---|---:|", "| a | 1,234 |", "| b | 0.0123 |"]
@@ -123,6 +159,16 @@ def test_resolve_models_uses_the_matching_export(
     assert model.onnx_dir == onnx_dir and model.note == "" and lines == []  # not exported again
 
 
+def test_microbatcher_benchmark_returns_numbers(onnx_dir: Path) -> None:
+    result = bench_microbatcher(
+        Denoiser(onnx_dir, provider="cpu"), concurrency=4, requests=200, max_batch_size=16
+    )
+    for key in ("direct", "batched"):
+        stats = result[key]
+        assert isinstance(stats, dict) and stats["calls"] == 200
+        assert stats["throughput_per_s"] > 0 and stats["p99_ms"] >= stats["p50_ms"] > 0
+
+
 def _assert_finite(value: Any, where: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
@@ -142,7 +188,7 @@ def _assert_finite(value: Any, where: str) -> None:
 def test_ae_bench_tiny_smoke(trained_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = run_cli(
-        "ae_export.bench_cli",
+        "bench.cli",
         "--tiny",
         "--checkpoint",
         str(trained_checkpoint),

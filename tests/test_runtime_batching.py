@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from runtimes.batching import MicroBatcher
-from runtimes.benchmarks import bench_microbatcher
 from runtimes.denoiser import Denoiser
 
 THREADS = 16
@@ -174,11 +173,3 @@ def test_cancelled_request_does_not_break_batch(denoiser: Denoiser, fmnist_test:
 def test_bad_settings(denoiser: Denoiser, kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         MicroBatcher(denoiser, **kwargs)
-
-
-def test_benchmark_helper_returns_numbers(denoiser: Denoiser) -> None:
-    result = bench_microbatcher(denoiser, concurrency=4, requests=200, max_batch_size=16)
-    for key in ("direct", "batched"):
-        stats = result[key]
-        assert isinstance(stats, dict) and stats["requests"] == 200
-        assert stats["throughput_per_s"] > 0 and stats["p99_ms"] >= stats["p50_ms"] > 0

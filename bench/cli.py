@@ -4,9 +4,9 @@
              [--checkpoint PATH ...] [--onnx-dir DIR] [--out bench.json]
              [--cli-images N] [--quality-images N] [--data-dir DIR]
 
-Thin: the measurements are in ae_export.bench. Quick mode is the default (a few minutes on 2 cores);
---full measures longer; --tiny runs every path in seconds (the smoke test; its numbers mean nothing).
-Exit codes: 0 ok, 2 bad input (missing checkpoint or data, bad option).
+Thin: the measurements are in the section modules, the orchestration in bench.report. Quick mode is the
+default (a few minutes on 2 cores); --full measures longer; --tiny runs every path in seconds (the smoke
+test; its numbers mean nothing). Exit codes: 0 ok, 2 bad input (missing checkpoint or data, bad option).
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ae_export.export import ExportError
+from bench.machine import machine_info
+from bench.quality import TUNE_START
+from bench.report import SECTIONS, load_fashion, needs_data, render, render_header, resolve_models, run_bench
+from bench.timing import BUDGETS
 from runtimes.cli import positive_int
+from runtimes.fileio import atomic_write_text
+from runtimes.sessions import physical_cores
+from train.checkpoint import CheckpointError, load_checkpoint
+from train.data import DataError
 
 PROG = "ae-bench"
 DEFAULT_CHECKPOINT = "artifacts/checkpoint.pt"
@@ -28,8 +37,6 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def _sections(text: str) -> tuple[str, ...]:
-    from ae_export.bench import SECTIONS
-
     names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     bad = [s for s in names if s not in SECTIONS]
     if bad or not names:
@@ -40,8 +47,6 @@ def _sections(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ae_export.bench import SECTIONS
-
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark ONNX Runtime against PyTorch and the hardware, the serving paths, training, "
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sections",
         type=_sections,
-        default=SECTIONS,
+        default=tuple(SECTIONS),
         metavar="LIST",
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
     )
@@ -98,53 +103,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         metavar="N",
-        help="evaluate quality on test[:N], N <= 2000 (default 2000; --tiny: 24)",
+        help=f"evaluate quality on test[:N], N <= {TUNE_START} (default {TUNE_START}; --tiny: 24)",
     )
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx files (default: the Debian package's)")
     return p
 
 
+def _error(message: object) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ae_export.bench import (
-        BUDGETS,
-        RENDERERS,
-        load_fashion,
-        machine_info,
-        render_header,
-        resolve_models,
-        run_bench,
-    )
-    from ae_export.export import ExportError
-    from runtimes.fileio import atomic_write_text
-    from runtimes.sessions import physical_cores
-    from train.checkpoint import CheckpointError, load_checkpoint
-    from train.data import DataError
-
     budget = BUDGETS["tiny" if args.tiny else "full" if args.full else "quick"]
     if args.cli_images is not None:
         budget = dataclasses.replace(budget, cli_images=args.cli_images)
     if args.quality_images is not None:
-        if args.quality_images > 2000:
-            print(
-                f"{PROG}: error: --quality-images {args.quality_images}: at most 2000 (test[2000:] is the "
-                "tuning slice)",
-                file=sys.stderr,
+        if args.quality_images > TUNE_START:
+            return _error(
+                f"--quality-images {args.quality_images}: at most {TUNE_START} "
+                f"(test[{TUNE_START}:] is the tuning slice)"
             )
-            return EXIT_USAGE
         budget = dataclasses.replace(budget, quality_images=args.quality_images)
     threads = args.threads or physical_cores()
     paths = args.checkpoint or [Path(DEFAULT_CHECKPOINT)]
     try:
         checkpoints = [load_checkpoint(path) for path in paths]
-        needs_data = any(s in ("cli", "training", "quality") for s in args.sections)
-        data = load_fashion(args.data_dir) if needs_data else None
+        data = load_fashion(args.data_dir) if needs_data(args.sections) else None
     except (CheckpointError, DataError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(err)
 
     def show(name: str, result: dict[str, Any]) -> None:
-        print(RENDERERS[name](result) + f"\n\n({name}: {result['seconds']:.1f} s)\n", flush=True)
+        print(render(name, result) + f"\n\n({name}: {result['seconds']:.1f} s)\n", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ae-bench-") as scratch:
         try:
@@ -152,15 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 checkpoints, args.onnx_dir, Path(scratch), log=lambda line: print(line, file=sys.stderr)
             )
         except ExportError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
+            return _error(err)
         header = render_header({"mode": budget.mode, "machine": machine_info(threads)})
         print(f"{header}\n\nSections: {', '.join(args.sections)}\n", flush=True)
         try:
             report = run_bench(args.sections, budget, threads, models, data, on_section=show)
-        except DataError as err:  # e.g. the seed-style loop's idx files are not beside the dataset
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
+        except DataError as err:  # e.g. the lecture-style loop's idx files are not beside the dataset
+            return _error(err)
     print(f"total: {report['seconds']['total']:.1f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
