@@ -4,7 +4,7 @@ Per model: parameters, MFLOP per image (`bench.flops.count_flops`, the inference
 training seconds per epoch (as recorded in its checkpoint while it trained), PSNR/SSIM on the standard
 test (Fashion-MNIST test[:2000], noise 0.3, the evaluation seed training reports on; the denoiser file run
 by ONNX Runtime, as users run it), ONNX Runtime images/s at batch 1 and 256 on this CPU, and the file size
-of denoiser.onnx. Ratios are against the lecture preset's row when one is given, else the first row.
+of the denoiser file. Ratios are against the lecture preset's row when one is given, else the first row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bench.flops import count_flops
-from bench.section import NOISE_STD, BenchContext, ModelUnderTest
+from bench.section import DENOISER_FILE, NOISE_STD, BenchContext, ModelUnderTest
 from bench.tables import Column, Result, Table
 from bench.timing import Budget, latency_stats, time_calls
 from runtimes.onnx_model import OnnxModel
@@ -30,9 +30,9 @@ SPEED_BATCHES = (1, 256)
 BASELINE_PRESET = "lecture"
 
 
-def standard_test(images_u8: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """(noisy float32 (N, 1, 28, 28) as numpy, clean (N, 1, 28, 28) tensor) of the standard test."""
-    images = images_u8[:TEST_IMAGES]
+def standard_test(images_u8: torch.Tensor, count: int = TEST_IMAGES) -> tuple[np.ndarray, torch.Tensor]:
+    """(noisy float32 (N, 1, H, W) as numpy, clean (N, 1, H, W) tensor) of the standard test[:count]."""
+    images = images_u8[: min(count, TEST_IMAGES)]
     noisy = fixed_noisy(images, NOISE_STD, EVAL_SEED)
     return np.ascontiguousarray(noisy.numpy()), to_float(images)
 
@@ -45,7 +45,7 @@ def preset_of(entry: ModelUnderTest) -> str:
 def frontier_row(
     entry: ModelUnderTest, noisy: np.ndarray, clean: torch.Tensor, threads: int, budget: Budget
 ) -> dict[str, Any]:
-    """One model's costs and quality; the model is run through its exported denoiser.onnx."""
+    """One model's costs and quality; the model is run through its exported denoiser file."""
     checkpoint = entry.checkpoint
     model = checkpoint.build_model()
     config = checkpoint.model_config
@@ -54,7 +54,7 @@ def frontier_row(
     ort_model = OnnxModel(
         entry.denoiser_path, provider="cpu", threads=threads, max_batch=max(SPEED_BATCHES), spinning=False
     )
-    denoised = torch.from_numpy(ort_model.run(noisy))  # (N, 1, 28, 28)
+    denoised = torch.from_numpy(ort_model.run(noisy))  # (N, 1, H, W)
     speed = {}
     for batch in SPEED_BATCHES:
         x = np.ascontiguousarray(noisy[:batch])
@@ -84,7 +84,7 @@ def frontier_row(
 def bench_frontier(
     models: list[ModelUnderTest], images_u8: torch.Tensor, threads: int, budget: Budget
 ) -> dict[str, Any]:
-    noisy, clean = standard_test(images_u8)
+    noisy, clean = standard_test(images_u8, budget.quality_images)
     rows = [frontier_row(entry, noisy, clean, threads, budget) for entry in models]
     base = next((r for r in rows if r["preset"] == BASELINE_PRESET), rows[0])
     for row in rows:
@@ -139,10 +139,10 @@ TABLES = (
             Column("train threads", _threads),
             Column("ORT img/s b=1", lambda r: r["images_per_s"]["1"], lambda v: f"{v:,.0f}"),
             Column("ORT img/s b=256", lambda r: r["images_per_s"]["256"], lambda v: f"{v:,.0f}"),
-            Column("denoiser.onnx KiB", "denoiser_bytes", lambda v: f"{v / 1024:,.0f}"),
+            Column(f"{DENOISER_FILE} KiB", "denoiser_bytes", lambda v: f"{v / 1024:,.0f}"),
         ),
         notes=lambda result: [
-            f"PSNR/SSIM: mean per image over {result['evaluated_on']}, denoiser.onnx through ONNX Runtime "
+            f"PSNR/SSIM: mean per image over {result['evaluated_on']}, {DENOISER_FILE} through ONNX Runtime "
             "(CPU). MFLOP: multiply-adds x 2 of the conv/linear layers (the inference section's count).",
             f"img/s: ONNX Runtime CPU, {result['threads']} threads, spinning off, same inputs per model. "
             "train s/epoch: recorded in each checkpoint while it trained (machine load at that time "

@@ -84,7 +84,7 @@ def draw_picture(
     """Rows clean / noisy / each preset (standard-test noise), one column per class, PSNR in the labels."""
     from PIL import Image, ImageDraw
 
-    noisy_all, clean_all = frontier.standard_test(images_u8)
+    noisy_all, clean_all = frontier.standard_test(images_u8)  # all 2000: one image per class
     n = len(noisy_all)
     picks = [
         int(torch.nonzero(labels[:n] == c)[0]) for c in range(PICTURE_COLUMNS) if (labels[:n] == c).any()
@@ -97,7 +97,7 @@ def draw_picture(
         psnr = by_label[entry.label]["psnr_db"]
         rows.append((f"{entry.label} {psnr:.2f} dB", model.run(noisy)))
     scale, gap, label_w = 3, 4, 150
-    cell = 28 * scale
+    cell = noisy.shape[-1] * scale
     canvas = Image.new("L", (label_w + len(picks) * (cell + gap), len(rows) * (cell + gap) + gap), 255)
     draw = ImageDraw.Draw(canvas)
     for r, (label, batch) in enumerate(rows):
