@@ -28,7 +28,7 @@ PRESETS := lecture balanced quality
 PRESET_DIR := $(ART)/presets
 FRONTIER_ARGS ?=
 
-.PHONY: setup setup-gpu data train export parity demo test test-fast bench frontier lint clean
+.PHONY: setup setup-gpu data train export parity demo test test-fast bench frontier gpu-check lint clean photo photo-bench photo-picture
 
 setup: $(STAMP) data
 
@@ -98,6 +98,35 @@ $(PRESET_DIR)/%/onnx/denoiser.onnx: $(PRESET_DIR)/%/checkpoint.pt | setup
 frontier: setup $(foreach p,$(PRESETS),$(PRESET_DIR)/$(p)/onnx/denoiser.onnx)
 	$(BIN)/python -m bench.frontier_cli --presets-dir $(PRESET_DIR) --presets $(subst $(eval) ,$(comma),$(PRESETS)) \
 	  --out $(ART)/frontier --picture docs/frontier.png --readme README.md $(FRONTIER_ARGS)
+
+# Every CUDA path (training, parity on CUDA, ae-denoise --provider cuda, the bench's CUDA rows,
+# pytest -m gpu) in one run; report in $(ART)/gpu_check/. Without a GPU it says so and exits 0 (and
+# trains or exports nothing); with one it first swaps in onnxruntime-gpu and brings the export up to date.
+gpu-check: setup
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory setup-gpu $(DENOISER); \
+	fi
+	$(BIN)/python -m ae_export.gpu_check --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/gpu_check
+
+# Photographs: the fully convolutional denoiser (any size), trained on scikit-image's bundled photos.
+PHOTO := $(ART)/photo
+PHOTO_CKPT := $(PHOTO)/checkpoint.pt
+PHOTO_DENOISER := $(PHOTO)/onnx/denoiser.onnx
+
+$(PHOTO_CKPT): | setup
+	$(BIN)/ae-train --preset photo --out $(PHOTO) $(TRAIN_ARGS)
+
+$(PHOTO_DENOISER): $(PHOTO_CKPT) | setup
+	$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(EXPORT_ARGS)
+
+photo: setup $(PHOTO_DENOISER)
+
+# Quality table (ours vs NL-means vs BM3D at sigma 15, 25, 50) and the picture, in one run.
+photo-bench: setup $(PHOTO_DENOISER)
+	$(BIN)/python -m bench.photo --onnx $(PHOTO)/onnx --out $(ART)/bench/photo.json --picture $(PHOTO)/photo.png
+
+photo-picture: setup $(PHOTO_DENOISER)
+	$(BIN)/python -m bench.photo --onnx $(PHOTO)/onnx --picture $(PHOTO)/photo.png --picture-only
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -1,7 +1,8 @@
 """`ae-export`: export a checkpoint to ONNX and prove parity; `ae-export parity` checks existing files.
 
-    ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18]
+    ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18] [--graph fast]
     ae-export parity [--checkpoint artifacts/checkpoint.pt] [--onnx-dir artifacts/onnx]
+    ae-export triton [--onnx-dir artifacts/onnx] [--out artifacts/model_repository] [--check REPO]
 
 Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 parity failed,
 2 bad input (missing/corrupt checkpoint, unwritable folder, unsupported opset, export fault).
@@ -10,18 +11,29 @@ Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ae_export.export import ExportError, export_all, max_supported_opset
-from ae_export.parity import BATCH_SIZES, PROVIDERS, ParityError, ParityReport, run_parity
-from ae_export.specs import DEFAULT_OPSET
+from ae_export.export import DEFAULT_GRAPH, GRAPHS, ExportError, export_all, max_supported_opset
+from ae_export.parity import (
+    BATCH_SIZES,
+    PROVIDERS,
+    ParityError,
+    ParityReport,
+    run_parity,
+    run_parity_any_size,
+)
+from ae_export.specs import ANY_SIZE_PARITY_SIZES, DEFAULT_OPSET
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from train.data import DataError, load_dataset
 
-COMMANDS = ("export", "parity")
+COMMANDS = ("export", "parity", "triton", "compat")
+# Subcommands with a parser of their own, imported when called: each needs an extra (`triton`, `compat`)
+# that exporting does not, so a missing extra fails only the subcommand that needs it, naming the extra.
+TOOLS = {"triton": ("ae_export.triton", "triton"), "compat": ("ae_export.compat", "compat")}
 PARITY_JSON = "parity.json"
 REJECTED_JSON = "parity.rejected.json"
 PARITY_IMAGES = 1000
@@ -33,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export encoder, decoder and denoiser to ONNX (dynamic batch) and check parity.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", metavar="{export,parity}")
+    sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", default="artifacts/checkpoint.pt")
     common.add_argument(
@@ -43,12 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated parity batch sizes"
     )
     common.add_argument("--data-dir", default=None, help="where the checkpoint's dataset lives, if moved")
+    common.add_argument(
+        "--sizes",
+        default=",".join(f"{h}x{w}" for h, w in ANY_SIZE_PARITY_SIZES),
+        help="comma-separated HxW parity image sizes (models with dynamic height/width only)",
+    )
     exp = sub.add_parser("export", parents=[common], help="export and check parity (the default command)")
     exp.add_argument("--out", default="artifacts/onnx", help="folder for the .onnx files and parity.json")
     exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"18..{max_supported_opset()}")
+    exp.add_argument(
+        "--graph",
+        default=DEFAULT_GRAPH,
+        choices=GRAPHS,
+        help="fast: ConvTranspose rewritten into Conv + Col2Im (faster in ONNX Runtime); portable: "
+        "standard ops only, for consumers without Col2Im (OpenCV DNN, some mobile EPs)",
+    )
     exp.add_argument("--no-parity", action="store_true", help="skip parity (not recommended)")
     par = sub.add_parser("parity", parents=[common], help="check parity of existing files")
     par.add_argument("--onnx-dir", default="artifacts/onnx")
+    sub.add_parser("triton", help="write or --check a Triton model repository (see ae-export triton -h)")
+    sub.add_parser("compat", help="OpenVINO / OpenCV DNN vs ONNX Runtime matrix (see ae-export compat -h)")
     return p
 
 
@@ -64,6 +90,16 @@ def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list
     if not values:
         raise ValueError(f"--{name} is empty")
     return values
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in _csv(text, str, "sizes"):
+        height, _, width = item.lower().partition("x")
+        if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+            raise ValueError(f"--sizes: {item!r} is not HxW with positive integers (e.g. 64x96)")
+        sizes.append((int(height), int(width)))
+    return sizes
 
 
 def parity_images(checkpoint: Checkpoint, data_dir: str | None) -> np.ndarray | None:
@@ -82,18 +118,34 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "export")
+    if argv[0] in TOOLS:
+        module, extra = TOOLS[argv[0]]
+        try:
+            tool = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            print(
+                f"ae-export {argv[0]}: needs the `{extra}` extra ({err}): pip install 'ae-export[{extra}]'",
+                file=sys.stderr,
+            )
+            return 2
+        return tool.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         providers = _csv(args.providers, str, "providers", PROVIDERS)
         batch_sizes = _csv(args.batch_sizes, int, "batch-sizes")
         checkpoint = load_checkpoint(args.checkpoint)
+        sizes = _sizes(args.sizes)
         model = checkpoint.build_model()
-        images = parity_images(checkpoint, args.data_dir)
+        any_size = checkpoint.model_config.arch == "fcn"
+        images = None if any_size else parity_images(checkpoint, args.data_dir)
         report = ParityReport()
 
         def verify(onnx_dir: Path) -> None:
             nonlocal report
-            report = run_parity(model, onnx_dir, images, batch_sizes, providers)
+            if any_size:
+                report = run_parity_any_size(model, onnx_dir, sizes, batch_sizes, providers)
+            else:
+                report = run_parity(model, onnx_dir, images, batch_sizes, providers)
             print(report.table())
             if not report.passed:
                 raise ParityError(report)
@@ -104,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {Path(args.onnx_dir) / PARITY_JSON}")
             return 0
         out = Path(args.out)
-        paths = export_all(checkpoint, out, args.opset, verify=None if args.no_parity else verify)
+        paths = export_all(
+            checkpoint, out, args.opset, verify=None if args.no_parity else verify, graph=args.graph
+        )
         if not args.no_parity:
             report.write_json(out / PARITY_JSON)
             (out / REJECTED_JSON).unlink(missing_ok=True)

@@ -22,11 +22,14 @@ import onnxruntime as ort
 import torch
 
 from ae_export.export import module_for
-from ae_export.specs import SPECS, ArtifactSpec, Tolerance
+from ae_export.specs import ANY_SIZE_DENOISER, ANY_SIZE_PARITY_SIZES, SPECS, ArtifactSpec, Tolerance
 from runtimes.fileio import atomic_write_text
+from runtimes.layout import pad_to_multiple
 from runtimes.noise import add_noise
 from runtimes.sessions import open_session, physical_cores
+from train.fcn import denoise_any_size
 from train.model import DenoisingAutoencoder
+from train.photos import bundled_photos
 
 BATCH_SIZES = (1, 2, 7, 64, 1000)
 PROVIDERS = ("cpu", "cuda")
@@ -261,4 +264,82 @@ def run_parity(
                 (y,) = dec.run(None, {dec.get_inputs()[0].name: z})
                 ms = (time.perf_counter() - started) * 1e3
                 report.results.append(check("decoder(encoder)", provider, batch, kind, y, out, tol, ms))
+    return report
+
+
+def size_inputs(height: int, width: int, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Named (B, 1, H, W) float32 inputs for any-size models: a photograph's crop, clean and noisy, and
+    uniform noise. The photograph is scikit-image's `camera` (a validation image, never trained on)."""
+    rng = np.random.default_rng(seed + batch + 1000 * height + width)
+    camera = bundled_photos("val").images[0]  # (512, 512) uint8
+    reps = (-(-height // camera.shape[0]), -(-width // camera.shape[1]))
+    crops = []
+    for _ in range(batch):
+        tiled = np.tile(camera, reps)
+        top = int(rng.integers(0, tiled.shape[0] - height + 1))
+        left = int(rng.integers(0, tiled.shape[1] - width + 1))
+        crops.append(tiled[top : top + height, left : left + width])
+    clean = np.stack(crops)[:, None].astype(np.float32) / 255.0  # (B, 1, H, W)
+    return {
+        "clean": clean,
+        "noisy": add_noise(clean, 25 / 255, rng),
+        "uniform": rng.random((batch, 1, height, width), dtype=np.float32),
+    }
+
+
+def run_parity_any_size(
+    model: torch.nn.Module,
+    onnx_dir: str | Path,
+    sizes: Sequence[tuple[int, int]] = ANY_SIZE_PARITY_SIZES,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    providers: Iterable[str] = PROVIDERS,
+    seed: int = 0,
+    threads: int | None = None,
+    max_pixels: int = 1 << 21,
+) -> ParityReport:
+    """Parity of a denoiser with symbolic height/width at several image sizes, with the lecture's rules.
+
+    Per size, every batch size whose batch x H x W stays within `max_pixels` runs (batch 1 always), so a
+    512x512 check does not allocate 1000 photographs. Sizes that are not multiples of the model's
+    `size_multiple` are padded by the runtime's own `pad_to_multiple` and cropped back, and compared with
+    the PyTorch model run the same way (train.fcn.denoise_any_size): the path users really take.
+    """
+    onnx_dir = Path(onnx_dir)
+    spec = ANY_SIZE_DENOISER
+    path = onnx_dir / spec.file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run `ae-export` first)")
+    model = model.eval().cpu()
+    threads = threads or physical_cores()
+    torch.set_num_threads(threads)
+    for name in providers:
+        if name not in PROVIDERS:
+            raise ValueError(f"unknown provider {name!r}; valid: {', '.join(PROVIDERS)}")
+    report = ParityReport()
+    status = provider_status(path)
+    report.providers = {name: status[name] for name in providers}
+    multiple = 2 ** int(model.config.fcn_levels)
+
+    cases: list[tuple[str, int, str, np.ndarray, np.ndarray]] = []
+    for height, width in sizes:
+        for batch in batch_sizes:
+            if batch > 1 and batch * height * width > max_pixels:
+                continue
+            for kind, x in size_inputs(height, width, batch, seed).items():
+                with torch.no_grad():
+                    ref = denoise_any_size(model, torch.from_numpy(x)).numpy()
+                cases.append((f"denoiser {height}x{width}", batch, kind, x, ref))
+
+    for provider in providers:
+        if report.providers[provider] != "ok":
+            continue
+        session = open_exact(path, provider, threads)
+        name = session.get_inputs()[0].name
+        tol = spec.tolerance(provider)
+        for artifact, batch, kind, x, ref in cases:
+            started = time.perf_counter()
+            (out,) = session.run(None, {name: pad_to_multiple(x, multiple)})
+            ms = (time.perf_counter() - started) * 1e3
+            got = np.ascontiguousarray(out[..., : x.shape[2], : x.shape[3]])
+            report.results.append(check(artifact, provider, batch, kind, got, ref, tol, ms))
     return report

@@ -10,8 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BATCH_AXIS = "batch"
+HEIGHT_AXIS = "height"
+WIDTH_AXIS = "width"
 DEFAULT_OPSET = 18
-IMAGE_SAMPLE_SHAPE = (1, 28, 28)
+IMAGE_SAMPLE_SHAPE: tuple[int | str, ...] = (1, 28, 28)
+# The fully convolutional model: any height and width (multiples of its stride; the runtime pads).
+ANY_SIZE_SAMPLE_SHAPE: tuple[int | str, ...] = (1, HEIGHT_AXIS, WIDTH_AXIS)
+# Parity sizes for models with dynamic height and width: the lecture's size, a non-square one, an odd
+# one (padded to the stride and cropped back, as the runtime does) and a photograph's.
+ANY_SIZE_PARITY_SIZES: tuple[tuple[int, int], ...] = ((28, 28), (64, 96), (37, 53), (512, 512))
 IMAGE_RANGE = (0.0, 1.0)
 
 
@@ -48,9 +55,15 @@ class ArtifactSpec:
     tolerances: dict[str, Tolerance] = field(
         default_factory=lambda: {"cpu": CPU_TOLERANCE, "cuda": CUDA_TOLERANCE}
     )
+    image_shape: tuple[int | str, ...] = IMAGE_SAMPLE_SHAPE  # strings are symbolic (dynamic) axes
 
-    def sample_shape(self, kind: str, latent_dim: int) -> tuple[int, ...]:
-        return IMAGE_SAMPLE_SHAPE if kind == "image" else (latent_dim,)
+    @property
+    def dynamic_size(self) -> bool:
+        """Whether height and width are symbolic: the file takes images of any size."""
+        return any(isinstance(d, str) for d in self.image_shape)
+
+    def sample_shape(self, kind: str, latent_dim: int) -> tuple[int | str, ...]:
+        return self.image_shape if kind == "image" else (latent_dim,)
 
     def input_shape(self, latent_dim: int) -> tuple[int | str, ...]:
         return (BATCH_AXIS, *self.sample_shape(self.input_kind, latent_dim))
@@ -72,3 +85,21 @@ DECODER = ArtifactSpec("decoder", "decoder.onnx", "latent", "latent", "image", "
 DENOISER = ArtifactSpec("denoiser", "denoiser.onnx", "image", "image", "denoised", "image")
 SPECS: dict[str, ArtifactSpec] = {spec.role: spec for spec in (ENCODER, DECODER, DENOISER)}
 ARTIFACT_FILES: dict[str, str] = {role: spec.file_name for role, spec in SPECS.items()}
+# The fully convolutional model exports only the whole denoiser: its skip connections carry detail around
+# the bottleneck, so there is no encoder/decoder pair whose composition is the denoiser.
+ANY_SIZE_DENOISER = ArtifactSpec(
+    "denoiser", "denoiser.onnx", "image", "image", "denoised", "image", image_shape=ANY_SIZE_SAMPLE_SHAPE
+)
+ARCH_SPECS: dict[str, dict[str, ArtifactSpec]] = {
+    "lecture": SPECS,
+    "spatial": SPECS,  # a fixed-size autoencoder like the lecture's: the same three files
+    "fcn": {"denoiser": ANY_SIZE_DENOISER},
+}
+
+
+def specs_for(arch: str) -> dict[str, ArtifactSpec]:
+    """The artifacts a model architecture (ModelConfig.arch) exports, by role."""
+    try:
+        return ARCH_SPECS[arch]
+    except KeyError:
+        raise ValueError(f"no artifact specs for arch {arch!r}; valid: {', '.join(ARCH_SPECS)}") from None

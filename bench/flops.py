@@ -30,6 +30,15 @@ ORT_OP_KIND = {
     "MatMul": "linear",
 }
 OTHER = "elementwise/other"
+# The fast graph's rewritten transposed convolutions (ae_export.fastgraph): Convs on tensors named
+# "<node>.phases..." (ORT names fused nodes after their outputs) and the Col2Im interleave.
+PHASE_MARK = ".phases"
+
+
+def _node_kind(node_name: str, op: str) -> str:
+    if op == "Col2Im" or (PHASE_MARK in node_name and ORT_OP_KIND.get(op) == "conv"):
+        return "conv_transpose"
+    return ORT_OP_KIND.get(op, OTHER)
 
 
 def _kind(module: nn.Module) -> str:
@@ -131,7 +140,7 @@ def profile_ort_ops(
             op_of[name] = str(event.get("args", {}).get("op_name", "?"))
     kind_us: dict[str, float] = {}
     for name, durations in per_node.items():
-        kind = ORT_OP_KIND.get(op_of[name], OTHER)
+        kind = _node_kind(name, op_of[name])
         kind_us[kind] = kind_us.get(kind, 0.0) + sum(durations[-runs:]) / runs  # us per call
     total_us = sum(kind_us.values())
     rows = []
@@ -141,7 +150,7 @@ def profile_ort_ops(
         rows.append(
             {
                 "kind": kind,
-                "ops": sorted({op for op in op_of.values() if ORT_OP_KIND.get(op, OTHER) == kind}),
+                "ops": sorted({op for name, op in op_of.items() if _node_kind(name, op) == kind}),
                 "ms_per_call": us / 1e3,
                 "time_share": us / total_us if total_us else 0.0,
                 "flop_share": kind_flops / (flops["total"] * batch),

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from bench.flops import count_flops, profile_notes, profile_ort_ops
+from bench.graphs import bench_graphs
 from bench.machine import matmul_peak
 from bench.ort_variants import bench_ort_variants
 from bench.section import BenchContext
@@ -194,9 +195,13 @@ def bench_inference(
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     first = ctx.first
-    return bench_inference(
+    result = bench_inference(
         first.checkpoint.build_model(), first.denoiser_path, ctx.threads, ctx.budget, ctx.sample_shape
     )
+    result["graphs"] = bench_graphs(
+        first.checkpoint, ctx.threads, ctx.budget, result["flops_per_image"], result["peak"]["cpu"]["gflops"]
+    )
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -239,6 +244,13 @@ def _profile_columns(result: Result) -> list[Column]:
     ]
 
 
+def _portable_profile_columns(result: Result) -> list[Column]:
+    columns = _profile_columns(result)
+    batch = result["graphs"]["portable_profile"]["batch"]
+    columns[0] = Column(f"portable graph (ConvTranspose): ORT CPU kernel time at batch {batch}", "kind")
+    return columns
+
+
 TABLES = (
     Table(
         title=_model_line,
@@ -259,5 +271,22 @@ TABLES = (
         columns=_profile_columns,
         rows=lambda result: result["ort_profile"]["rows"],
         notes=lambda result: result["notes"],
+    ),
+    Table(
+        columns=(
+            Column("graph", "graph"),
+            Column("threading (best p50 of round-robin rounds)", "threading"),
+            Column("batch", "batch"),
+            Column("p50 ms", "p50_ms"),
+            Column("p99 ms", "p99_ms"),
+            Column("images/s at p50", "images_per_s"),
+            Column("% of peak", lambda r: 100 * r["peak_share"]),
+            Column("vs portable 1 thread", "vs_portable_1_thread"),
+            Column("vs PyTorch eager", "vs_pytorch_eager"),
+        ),
+        rows=lambda result: result["graphs"]["rows"],
+    ),
+    Table(
+        columns=_portable_profile_columns, rows=lambda result: result["graphs"]["portable_profile"]["rows"]
     ),
 )

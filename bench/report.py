@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ae_export.export import export_all
-from bench import cli_io, concurrency, frontier, inference, quality, training
+from bench import cli_io, concurrency, consumers, frontier, inference, quality, training
 from bench.machine import machine_info
 from bench.section import DENOISER_FILE, BenchContext, ModelUnderTest, Section
 from bench.tables import render_section
@@ -30,6 +30,7 @@ SECTIONS: dict[str, Section] = {
     "cli": cli_io,
     "training": training,
     "quality": quality,
+    "consumers": consumers,
     "frontier": frontier,
 }
 

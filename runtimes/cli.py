@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size-mode",
         choices=SIZE_MODES,
-        default="resize",
-        help="resize: scale to the model size and back (default); tile: overlapping model-size "
-        "tiles blended with a smooth window",
+        default="exact",
+        help="for fixed-size models: exact (default) refuses an image of another size (reported, exit 1, "
+        "nothing written); resize: scale to the model size and back; tile: overlapping model-size tiles "
+        "blended with a smooth window. Models with dynamic height/width take every size whole",
     )
     parser.add_argument(
         "--max-pixels",

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.layout import ImageLayout, describe, prepare_images, restore_images
+from runtimes.layout import ImageLayout, describe, pad_to_multiple, prepare_images, restore_images
 from runtimes.metadata import ModelMetadata
-from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel
+from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
 from runtimes.sessions import InvalidModelError, Provider
 
 DENOISER_FILE = "denoiser.onnx"
+# Any-size models: images per onnxruntime call are capped at this many pixels in all, so a batch of large
+# photographs never holds gigabytes of intermediate feature maps (32 channels x 4 bytes x pixels).
+MAX_RUN_PIXELS = 1 << 21
 
 
 class Denoiser:
@@ -37,6 +40,7 @@ class Denoiser:
         max_batch: int = DEFAULT_MAX_BATCH,
         warmup: bool = True,
         spinning: bool = True,
+        parallel: Parallel = "sessions",
     ) -> None:
         path = Path(path)
         if path.is_dir():
@@ -49,6 +53,7 @@ class Denoiser:
             warmup=warmup,
             role="denoiser",
             spinning=spinning,
+            parallel=parallel,
         )
         sample = self.model.input_sample_shape
         if len(sample) != 3 or sample[0] != 1 or self.model.output_sample_shape != sample:
@@ -57,7 +62,11 @@ class Denoiser:
                 f"expected a 1-channel image-to-image model (B, 1, H, W) -> same; got {sample} -> "
                 f"{self.model.output_sample_shape}",
             )
-        self.image_shape: tuple[int, int] = (sample[1], sample[2])
+        # None: symbolic height and width, the model takes any size (padded to size_multiple, cropped back).
+        self.image_shape: tuple[int, int] | None = (
+            None if sample[1] is None or sample[2] is None else (int(sample[1]), int(sample[2]))
+        )
+        self.size_multiple = self.model.size_multiple
         self._warmup = warmup
         self._encoder: OnnxModel | None = None
         self._decoder: OnnxModel | None = None
@@ -81,8 +90,23 @@ class Denoiser:
         return prepare_images(images, self.image_shape)
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Already-validated float32 (N, 1, H, W) in [0, 1] -> denoised (N, 1, H, W) float32."""
-        return self.model.run(batch)
+        """Already-validated float32 (N, 1, H, W) in [0, 1] -> denoised (N, 1, H, W) float32.
+
+        Any-size models: H and W are reflect-padded up to multiples of `size_multiple` and the result is
+        cropped back; large images run a few at a time (MAX_RUN_PIXELS).
+        """
+        if self.image_shape is not None:
+            return self.model.run(batch)
+        n, _, height, width = batch.shape
+        padded = pad_to_multiple(batch, self.size_multiple)
+        step = max(1, MAX_RUN_PIXELS // (padded.shape[2] * padded.shape[3]))
+        if n <= step:
+            return np.ascontiguousarray(self.model.run(padded)[..., :height, :width])
+        out = np.empty((n, 1, height, width), dtype=np.float32)
+        for start in range(0, n, step):
+            chunk = np.ascontiguousarray(padded[start : start + step])
+            out[start : start + step] = self.model.run(chunk)[..., :height, :width]
+        return out
 
     def denoise(self, images: np.ndarray) -> np.ndarray:
         """Denoise images; the result has the input's layout and kind (uint8 in -> uint8 out, rounded)."""
@@ -115,6 +139,7 @@ class Denoiser:
                 max_batch=self.model.max_batch,
                 warmup=self._warmup,
                 spinning=self.model.spinning,
+                parallel=self.model.parallel,
                 role=role,
             )
             if role == "encoder":

@@ -1,4 +1,4 @@
-"""Image files <-> the model's 28x28 grayscale world, without torch.
+"""Image files <-> the model's grayscale input, without torch.
 
 Loading turns whatever Pillow can read into one 8-bit grayscale array, the form the model was trained on:
 16-bit images are scaled (not clipped), transparency is composited onto black (Fashion-MNIST's
@@ -6,9 +6,13 @@ background), EXIF orientation is applied, and a decompression-bomb guard runs on
 pixel is decoded. Every failure for one file is a `BadImageError` carrying the path and a reason, so a
 batch job can report it and carry on with the other files.
 
-Two ways to fit an arbitrary image to the model's fixed input size (`SizeMode`):
+Size modes (`SizeMode`). A model with symbolic height and width (the fully convolutional photo model)
+takes every image whole, whatever the mode. For a fixed-size model (the lecture's 28x28):
 
-* "resize" (default): resize to the model size, denoise, resize the result back. Right for images that
+* "exact" (default): the image must already have the model's size; any other is refused with
+  SizeMismatchError, which names both sizes and the two flags below. Never a silent resize: a photograph
+  squeezed through a 28x28 model of clothing comes back as a scaled-up picture of a shirt.
+* "resize" (opt in): resize to the model size, denoise, resize the result back. Right for images that
   are, like the training data, one object per picture.
 * "tile": overlapping model-size tiles (stride = half a tile) over a reflection-padded image, blended with
   a sin^2 (Hann) window. The window is a partition of unity at half-tile stride, so the blend is an exact
@@ -39,12 +43,25 @@ IMAGE_SUFFIXES = frozenset(
 # 25 megapixels: far beyond any sensible input for a 28x28 model, far below what exhausts an edge device's
 # memory once tiled to float32 (and below Pillow's own 89 MP warning threshold, so no warning noise).
 DEFAULT_MAX_PIXELS = 25_000_000
-SIZE_MODES = ("resize", "tile")
-SizeMode = Literal["resize", "tile"]
+SIZE_MODES = ("exact", "resize", "tile")
+SizeMode = Literal["exact", "resize", "tile"]
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # Where Pillow's exif_transpose finds an orientation: EXIF blocks (JPEG, PNG eXIf/zTXt, WebP) and XMP.
 _ORIENTATION_INFO_KEYS = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
+
+
+class SizeMismatchError(ValueError):
+    """A fixed-size model cannot take this image as it is; the message names both sizes and the flags."""
+
+    def __init__(self, size: tuple[int, int], model_size: tuple[int, int]) -> None:
+        (height, width), (model_h, model_w) = size, model_size
+        super().__init__(
+            f"image is {width}x{height} (width x height) but the model takes only {model_w}x{model_h} "
+            f"images; nothing written. To denoise it anyway: --size-mode resize (scale to {model_w}x{model_h}"
+            " and back) or --size-mode tile (overlapping model-size tiles); or use a model that takes any "
+            "size (ae-train --preset photo)"
+        )
 
 
 class BadImageError(ValueError):
@@ -225,12 +242,22 @@ class FitPlan:
 
 
 def to_model(
-    gray8: np.ndarray, tile: tuple[int, int], mode: SizeMode = "resize"
+    gray8: np.ndarray, tile: tuple[int, int] | None, mode: SizeMode = "exact"
 ) -> tuple[np.ndarray, FitPlan]:
-    """(H, W) uint8 -> float32 model samples (T, 1, h, w) in [0, 1] and the plan to undo it."""
+    """(H, W) uint8 -> float32 model samples (T, 1, h, w) in [0, 1] and the plan to undo it.
+
+    `tile` None: the model takes any size, so the image goes in whole whatever the mode. "exact" with a
+    fixed-size model raises SizeMismatchError unless the image already has the model's size: silently
+    resizing a photograph to 28x28 and back destroys it.
+    """
     if mode not in SIZE_MODES:
         raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {mode!r}")
     height, width = gray8.shape
+    if tile is None or (mode == "exact" and gray8.shape == tile):
+        unit = gray8.astype(np.float32) / np.float32(255.0)  # (H, W)
+        return unit.reshape(1, 1, height, width), FitPlan("exact", (height, width), (height, width))
+    if mode == "exact":
+        raise SizeMismatchError((height, width), tile)
     th, tw = tile
     if mode == "resize":
         plan = FitPlan("resize", (height, width), tile)
@@ -257,6 +284,8 @@ def from_model(samples: np.ndarray, plan: FitPlan) -> np.ndarray:
     """Model output (T, 1, h, w) float32 in [0, 1] -> (H, W) uint8 at the original size."""
     th, tw = plan.tile
     height, width = plan.size
+    if plan.mode == "exact":
+        return to_uint8(samples.reshape(height, width))
     if plan.mode == "resize":
         unit = samples.reshape(th, tw)
         if (height, width) != plan.tile:

@@ -26,6 +26,11 @@ KEY_TRAINING = PREFIX + "training"  # dataset, epochs, final metrics, ...
 KEY_PROVENANCE = PREFIX + "provenance"  # checkpoint sha256, versions, opset, created
 KEY_ARTIFACTS = PREFIX + "artifacts"  # {"encoder": "encoder.onnx", ...}: sibling files of one export
 KEY_TOLERANCE = PREFIX + "tolerance"  # {"cpu": {"atol":..,"rtol":..}, "cuda": {...}}
+# Optional (files written before it existed hold the portable graph): "portable" = standard ONNX ops only
+# (ConvTranspose); "fast" = transposed convolutions rewritten into Conv + Col2Im (opset 18), which some
+# consumers (OpenCV DNN, some mobile execution providers) do not implement.
+KEY_GRAPH = PREFIX + "graph"
+GRAPHS = ("portable", "fast")
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ROLE, KEY_MODEL, KEY_INPUT, KEY_OUTPUT, KEY_ARTIFACTS)
 ROLES = ("encoder", "decoder", "denoiser")
 
@@ -43,6 +48,8 @@ class TensorContract:
     dtype: str = "float32"
     layout: str = ""
     value_range: tuple[float, float] | None = None
+    # Symbolic height/width axes take sizes that are multiples of this (the runtime pads and crops back).
+    size_multiple: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +58,7 @@ class TensorContract:
             "dtype": self.dtype,
             "layout": self.layout,
             "range": list(self.value_range) if self.value_range is not None else None,
+            "size_multiple": self.size_multiple,
         }
 
     @classmethod
@@ -62,12 +70,13 @@ class TensorContract:
             dtype=str(data.get("dtype", "float32")),
             layout=str(data.get("layout", "")),
             value_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
+            size_multiple=int(data.get("size_multiple", 1)),
         )
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one sample: every axis but the leading batch axis, which must be symbolic."""
-        return tuple(int(d) for d in self.shape[1:])
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of one sample: every axis but the leading batch axis; None for a symbolic axis."""
+        return tuple(None if isinstance(d, str) else int(d) for d in self.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class ModelMetadata:
     provenance: dict[str, Any] = field(default_factory=dict)
     tolerance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    graph: str = "portable"
 
 
 def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
@@ -99,6 +109,7 @@ def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
         KEY_PROVENANCE: meta.provenance,
         KEY_ARTIFACTS: meta.artifacts,
         KEY_TOLERANCE: meta.tolerance,
+        KEY_GRAPH: meta.graph,
     }
     return {key: json.dumps(value, sort_keys=True, allow_nan=False) for key, value in values.items()}
 
@@ -126,6 +137,9 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
         )
     if values[KEY_ROLE] not in ROLES:
         raise MetadataError(f"{source}: role {values[KEY_ROLE]!r} is not one of {', '.join(ROLES)}")
+    graph = values.get(KEY_GRAPH, "portable")
+    if graph not in GRAPHS:
+        raise MetadataError(f"{source}: graph {graph!r} is not one of {', '.join(GRAPHS)}")
     try:
         return ModelMetadata(
             role=values[KEY_ROLE],
@@ -138,6 +152,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             provenance=dict(values.get(KEY_PROVENANCE) or {}),
             tolerance=dict(values.get(KEY_TOLERANCE) or {}),
             format_version=int(values[KEY_FORMAT]),
+            graph=graph,
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise MetadataError(f"{source}: malformed ae_export metadata: {err!r}") from err

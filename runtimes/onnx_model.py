@@ -8,14 +8,22 @@ library, numpy and onnxruntime: edge devices have no torch.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import onnxruntime as ort
 
 from runtimes.metadata import MetadataError, ModelMetadata, parse_metadata
 from runtimes.sessions import InvalidModelError, Provider, open_session, physical_cores
 
 DEFAULT_MAX_BATCH = 256
+PARALLEL = ("sessions", "intra-op")
+Parallel = Literal["sessions", "intra-op"]
+# Smallest slice a per-core session is given: below it, one single-threaded call is faster than
+# splitting (thread hand-off costs tens of microseconds). See `OnnxModel`'s docstring for the table.
+MIN_SLICE = 16
 
 
 class OnnxModel:
@@ -24,6 +32,37 @@ class OnnxModel:
     `run(batch)` takes a C-contiguous float32 array (B, *input_sample_shape) and returns
     (B, *output_sample_shape); B larger than `max_batch` is split into chunks so memory stays bounded.
     `run` is thread-safe (onnxruntime sessions allow concurrent `run` calls).
+
+    How the cores are used (CPU provider). `parallel="sessions"` (the default) opens one
+    single-threaded session per thread (`threads`, default: the physical cores) and runs a batch of at
+    least 2 * MIN_SLICE data-parallel: each session gets one contiguous slice, and writes straight into
+    its slice of one preallocated output array (IO binding, so no concatenation copy). Smaller batches,
+    batch 1 above all, take one single-threaded call: no thread hand-off, no intra-op pool wake-up.
+    `parallel="intra-op"` is the classic one session with `threads` intra-op threads.
+
+    Why: ONNX Runtime runs some kernels (ConvTranspose, Col2Im, the NCHWc reorders) on one thread
+    whatever intra_op_num_threads says, so a second intra-op thread adds only 10-20% on this model, while
+    two single-threaded sessions on halves of a batch ran 1.13-1.47x faster than one 2-thread session
+    (denoiser, batch 256, 2-core x86 VM, onnxruntime 1.32, quiet machine). Batch 1 is fastest on one
+    thread (47.1 us vs 50.0 us with 2 intra-op threads, see `session_options`). The split threshold
+    follows from two costs measured here: handing a slice to a pool thread costs ~10 us (submit +
+    result) and one image ~10-20 us of single-thread model time, so on idle cores splitting pays from
+    about 8 images. It is set at 2 * MIN_SLICE = 32 because the micro-batcher's batches (15-25 images at
+    32 callers) ran better unsplit: its callers' Python work needs the second core (median of 4
+    alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8).
+
+    Measured here with the machine loaded by other jobs (load average 16-21 on 2 cores), so the ratios
+    say how each choice degrades when the cores are busy (best p50 over interleaved rounds, batch 256):
+
+        graph     threading                       run A (25 rounds)   run B (3 reps, min..max)
+        fast      1 thread                        10.8 ms             -
+        fast      2 intra-op threads              21.6 ms             -
+        fast      2 per-core sessions (split)     16.7 ms             6.8..15.6 ms (Denoiser.denoise)
+        portable  2 intra-op threads (old default)  -                 26.3..29.4 ms
+
+    Intra-op threads synchronise at every operator and lose most when a core is taken away; whole
+    slices on independent single-threaded sessions do not wait for each other. Pass threads=1 where
+    the cores are known to be busy with other work.
     """
 
     def __init__(
@@ -35,6 +74,7 @@ class OnnxModel:
         warmup: bool = True,
         role: str | None = None,
         spinning: bool = True,
+        parallel: Parallel = "sessions",
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -45,10 +85,26 @@ class OnnxModel:
             raise ValueError(f"max_batch must be a positive int; got {max_batch!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None (= physical cores); got {threads!r}")
+        if parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}; got {parallel!r}")
         self.threads = threads if threads is not None else physical_cores()
         self.max_batch = max_batch
-        self._session, self.provider = open_session(self.path, provider, self.threads, spinning)
+        self.parallel: Parallel = parallel
+        per_core = parallel == "sessions" and self.threads > 1
+        self._session, self.provider = open_session(
+            self.path, provider, 1 if per_core else self.threads, spinning
+        )
         self.spinning = spinning
+        # One more single-threaded session per extra core (CPU only: a GPU runs the batch whole).
+        self._sessions: list[ort.InferenceSession] = [self._session]
+        if per_core and self.provider == "cpu":
+            for _ in range(self.threads - 1):
+                self._sessions.append(open_session(self.path, "cpu", 1, spinning)[0])
+        self._pool = (
+            ThreadPoolExecutor(len(self._sessions) - 1, thread_name_prefix="OnnxModel")
+            if len(self._sessions) > 1
+            else None
+        )
         try:
             self.metadata: ModelMetadata = parse_metadata(
                 self._session.get_modelmeta().custom_metadata_map, str(self.path)
@@ -82,14 +138,20 @@ class OnnxModel:
                     f"metadata names the {kind} {contract.name!r} but the graph's is {graph_name!r}",
                 )
         self._output_names = [self.output_name]
+        # Models with symbolic height/width take sizes that are multiples of this (1: fixed-size models).
+        self.size_multiple = max(1, self.metadata.input.size_multiple)
         if warmup:
             # The first run allocates buffers and picks kernels; pay that at start-up, not on a request.
-            self.run(np.zeros((1, *self.input_sample_shape), dtype=np.float32))
+            warm = tuple(self.size_multiple if d is None else d for d in self.input_sample_shape)
+            self.run(np.zeros((1, *warm), dtype=np.float32))
+            if self._pool is not None:  # every per-core session, at a split batch size
+                self.run(np.zeros((MIN_SLICE * len(self._sessions), *warm), np.float32))
 
     def _sample_shape(
         self, graph_shape: list[int | str | None], type_name: str, meta_shape: tuple[int | str, ...]
-    ) -> tuple[int, ...]:
-        """Per-sample shape: the static axes after the symbolic batch axis, checked against metadata."""
+    ) -> tuple[int | None, ...]:
+        """Per-sample shape after the symbolic batch axis, checked against metadata; None marks an axis
+        that is symbolic in both (a fully convolutional model's height and width)."""
         if type_name != "tensor(float)":
             raise InvalidModelError(self.path, f"expected float32 graph inputs/outputs; found {type_name}")
         if not graph_shape or isinstance(graph_shape[0], int):
@@ -97,10 +159,18 @@ class OnnxModel:
                 self.path, f"expected a symbolic leading batch axis; graph shape {graph_shape}"
             )
         rest = graph_shape[1:]
-        if not all(isinstance(d, int) and d > 0 for d in rest):
-            raise InvalidModelError(self.path, f"expected static non-batch axes; graph shape {graph_shape}")
-        sample = tuple(int(d) for d in rest)  # type: ignore[arg-type]
-        meta_sample = tuple(meta_shape[1:])
+        meta_rest = meta_shape[1:]
+        if len(rest) != len(meta_rest) or not all(
+            (isinstance(d, int) and d > 0) or (not isinstance(d, int) and isinstance(m, str))
+            for d, m in zip(rest, meta_rest, strict=True)
+        ):
+            raise InvalidModelError(
+                self.path,
+                f"expected static non-batch axes (or symbolic ones the metadata declares); graph shape "
+                f"{graph_shape}, metadata {list(meta_shape)}",
+            )
+        sample = tuple(d if isinstance(d, int) else None for d in rest)
+        meta_sample = tuple(None if isinstance(d, str) else d for d in meta_rest)
         if meta_sample != sample:
             raise InvalidModelError(
                 self.path, f"metadata shape {list(meta_shape)} disagrees with the graph's {graph_shape}"
@@ -114,24 +184,77 @@ class OnnxModel:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(B, *input_sample_shape) float32 -> (B, *output_sample_shape) float32, chunked by max_batch."""
-        if batch.dtype != np.float32 or batch.shape[1:] != self.input_sample_shape or batch.ndim < 1:
+        expected = self.input_sample_shape
+        if (
+            batch.dtype != np.float32
+            or batch.ndim != 1 + len(expected)
+            or any(
+                want is not None and got != want for got, want in zip(batch.shape[1:], expected, strict=True)
+            )
+            or any(
+                want is None and got % self.size_multiple
+                for got, want in zip(batch.shape[1:], expected, strict=True)
+            )
+        ):
+            shown = tuple("any" if d is None else d for d in expected)
+            multiple = f", any sizes multiples of {self.size_multiple}" if None in expected else ""
             raise ValueError(
-                f"{self.path.name}: expected a float32 batch of shape (B, *{self.input_sample_shape}); "
+                f"{self.path.name}: expected a float32 batch of shape (B, *{shown}){multiple}; "
                 f"got {batch.dtype} {batch.shape}"
             )
         n = batch.shape[0]
+        # Symbolic output axes (an any-size image model) take the input's: image in, same-size image out.
+        out_shape = (
+            tuple(batch.shape[1:])
+            if None in self.output_sample_shape
+            else tuple(int(d) for d in self.output_sample_shape if d is not None)
+        )
         if n == 0:
-            return np.empty((0, *self.output_sample_shape), dtype=np.float32)
-        if n <= self.max_batch:
-            return self._session.run(self._output_names, {self.input_name: batch})[0]
-        out = np.empty((n, *self.output_sample_shape), dtype=np.float32)
+            return np.empty((0, *out_shape), dtype=np.float32)
+        if n < 2 * MIN_SLICE or self._pool is None:
+            if n <= self.max_batch:  # the lowest-latency path: one call, no hand-off
+                return self._session.run(self._output_names, {self.input_name: batch})[0]
+        out = np.empty((n, *out_shape), dtype=np.float32)
         for start in range(0, n, self.max_batch):
             stop = min(start + self.max_batch, n)
-            out[start:stop] = self._session.run(self._output_names, {self.input_name: batch[start:stop]})[0]
+            if self._pool is None or stop - start < 2 * MIN_SLICE:
+                out[start:stop] = self._session.run(self._output_names, {self.input_name: batch[start:stop]})[
+                    0
+                ]
+            else:
+                self._run_split(batch[start:stop], out[start:stop])
         return out
+
+    def _run_split(self, batch: np.ndarray, out: np.ndarray) -> None:
+        """Run contiguous slices of `batch` on the per-core sessions at once, each into its slice of `out`."""
+        batch = np.ascontiguousarray(batch)  # IO binding reads raw memory; a view of contiguous input
+        n = batch.shape[0]
+        parts = min(len(self._sessions), n // MIN_SLICE)
+        bounds = [n * i // parts for i in range(parts + 1)]
+        assert self._pool is not None
+        futures = [
+            self._pool.submit(self._run_into, self._sessions[i], batch[a:b], out[a:b])
+            for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:], strict=True), start=1)
+        ]
+        self._run_into(self._sessions[0], batch[: bounds[1]], out[: bounds[1]])  # this thread works too
+        for future in futures:
+            future.result()  # re-raises a slice's error here
+
+    def _run_into(self, session: ort.InferenceSession, batch: np.ndarray, out: np.ndarray) -> None:
+        """session.run writing its output into `out` (a C-contiguous slice) instead of a new array."""
+        binding = session.io_binding()
+        binding.bind_cpu_input(self.input_name, batch)
+        binding.bind_output(self.output_name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        session.run_with_iobinding(binding)
+
+    def close(self) -> None:
+        """Stop the per-core worker threads (idle ones cost nothing; this is for tidy shutdowns)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def __repr__(self) -> str:
         return (
             f"OnnxModel({str(self.path)!r}, role={self.metadata.role!r}, provider={self.provider!r}, "
-            f"threads={self.threads}, max_batch={self.max_batch})"
+            f"threads={self.threads}, parallel={self.parallel!r}, sessions={len(self._sessions)}, "
+            f"max_batch={self.max_batch})"
         )

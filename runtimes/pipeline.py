@@ -26,6 +26,7 @@ from runtimes.images import (
     SIZE_MODES,
     BadImageError,
     FitPlan,
+    SizeMismatchError,
     SizeMode,
     from_model,
     load_gray8,
@@ -38,6 +39,9 @@ from runtimes.planning import Job
 from runtimes.sessions import physical_cores
 
 CHUNK_FILES = 16  # files per thread-pool task
+# Any-size models: a batch also closes at this many decoded pixels, so a folder of photographs never holds
+# hundreds of them in memory at once.
+MAX_BATCH_PIXELS = 1 << 24
 
 
 Status = Literal["done", "failed", "skipped"]
@@ -81,7 +85,12 @@ class _Decoded:
 
 
 def _decode(
-    job: Job, tile: tuple[int, int], size_mode: SizeMode, noise_std: float, seed: int, max_pixels: int
+    job: Job,
+    tile: tuple[int, int] | None,
+    size_mode: SizeMode,
+    noise_std: float,
+    seed: int,
+    max_pixels: int,
 ) -> _Decoded:
     gray = load_gray8(job.source, max_pixels)  # (H, W) uint8
     noisy = None
@@ -91,7 +100,10 @@ def _decode(
         clean = gray.astype(np.float32) / np.float32(255.0)
         noisy = to_uint8(add_noise(clean, noise_std, rng))
         gray = noisy  # denoise exactly what is saved as <stem>.noisy.png
-    samples, plan = to_model(gray, tile, size_mode)
+    try:
+        samples, plan = to_model(gray, tile, size_mode)
+    except SizeMismatchError as err:
+        raise BadImageError(job.source, str(err)) from err
     return _Decoded(job, samples, plan, noisy)
 
 
@@ -105,7 +117,7 @@ def _encode(item: _Decoded, output: np.ndarray, fsync: bool) -> None:
 
 def _decode_chunk(
     jobs: Sequence[Job],
-    tile: tuple[int, int],
+    tile: tuple[int, int] | None,
     size_mode: SizeMode,
     noise_std: float,
     seed: int,
@@ -142,7 +154,7 @@ def _encode_chunk(pairs: Sequence[tuple[_Decoded, np.ndarray]], fsync: bool) -> 
 def run_pipeline(
     denoiser: Denoiser,
     jobs: Sequence[Job],
-    size_mode: SizeMode = "resize",
+    size_mode: SizeMode = "exact",
     batch_size: int = 256,
     overwrite: bool = False,
     noise_std: float = 0.0,
@@ -155,8 +167,9 @@ def run_pipeline(
     """Denoise every job; a bad file fails alone (reported via `on_outcome` and in the result).
 
     Existing outputs are skipped unless `overwrite`. `batch_size` counts model samples (tiles in tile
-    mode). `workers` threads (default: physical cores, at least 2) decode and encode while this thread
-    runs the model.
+    mode); with an any-size model, images of equal size are run together and a batch also closes at
+    MAX_BATCH_PIXELS. `workers` threads (default: physical cores, at least 2) decode and encode while
+    this thread runs the model.
     """
     if size_mode not in SIZE_MODES:
         raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {size_mode!r}")
@@ -237,26 +250,32 @@ def run_pipeline(
 
         batch: list[_Decoded] = []
         batch_samples = 0
+        batch_pixels = 0
 
         def flush() -> None:
-            nonlocal batch, batch_samples
+            nonlocal batch, batch_samples, batch_pixels
             if not batch:
                 return
-            inputs = batch[0].samples if len(batch) == 1 else np.concatenate([it.samples for it in batch])
-            try:
-                outputs = denoiser.run_batch(inputs)  # (sum of T, 1, h, w)
-            except Exception as err:  # onnxruntime raises bare pybind11 types; fail this batch's files only
-                for item in batch:
-                    report(Outcome(item.job, "failed", f"inference failed: {type(err).__name__}: {err}"))
-            else:
+            # One model call per sample size: a fixed-size model has one; an any-size model one per size.
+            by_size: dict[tuple[int, ...], list[_Decoded]] = {}
+            for item in batch:
+                by_size.setdefault(item.samples.shape[1:], []).append(item)
+            for group in by_size.values():
+                inputs = group[0].samples if len(group) == 1 else np.concatenate([it.samples for it in group])
+                try:
+                    outputs = denoiser.run_batch(inputs)  # (sum of T, 1, h, w)
+                except Exception as err:  # onnxruntime raises bare pybind11 types; fail these files only
+                    for item in group:
+                        report(Outcome(item.job, "failed", f"inference failed: {type(err).__name__}: {err}"))
+                    continue
                 pairs: list[tuple[_Decoded, np.ndarray]] = []
                 offset = 0
-                for item in batch:
+                for item in group:
                     pairs.append((item, outputs[offset : offset + item.plan.count]))
                     offset += item.plan.count
                 for i in range(0, len(pairs), chunk):
                     encoding.add(pool.submit(_encode_chunk, pairs[i : i + chunk], fsync))
-            batch, batch_samples = [], 0
+            batch, batch_samples, batch_pixels = [], 0, 0
             collect(limit=2 * workers)
 
         fill()
@@ -269,7 +288,8 @@ def run_pipeline(
                 else:
                     batch.append(entry)
                     batch_samples += entry.plan.count
-            if batch_samples >= batch_size or not decoding:
+                    batch_pixels += entry.samples.size
+            if batch_samples >= batch_size or batch_pixels >= MAX_BATCH_PIXELS or not decoding:
                 flush()
             collect(limit=2 * workers)
         flush()

@@ -230,6 +230,13 @@ def test_ae_bench_tiny_smoke(trained_checkpoint: Path, tmp_path: Path) -> None:
     methods = " ".join(r["method"] for r in report["sections"]["quality"]["rows"])
     for method in ("noisy", "Gaussian", "median", "total variation", "non-local means", "BM3D", "ours"):
         assert method in methods
+    consumers = report["sections"]["consumers"]
+    names = {r["consumer"] for r in consumers["rows"]}
+    assert {"onnxruntime", "openvino (f32 hint)"} <= names and {r["batch"] for r in consumers["rows"]} == {
+        1,
+        256,
+    }
+    assert "opencv dnn" in names or any("opencv dnn cannot load" in n for n in consumers["notes"])
     for number in range(1, 6):
         assert f"### {number}. " in result.stdout
     assert result.stdout.count("|---") >= 6  # one table per section, two in inference

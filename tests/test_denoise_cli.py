@@ -341,7 +341,7 @@ def test_cuda_unavailable_exits_2(onnx_dir: Path, fmnist_test: np.ndarray, tmp_p
     "args, pattern",
     [
         (["--provider", "gpu"], "choose from 'auto', 'cpu', 'cuda'"),
-        (["--size-mode", "crop"], "choose from 'resize', 'tile'"),
+        (["--size-mode", "crop"], "choose from 'exact', 'resize', 'tile'"),
         (["--batch-size", "0"], "positive integer"),
         (["--add-noise", "-1"], "number >= 0"),
         (["--add-noise", "nan"], "number >= 0"),

@@ -91,10 +91,19 @@ def test_rejected_export_leaves_no_files(trained_checkpoint, tmp_path) -> None:
     assert list(out.iterdir()) == []  # no .onnx, no staging folder, no temp files
 
 
-def test_export_cli_end_to_end(trained_checkpoint, tmp_path) -> None:
+@pytest.mark.parametrize("graph", ["fast", "portable"])
+def test_export_cli_end_to_end(trained_checkpoint, tmp_path, graph) -> None:
     out = tmp_path / "onnx"
     done = run_cli(
-        "ae_export.cli", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--batch-sizes", "1,7"
+        "ae_export.cli",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--out",
+        str(out),
+        "--batch-sizes",
+        "1,7",
+        "--graph",
+        graph,
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
@@ -106,6 +115,15 @@ def test_export_cli_end_to_end(trained_checkpoint, tmp_path) -> None:
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] is True and report["providers"]["cpu"] == "ok"
     assert "overall: PASS" in done.stdout
+    for spec in SPECS.values():
+        proto = onnx.load(str(out / spec.file_name))
+        ops = {n.op_type for n in proto.graph.node}
+        meta = parse_metadata({p.key: p.value for p in proto.metadata_props}, spec.file_name)
+        # The encoder has no transposed convolution: it is the portable graph either way.
+        expected = "fast" if graph == "fast" and spec.role != "encoder" else "portable"
+        assert meta.graph == expected
+        assert ("Col2Im" in ops) == (expected == "fast")
+        assert ("ConvTranspose" in ops) == (expected == "portable" and spec.role != "encoder")
 
 
 def _corrupt(path, tmp_path):

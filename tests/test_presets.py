@@ -71,7 +71,7 @@ def test_unknown_preset_and_arch_name_the_choices(capsys) -> None:
     assert "lecture" in capsys.readouterr().err
     with pytest.raises(ValueError, match="valid presets: lecture, balanced, quality"):
         preset_values("best")
-    with pytest.raises(ValueError, match="lecture, spatial"):
+    with pytest.raises(ValueError, match="valid: lecture, spatial, fcn"):
         ModelConfig(arch="mlp")
 
 

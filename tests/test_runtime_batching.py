@@ -7,7 +7,7 @@ marked image: the only way to make onnxruntime fail on demand, and exactly what 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +173,16 @@ def test_cancelled_request_does_not_break_batch(denoiser: Denoiser, fmnist_test:
 def test_bad_settings(denoiser: Denoiser, kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         MicroBatcher(denoiser, **kwargs)
+
+
+def test_call_path_delivers_model_errors(onnx_dir: Path, fmnist_test: np.ndarray) -> None:
+    """`batcher(image)` (the lock-based wait, not a Future) gets its batch's error, then serves again."""
+    poisoned = PoisonDenoiser(onnx_dir, provider="cpu")
+    poison = np.full((28, 28), POISON, np.float32)
+    with MicroBatcher(poisoned, max_batch_size=2, max_queue_delay_us=500_000) as batcher:
+        with ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(batcher, fmnist_test[0]), pool.submit(batcher, poison)]
+            for call in calls:
+                with pytest.raises(RuntimeError, match="poisoned batch"):
+                    call.result(timeout=30)
+        np.testing.assert_array_equal(batcher(fmnist_test[1]), poisoned.denoise(fmnist_test[1]))

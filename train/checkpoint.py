@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from runtimes.fileio import atomic_save
-from train.model import DenoisingAutoencoder, ModelConfig
+from train.model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
 
@@ -38,9 +39,9 @@ class Checkpoint:
     path: Path | None = None
     sha256: str | None = None
 
-    def build_model(self) -> DenoisingAutoencoder:
+    def build_model(self) -> nn.Module:
         """The model in eval mode with these weights; a config/weights mismatch is a CheckpointError."""
-        model = DenoisingAutoencoder(self.model_config)
+        model = build_model(self.model_config)
         try:
             model.load_state_dict(self.model_state, strict=True)
         except RuntimeError as err:
@@ -100,7 +101,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: bad model_config: {err}") from err
     checkpoint = Checkpoint(
         model_config=config,
-        model_state=raw["model"],
+        # A state dict taken from a torch.compile'd module carries "_orig_mod." prefixes; the plain
+        # module's names are the contract, so strip them and any checkpoint loads into an uncompiled model.
+        model_state={k.removeprefix("_orig_mod."): v for k, v in raw["model"].items()},
         epoch=int(raw.get("epoch", 0)),
         train_config=dict(raw.get("train_config") or {}),
         optimizer_state=raw.get("optimizer"),

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"
     out: str = "artifacts"
     limit: int | None = None
+    compile: bool = False  # torch.compile + channels_last for the training step (see `compiled_step_model`)
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -163,8 +164,20 @@ def evaluate(
     return {key: value / n for key, value in sums.items()}
 
 
+def compiled_step_model(model: DenoisingAutoencoder) -> torch.nn.Module:
+    """`model` in channels_last, wrapped by torch.compile, for the training forward/backward only.
+
+    The returned module shares `model`'s parameters, so the optimizer, evaluation, samples and the
+    checkpoint keep using the plain module (its state dict has no "_orig_mod." prefixes). Measured at
+    batch 256 on a 2-core CPU: a step 1.39x faster than eager (channels_last alone 1.1-1.2x,
+    torch.compile alone 0.86x), after 8-46 s of compilation; see the README for the end-to-end run.
+    """
+    model.to(memory_format=torch.channels_last)
+    return torch.compile(model)
+
+
 def train_epoch(
-    model: DenoisingAutoencoder,
+    model: DenoisingAutoencoder | torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     split: Split,
     config: TrainConfig,
@@ -283,6 +296,7 @@ def train(
     torch.manual_seed(config.seed)
     model_config = config.model_config()
     model = DenoisingAutoencoder(model_config).to(device)
+    step_model: torch.nn.Module = model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch = 1
@@ -295,6 +309,8 @@ def train(
         history = list(previous.metrics)
         start_epoch = previous.epoch + 1
         log(f"resuming from {ckpt_path} after epoch {previous.epoch}")
+    if config.compile:
+        step_model = compiled_step_model(model)
 
     dataset_info = {
         "name": data.name,
@@ -306,7 +322,7 @@ def train(
     checkpoint = previous
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, train_split, config, epoch, device, progress)
+        train_loss = train_epoch(step_model, optimizer, train_split, config, epoch, device, progress)
         train_seconds = time.perf_counter() - started
         scores = evaluate(model, val_split, config.noise_factor, config.eval_seed, device)
         if not math.isfinite(train_loss):

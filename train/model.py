@@ -6,6 +6,7 @@ exports as the same three files (encoder, decoder, denoiser) with the same contr
 
 - `lecture` (the default): three strided convs, a Linear bottleneck of `hidden_dim` -> `latent_dim`, and
   the mirrored decoder. Its module tree and parameter names never change, so old checkpoints load.
+- `fcn` (train/fcn.py): the fully convolutional photograph denoiser, any height and width, no latent.
 - `spatial`: no Linear bottleneck. The code is a (latent_dim / 49, 7, 7) feature map, flattened: it keeps
   *where* things are, which a 4- or 64-number vector cannot, and that is what buys sharp edges. Stages at
   14x14 and 7x7 of `2 * width` and `4 * width` channels, each with `blocks` residual 3x3 convs.
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from train.fcn import FcnDenoiser
+
 IMAGE_SIZE = 28
 CHANNELS = 1
 FEATURES = 32 * 3 * 3  # 288: the lecture encoder's last feature map, flattened
@@ -39,21 +42,27 @@ class ModelConfig:
     defaults are the lecture's model, so they load unchanged.
     """
 
-    arch: str = "lecture"
     latent_dim: int = 4
     hidden_dim: int = 128
-    width: int = 8  # channels of the first stage; the next stages have 2x and 4x
-    blocks: int = 0  # residual 3x3 convs per stage (spatial arch)
+    arch: str = "lecture"  # a key of MODEL_BUILDERS; checkpoints without it are the lecture's model
+    # arch "fcn" (train/fcn.py): base channels, number of 2x downsamplings, 3x3 convolutions per stage.
+    fcn_width: int = 32
+    fcn_levels: int = 3
+    fcn_depth: int = 2
+    # arch "spatial": channels of the first stage (the next have 2x and 4x), residual 3x3 convs per stage.
+    width: int = 8
+    blocks: int = 0
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"ModelConfig.arch {self.arch!r} is not one of {', '.join(ARCHS)}")
-        for name in ("latent_dim", "hidden_dim", "width", "blocks"):
+        if self.arch not in MODEL_BUILDERS:
+            raise ValueError(f"ModelConfig.arch {self.arch!r}; valid: {', '.join(MODEL_BUILDERS)}")
+        for name in ("latent_dim", "hidden_dim", "fcn_width", "fcn_levels", "fcn_depth", "width", "blocks"):
             value = getattr(self, name)
             low = 0 if name == "blocks" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"ModelConfig.{name} must be an int >= {low}, got {value!r}")
-        ARCHS[self.arch].check(self)
+        if self.arch in ARCHS:
+            ARCHS[self.arch].check(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +77,8 @@ class ModelConfig:
 
     def dims(self) -> set[int]:
         """Every size an axis of this model can have (channels, sides, features): for batch-axis guards."""
+        if self.arch == "fcn":
+            return {CHANNELS, IMAGE_SIZE, *_lecture_dims(self), *(self.fcn_width * k for k in (1, 2, 4))}
         return {CHANNELS, IMAGE_SIZE, *ARCHS[self.arch].dims(self)}
 
 
@@ -232,7 +243,7 @@ def _spatial_dims(config: ModelConfig) -> set[int]:
 
 @dataclass(frozen=True)
 class Arch:
-    """One architecture: its encoder and decoder classes, its config check and the sizes of its axes."""
+    """One autoencoder shape: its encoder and decoder classes, its config check and its axes' sizes."""
 
     encoder: Callable[[ModelConfig], nn.Module]
     decoder: Callable[[ModelConfig], nn.Module]
@@ -264,3 +275,24 @@ class DenoisingAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+def _build_fcn(config: ModelConfig) -> nn.Module:
+    model = FcnDenoiser(config.fcn_width, config.fcn_levels, config.fcn_depth)
+    model.config = config  # as DenoisingAutoencoder.config: the module says what it was built from
+    return model
+
+
+# arch -> builder. "lecture" and "spatial": fixed-size autoencoders (encoder, decoder, denoiser; their
+# parts in ARCHS); "fcn": the fully convolutional denoiser of train/fcn.py (any height and width, denoiser
+# only).
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "lecture": DenoisingAutoencoder,
+    "spatial": DenoisingAutoencoder,
+    "fcn": _build_fcn,
+}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The module `config.arch` names, freshly initialised."""
+    return MODEL_BUILDERS[config.arch](config)

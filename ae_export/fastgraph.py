@@ -1,0 +1,353 @@
+"""Rewrite an exported graph's strided ConvTranspose nodes into ordinary Conv + Col2Im (the "fast" graph).
+
+Why: ONNX Runtime's CPU ConvTranspose is a GEMM followed by a single-threaded col2im scatter; on this
+project's decoder it took ~70% of the kernel time for ~37% of the FLOPs. An ordinary Conv runs through
+ORT's NCHWc kernels (fused bias + ReLU, all intra-op threads), and `Col2Im` with block = stride is a
+plain interleave. Imports onnx and numpy only (no torch), so the pass can run on any exported file.
+
+Equivalence (one spatial axis; the 2-D kernel is the outer product of the two axes' tap tables):
+a ConvTranspose with stride S, kernel K, pad p (begin) writes
+    y[n] = b + sum over (i, k) with S*i + k - p = n of  x[i] * w[k]          0 <= n < out
+where out = S*(in - 1) + K - p_begin - p_end + output_padding (taps landing outside [0, out) are
+dropped, positions no tap reaches hold b). Group the outputs by phase: n = S*j + r, 0 <= r < S. Then
+S*(j - i) = k - p - r, so an output of phase r only ever reads taps k = r + p (mod S), from inputs
+i = j - (k - p - r)/S: every phase is an ordinary (correlation) convolution over the grid index j
+with a small kernel, and all S phases together are ONE Conv whose output channels are
+(out_channel, r). A tap (r, k) that does not exist is a zero weight. Interleaving the phases
+(n = S*j + r) and cropping to [0, out) is exactly `Col2Im` with block_shape = strides = S and end pads
+= S*J - out (non-overlapping blocks are copied, nothing is summed). The bias is added to every phase,
+as ConvTranspose adds it to every output position.
+
+The same argument applies when the input is itself held as P phases on a grid (x[P*g + q] = X[q, g]):
+n = S*P*g + R, i = P*g' + q gives g' - g = -(S*q + k - p - R)/(S*P) whenever that is an integer, so a
+ConvTranspose that follows another one (with only elementwise ops such as ReLU between them, which act
+on the phase layout unchanged) can run on the coarse grid too, and a chain shares one final Col2Im.
+That is legal only when the previous output tiles its grid exactly (out == S*P*G: no cropped padding
+positions, which would hold bias instead of the zeros the next layer must read); otherwise the chain
+is cut there and the earlier part gets its own Col2Im.
+
+For this project's decoder (ConvTranspose 32->16 on 3x3 -> 7x7, 16->8 -> 14x14, 8->1 -> 28x28, BN
+already folded into the weights by the exporter's optimizer, ReLU between) the pass gives: Conv
+(2x2 taps, 16*4 channels) + Col2Im (crop 8 -> 7) for the first layer, and the last two layers as
+two Convs on the 7x7 grid (8*4, then 1*16 channels) sharing one Col2Im with block 4.
+
+Anything the pass does not handle (dynamic spatial size, groups, dilation, auto_pad, output_shape,
+non-constant weights, opset < 18) raises UnsupportedGraphError naming the node: the pass never leaves
+a half-rewritten or wrong graph. The batch axis is untouched (the reshapes copy it with 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+MIN_OPSET = 18  # Col2Im
+# Elementwise unary ops that may sit between two transposed convolutions of one chain: they act on each
+# value alone, so they give the same result on the phase layout as on the image layout.
+ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Elu", "Selu", "HardSigmoid"})
+
+
+class UnsupportedGraphError(ValueError):
+    """The graph holds a ConvTranspose the pass cannot rewrite exactly; the message names it and why."""
+
+
+@dataclass
+class _Layer:
+    """One ConvTranspose node with everything the rewrite needs, read from the graph."""
+
+    node: onnx.NodeProto
+    weight: np.ndarray  # (C_in, C_out, Kh, Kw)
+    bias: np.ndarray  # (C_out,)
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]  # begin_h, begin_w, end_h, end_w
+    output_padding: tuple[int, int]
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        kh, kw = self.weight.shape[2:]
+        self.out_hw = tuple(  # type: ignore[assignment]
+            s * (n - 1) + k - pb - pe + op
+            for s, n, k, pb, pe, op in zip(
+                self.strides,
+                self.in_hw,
+                (kh, kw),
+                self.pads[:2],
+                self.pads[2:],
+                self.output_padding,
+                strict=True,
+            )
+        )
+
+
+def _taps(stride: int, kernel: int, pad: int, phases_in: int) -> list[tuple[int, int, int, int]]:
+    """(R, q, k, delta) for one axis: output phase R of S*P reads tap k of input phase q at grid g+delta."""
+    block = stride * phases_in
+    taps = []
+    for r in range(block):
+        for q in range(phases_in):
+            for k in range(kernel):
+                num = stride * q + k - pad - r
+                if num % block == 0:
+                    taps.append((r, q, k, -num // block))
+    return taps
+
+
+def _phase_conv(
+    layer: _Layer, phases_in: tuple[int, int], grid_in: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, list[int], tuple[int, int]]:
+    """Weights (C_out*Bh*Bw, C_in*Ph*Pw, Th, Tw), bias, Conv pads and output grid of one phase conv."""
+    c_in, c_out, kh, kw = layer.weight.shape
+    blocks = (layer.strides[0] * phases_in[0], layer.strides[1] * phases_in[1])
+    grid_out = tuple(-(-o // b) for o, b in zip(layer.out_hw, blocks, strict=True))
+    axes = []
+    for ax, kernel in enumerate((kh, kw)):
+        taps = _taps(layer.strides[ax], kernel, layer.pads[ax], phases_in[ax])
+        deltas = [t[3] for t in taps] or [0]
+        # Conv pads must be >= 0: widen the tap window with zero taps where needed.
+        lo = min(min(deltas), 0)
+        hi = max(max(deltas), grid_in[ax] - grid_out[ax])
+        axes.append((taps, lo, hi))
+    (taps_h, lo_h, hi_h), (taps_w, lo_w, hi_w) = axes
+    bh, bw = blocks
+    ph, pw = phases_in
+    kernel = np.zeros((c_out, bh, bw, c_in, ph, pw, hi_h - lo_h + 1, hi_w - lo_w + 1), dtype=np.float64)
+    w = layer.weight.astype(np.float64)
+    for rh, qh, th, dh in taps_h:
+        for rw, qw, tw, dw in taps_w:
+            kernel[:, rh, rw, :, qh, qw, dh - lo_h, dw - lo_w] = w[:, :, th, tw].T
+    kernel = kernel.reshape(c_out * bh * bw, c_in * ph * pw, hi_h - lo_h + 1, hi_w - lo_w + 1)
+    bias = np.repeat(layer.bias.astype(np.float64), bh * bw)
+    pads = [-lo_h, -lo_w, grid_out[0] - grid_in[0] + hi_h, grid_out[1] - grid_in[1] + hi_w]
+    return kernel.astype(np.float32), bias.astype(np.float32), pads, grid_out  # type: ignore[return-value]
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _read_layer(
+    node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], shapes: dict[str, list[int | str]]
+) -> _Layer:
+    def refuse(reason: str) -> UnsupportedGraphError:
+        return UnsupportedGraphError(f"ConvTranspose {node.name or node.output[0]!r}: {reason}")
+
+    if node.input[1] not in inits or (len(node.input) > 2 and node.input[2] and node.input[2] not in inits):
+        raise refuse("weight and bias must be initializers (constant)")
+    weight = numpy_helper.to_array(inits[node.input[1]])
+    if weight.ndim != 4 or weight.dtype != np.float32:
+        raise refuse(f"only 2-D float32 kernels are handled; weight is {weight.dtype} {weight.shape}")
+    c_out = weight.shape[1]
+    bias = (
+        numpy_helper.to_array(inits[node.input[2]])
+        if len(node.input) > 2 and node.input[2]
+        else np.zeros(c_out, np.float32)
+    )
+    if _attr(node, "group", 1) != 1:
+        raise refuse("group != 1 is not handled")
+    if list(_attr(node, "dilations", [1, 1])) != [1, 1]:  # type: ignore[call-overload]
+        raise refuse("dilation != 1 is not handled")
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    if auto_pad not in (b"NOTSET", "NOTSET"):
+        raise refuse(f"auto_pad={auto_pad!r} is not handled (explicit pads only)")
+    if _attr(node, "output_shape", None) is not None:
+        raise refuse("the output_shape attribute is not handled (explicit pads only)")
+    kernel_shape = list(_attr(node, "kernel_shape", list(weight.shape[2:])))  # type: ignore[call-overload]
+    if kernel_shape != list(weight.shape[2:]):
+        raise refuse(f"kernel_shape {kernel_shape} disagrees with the weight {weight.shape}")
+    shape = shapes.get(node.input[0])
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise refuse(f"input needs a static (B, C, H, W) shape from shape inference; got {shape}")
+    if shape[1] != weight.shape[0]:
+        raise refuse(f"input has {shape[1]} channels, the weight expects {weight.shape[0]}")
+    strides = tuple(_attr(node, "strides", [1, 1]))  # type: ignore[call-overload]
+    pads = tuple(_attr(node, "pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
+    output_padding = tuple(_attr(node, "output_padding", [0, 0]))  # type: ignore[call-overload]
+    if min(strides) < 1 or min(pads) < 0 or min(output_padding) < 0:
+        raise refuse(f"strides {strides}, pads {pads}, output_padding {output_padding} are not handled")
+    layer = _Layer(
+        node,
+        weight,
+        bias,
+        strides,
+        pads,
+        output_padding,
+        (int(shape[2]), int(shape[3])),  # type: ignore[arg-type]
+    )
+    if min(layer.out_hw) < 1:
+        raise refuse(f"output size {layer.out_hw} is empty")
+    return layer
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    shapes: dict[str, list[int | str]] = {}
+    graph = inferred.graph
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    return shapes
+
+
+def _chains(graph: onnx.GraphProto) -> list[list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]]:
+    """ConvTranspose chains: [(convT, elementwise nodes after it that lead to the next convT), ...]."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def single_next(tensor: str) -> onnx.NodeProto | None:
+        users = consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in outputs else None
+
+    chains, seen = [], set()
+    for node in graph.node:
+        if node.op_type != "ConvTranspose" or id(node) in seen:
+            continue
+        chain = []
+        current: onnx.NodeProto | None = node
+        while current is not None:
+            seen.add(id(current))
+            between: list[onnx.NodeProto] = []
+            nxt = single_next(current.output[0])
+            while nxt is not None and nxt.op_type in ELEMENTWISE and len(nxt.output) == 1:
+                between.append(nxt)
+                nxt = single_next(nxt.output[0])
+            if (
+                nxt is not None
+                and nxt.op_type == "ConvTranspose"
+                and nxt.input[0] == (between[-1].output[0] if between else current.output[0])
+            ):
+                chain.append((current, between))
+                current = nxt
+            else:
+                chain.append((current, []))
+                current = None
+        chains.append(chain)
+    return chains
+
+
+def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.ModelProto:
+    """A copy of `model` with every ConvTranspose replaced by phase Conv(s) + Col2Im (see module doc).
+
+    `merge=False` gives every layer its own Conv + Col2Im (kept for measurement). Raises
+    UnsupportedGraphError, leaving `model` untouched, when any ConvTranspose cannot be rewritten exactly.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise UnsupportedGraphError(f"the graph's opset {opset} has no Col2Im (needs >= {MIN_OPSET})")
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    shapes = _shapes(model)
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    new_inits: list[onnx.TensorProto] = []
+    used_names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+
+    def fresh(stem: str) -> str:
+        name, i = stem, 0
+        while name in used_names:
+            i += 1
+            name = f"{stem}_{i}"
+        used_names.add(name)
+        return name
+
+    for chain in _chains(graph):
+        layers = [_read_layer(node, inits, shapes) for node, _ in chain]
+        phases, grid = (1, 1), layers[0].in_hw
+        for index, (layer, (node, between)) in enumerate(zip(layers, chain, strict=True)):
+            weight, bias, pads, grid_out = _phase_conv(layer, phases, grid)
+            blocks = (layer.strides[0] * phases[0], layer.strides[1] * phases[1])
+            exact = all(g * b == o for g, b, o in zip(grid_out, blocks, layer.out_hw, strict=True))
+            last = index == len(layers) - 1 or not merge or not exact
+            stem = node.name or node.output[0]
+            w_name, b_name = fresh(f"{stem}.phase_weight"), fresh(f"{stem}.phase_bias")
+            new_inits += [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(bias, b_name)]
+            # Tensors in phase layout are named "<node>.phases...": they are no longer what the exporter
+            # named them, and profilers (ORT names fused nodes after them) can attribute their time.
+            conv_out = fresh(f"{stem}.phases")
+            nodes = [
+                helper.make_node(
+                    "Conv",
+                    [node.input[0], w_name, b_name],
+                    [conv_out],
+                    name=fresh(f"{stem}.phase_conv"),
+                    kernel_shape=list(weight.shape[2:]),
+                    pads=pads,
+                    strides=[1, 1],
+                )
+            ]
+            if last:
+                c_out = layer.weight.shape[1]
+                shape_name = fresh(f"{stem}.columns_shape")
+                channels = c_out * blocks[0] * blocks[1]
+                new_inits.append(
+                    numpy_helper.from_array(
+                        np.array([0, channels, grid_out[0] * grid_out[1]], np.int64), shape_name
+                    )
+                )
+                image_name, block_name = fresh(f"{stem}.image_shape"), fresh(f"{stem}.block_shape")
+                new_inits += [
+                    numpy_helper.from_array(np.array(layer.out_hw, np.int64), image_name),
+                    numpy_helper.from_array(np.array(blocks, np.int64), block_name),
+                ]
+                columns = fresh(f"{stem}.columns")
+                nodes += [
+                    # (B, C*Bh*Bw, Gh, Gw) -> (B, C*Bh*Bw, Gh*Gw); 0 copies the batch axis.
+                    helper.make_node(
+                        "Reshape", [conv_out, shape_name], [columns], name=fresh(f"{stem}.to_columns")
+                    ),
+                    # Non-overlapping blocks: interleave the phases, crop the end to out_hw.
+                    helper.make_node(
+                        "Col2Im",
+                        [columns, image_name, block_name],
+                        [node.output[0]],
+                        name=fresh(f"{stem}.interleave"),
+                        strides=list(blocks),
+                        pads=[
+                            0,
+                            0,
+                            grid_out[0] * blocks[0] - layer.out_hw[0],
+                            grid_out[1] * blocks[1] - layer.out_hw[1],
+                        ],
+                    ),
+                ]
+                phases, grid = (1, 1), layer.out_hw
+            else:
+                phases, grid = blocks, grid_out
+                current = conv_out
+                for op in between:  # elementwise ops now act on the phase layout: rename their outputs
+                    op.input[0] = current
+                    current = fresh(f"{stem}.phases_{op.op_type.lower()}")
+                    op.output[0] = current
+                chain[index + 1][0].input[0] = current  # the next ConvTranspose reads the phases
+            replaced[id(node)] = nodes
+    if not replaced:
+        return model
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        new_nodes.extend(replaced.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    # ConvTranspose weights no longer used are dropped; the phase weights replace them.
+    still_used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    # Intermediate shapes changed (phase layouts): drop stale value_info and infer again.
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def graph_kind(model: onnx.ModelProto) -> str:
+    """ "fast" when the graph holds Col2Im (rewritten), "portable" when it holds only standard convs."""
+    return "fast" if any(n.op_type == "Col2Im" for n in model.graph.node) else "portable"

@@ -1,0 +1,212 @@
+"""`make gpu-check`: every CUDA path of the project in one command, with a report (JSON + text).
+
+    python -m ae_export.gpu_check [--checkpoint artifacts/checkpoint.pt] [--onnx-dir artifacts/onnx]
+                                  [--out artifacts/gpu_check]
+
+Why one command: the CUDA paths (training on `cuda`, parity on CUDAExecutionProvider with TF32 off, the
+runtime's `cuda` provider, the benchmark's CUDA rows, the `gpu`-marked tests) each skip cleanly on a
+CPU-only machine, so they can rot unseen. This runs them all, each as the user would (a subprocess of
+the project's own CLI), and records what ran, how long, and its output's tail.
+
+Honesty rules: without a usable GPU it says so, writes a report that says nothing ran, and exits 0;
+it never reports a CPU fallback as a GPU result (the CUDA probe opens a real session with the
+project's own opener, which refuses a silent fallback), and a `gpu` test run where every test skipped
+is a failure, not a pass. Exit codes: 0 all ran and passed, or no GPU; 1 a step failed; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from runtimes.fileio import atomic_write_text
+from runtimes.sessions import CUDA_EP, InvalidModelError, ProviderUnavailableError, open_session
+
+BENCH_MODULE = "bench.cli"
+STEP_TIMEOUT_S = 1800
+
+
+@dataclass
+class Step:
+    name: str
+    command: list[str]
+    returncode: int | None = None
+    seconds: float = 0.0
+    status: str = "not run"  # "passed" | "failed" | "not run"
+    detail: str = ""
+    output_tail: str = ""
+
+
+def probe(onnx_dir: Path) -> tuple[str, str]:
+    """("none" | "unusable" | "usable", facts): is there a GPU, and do torch and ONNX Runtime really use it?
+
+    ONNX Runtime is asked to open a real CUDA session on the exported denoiser with the project's own
+    opener, which raises instead of falling back to the CPU silently.
+    """
+    smi = shutil.which("nvidia-smi")
+    smi_gpus = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False).stdout if smi else ""
+    facts = [f"nvidia-smi: {smi_gpus.strip() or 'no GPU listed' if smi else 'not found'}"]
+    torch_cuda = torch.cuda.is_available()
+    facts.append(
+        f"torch {torch.__version__}: "
+        + (f"CUDA {torch.cuda.get_device_name(0)}" if torch_cuda else "no CUDA device")
+    )
+    available = ort.get_available_providers()
+    facts.append(f"onnxruntime {ort.__version__} providers: {', '.join(available)}")
+    ort_cuda = False
+    if CUDA_EP in available and not (onnx_dir / "denoiser.onnx").is_file():
+        facts.append(f"CUDA session not tried: no {onnx_dir / 'denoiser.onnx'} (run `make export`)")
+    elif CUDA_EP in available:
+        try:
+            _, provider = open_session(onnx_dir / "denoiser.onnx", "cuda")
+            ort_cuda = provider == "cuda"
+            facts.append(f"CUDA session on denoiser.onnx: {provider}")
+        except (ProviderUnavailableError, InvalidModelError) as err:
+            facts.append(f"CUDA session failed: {err}")
+    if not (torch_cuda or ort_cuda or "GPU" in smi_gpus):
+        return "none", "; ".join(facts)
+    if not (torch_cuda and ort_cuda):
+        facts.append("a GPU is here but not every stack can use it (for ONNX Runtime: `make setup-gpu`)")
+        return "unusable", "; ".join(facts)
+    return "usable", "; ".join(facts)
+
+
+def steps(checkpoint: Path, onnx_dir: Path, work: Path) -> list[Step]:
+    py = [sys.executable, "-m"]
+    ckpt, onnx, clean = str(checkpoint), str(onnx_dir), str(work / "clean")
+    train = [
+        "train.cli",
+        "--device",
+        "cuda",
+        "--epochs",
+        "1",
+        "--limit",
+        "2048",
+        "--out",
+        str(work / "train"),
+    ]
+    parity = ["ae_export.cli", "parity", "--checkpoint", ckpt, "--onnx-dir", onnx, "--providers", "cpu,cuda"]
+    denoise = ["runtimes.cli", "--onnx", onnx, clean, "-o", str(work / "denoised"), "--provider", "cuda"]
+    bench = [BENCH_MODULE, "--tiny", "--sections", "inference", "--checkpoint", ckpt, "--onnx-dir", onnx]
+    return [
+        Step("training on cuda (1 short epoch)", [*py, *train, "--quiet"]),
+        Step("parity on CUDAExecutionProvider (TF32 off)", [*py, *parity]),
+        Step(
+            "sample images for the runtime", [*py, "train.demo", "prepare", "--out", clean, "--count", "256"]
+        ),
+        Step(
+            "runtime: ae-denoise --provider cuda", [*py, *denoise, "--add-noise", "0.3", "--overwrite", "-q"]
+        ),
+        Step("bench: inference section with its CUDA rows", [*py, *bench, "--out", str(work / "bench.json")]),
+        Step(
+            "pytest -m gpu", [*py, "pytest", "-m", "gpu", "-q", "-rs", f"--junitxml={work / 'gpu-tests.xml'}"]
+        ),
+    ]
+
+
+def _judge(step: Step, work: Path) -> None:
+    """Turn a finished step into passed/failed, refusing results that did not really use the GPU."""
+    step.status = "passed" if step.returncode == 0 else "failed"
+    if step.name.startswith("pytest") and step.returncode == 0:
+        suite = ET.parse(work / "gpu-tests.xml").getroot()
+        suite = suite if suite.tag == "testsuite" else suite[0]
+        total, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+        step.detail = f"{total - skipped} ran, {skipped} skipped"
+        if total == skipped:
+            step.status, step.detail = "failed", f"every gpu test skipped ({skipped}): nothing ran on the GPU"
+    if step.name.startswith("bench") and step.returncode == 0:
+        inference = json.loads((work / "bench.json").read_text())["sections"]["inference"]
+        cuda_rows = sum(1 for row in inference["rows"] if row.get("device") == "cuda")
+        step.detail = f"{cuda_rows} CUDA rows in bench.json"
+        if not cuda_rows:
+            step.status, step.detail = "failed", "the bench wrote no CUDA row"
+
+
+def run(checkpoint: Path, onnx_dir: Path, out: Path) -> dict:
+    state, facts = probe(onnx_dir)
+    report: dict = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "gpu": state,
+        "probe": facts,
+        "steps": [],
+    }
+    if state == "none":
+        report["verdict"] = "NOT RUN: no GPU on this machine, so no CUDA path was exercised."
+        return report
+    if state == "unusable":
+        report["verdict"] = "FAILED: a GPU is present but the CUDA stack cannot use it (see probe)."
+        return report
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for step in steps(checkpoint, onnx_dir, work):
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(
+                step.command, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, env=env, check=False
+            )
+            step.returncode, output = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as err:
+            step.returncode, output = None, f"timed out after {STEP_TIMEOUT_S} s: {err}"
+        step.seconds = round(time.perf_counter() - start, 1)
+        step.output_tail = output[-3000:]
+        if step.returncode is None:
+            step.status = "failed"
+        else:
+            _judge(step, work)
+        report["steps"].append(asdict(step))
+        print(f"{step.status:7} {step.seconds:7.1f} s  {step.name}  {step.detail}", flush=True)
+    failed = [s["name"] for s in report["steps"] if s["status"] != "passed"]
+    report["verdict"] = f"FAILED: {', '.join(failed)}" if failed else "PASSED: every CUDA path ran and passed"
+    return report
+
+
+def text_report(report: dict) -> str:
+    lines = [f"gpu-check {report['created']} on {report['machine']}", f"probe: {report['probe']}"]
+    for step in report["steps"]:
+        lines.append(f"- {step['status']:7} {step['seconds']:7.1f} s  {step['name']}  {step['detail']}")
+        if step["status"] != "passed":
+            lines += ["    " + line for line in step["output_tail"].splitlines()[-20:]]
+    lines.append(report["verdict"])
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpu-check", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoint.pt"))
+    p.add_argument("--onnx-dir", type=Path, default=Path("artifacts/onnx"))
+    p.add_argument("--out", type=Path, default=Path("artifacts/gpu_check"), help="report folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    missing = [str(p) for p in (args.checkpoint, args.onnx_dir / "denoiser.onnx") if not p.is_file()]
+    if missing and probe(args.onnx_dir)[0] != "none":  # without a GPU the files are not needed
+        print(f"gpu-check: error: missing {', '.join(missing)} (run `make export` first)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = run(args.checkpoint, args.onnx_dir, args.out)
+    atomic_write_text(args.out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
+    text = text_report(report)
+    atomic_write_text(args.out / "gpu_check.txt", text)
+    print(text, end="")
+    print(f"wrote {args.out / 'gpu_check.json'} and gpu_check.txt")
+    return 1 if report["verdict"].startswith("FAILED") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

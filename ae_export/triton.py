@@ -1,0 +1,399 @@
+"""A Triton Inference Server model repository written from the exported ONNX files, and its checker.
+
+    ae-export triton [--onnx-dir artifacts/onnx] [--out artifacts/model_repository] [--kind cpu|gpu]
+                     [--warmup] [--max-batch-size N] [--max-queue-delay-us US]
+    ae-export triton --check artifacts/model_repository
+
+Why derive, never type: a `config.pbtxt` that disagrees with its `model.onnx` (a renamed output, a
+latent size changed by retraining) makes Triton refuse the model at load time, on the serving machine,
+long after export. So every field comes from the ONNX graph and its `ae_export.*` metadata: tensor
+names, data types, dims without the batch axis, and batching on because the graph's batch axis is
+symbolic. The batching policy has the meaning and defaults of `runtimes.MicroBatcher` (Triton's
+dynamic batcher is the same idea across processes): `max_batch_size` and `max_queue_delay_us` are read
+from its signature, so the two cannot drift apart.
+
+Every config is validated against Triton's own protobuf schema (`model_config_pb2` from tritonclient,
+the `triton` extra) plus the rules Triton applies when it loads a model, before anything is written;
+an invalid config is refused. Files are written atomically and `model.onnx` is a byte copy of the
+exported file. `--check` re-derives each config from the `model.onnx` beside it and names the first
+field that differs.
+
+Variants: where the export folder holds a `manifest.json` (fp16/int8/.ort variants), every listed
+`.onnx` variant becomes one more model, `<role>_<variant>` (e.g. `denoiser_fp16`). `.ort` files are
+left out: Triton's ONNX Runtime backend loads ONNX protobuf files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf import text_format
+from google.protobuf.message import Message
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ae_export.specs import BATCH_AXIS
+from ae_export.targets import ExportedFile, ManifestError, exported_files
+from runtimes.batching import MicroBatcher
+from runtimes.fileio import atomic_write_bytes, atomic_write_text
+from runtimes.metadata import MetadataError, TensorContract, parse_metadata
+
+PLATFORM = "onnxruntime_onnx"
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
+VERSION = "1"
+KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+_BATCHER = inspect.signature(MicroBatcher.__init__).parameters
+DEFAULT_MAX_BATCH_SIZE: int = _BATCHER["max_batch_size"].default
+DEFAULT_MAX_QUEUE_DELAY_US: int = _BATCHER["max_queue_delay_us"].default
+
+# ONNX element type -> Triton data type (the subset an ONNX model's I/O can use).
+_DTYPES = {
+    onnx.TensorProto.FLOAT: mc.TYPE_FP32,
+    onnx.TensorProto.FLOAT16: mc.TYPE_FP16,
+    onnx.TensorProto.BFLOAT16: mc.TYPE_BF16,
+    onnx.TensorProto.DOUBLE: mc.TYPE_FP64,
+    onnx.TensorProto.INT8: mc.TYPE_INT8,
+    onnx.TensorProto.INT16: mc.TYPE_INT16,
+    onnx.TensorProto.INT32: mc.TYPE_INT32,
+    onnx.TensorProto.INT64: mc.TYPE_INT64,
+    onnx.TensorProto.UINT8: mc.TYPE_UINT8,
+    onnx.TensorProto.UINT16: mc.TYPE_UINT16,
+    onnx.TensorProto.UINT32: mc.TYPE_UINT32,
+    onnx.TensorProto.UINT64: mc.TYPE_UINT64,
+    onnx.TensorProto.BOOL: mc.TYPE_BOOL,
+    onnx.TensorProto.STRING: mc.TYPE_STRING,
+}
+
+
+class TritonConfigError(ValueError):
+    """A config that Triton's schema or load-time rules reject, or an ONNX file a config cannot describe."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The serving choices that are not properties of the model file."""
+
+    kind: str = "cpu"
+    warmup: bool = False
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    model: str
+    field: str
+    config: str
+    derived: str
+
+    def __str__(self) -> str:
+        if not self.derived:  # the config itself is unusable: nothing to compare with
+            return f"{self.model}: {self.field}: {self.config}"
+        return f"{self.model}: {self.field}: config.pbtxt has {self.config}, model.onnx gives {self.derived}"
+
+
+# ---------------------------------------------------------------- derive
+
+
+def _io(value: onnx.ValueInfoProto, contract: TensorContract, source: str) -> tuple[int, list[int]]:
+    """(Triton data type, dims without the batch axis) of one graph input/output, checked against metadata."""
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in _DTYPES:
+        raise TritonConfigError(
+            f"{source}: {value.name}: ONNX element type {tensor.elem_type} has no Triton type"
+        )
+    dims = list(tensor.shape.dim)
+    if not dims or dims[0].dim_param != BATCH_AXIS:
+        raise TritonConfigError(
+            f"{source}: {value.name}: first axis must be the symbolic {BATCH_AXIS!r} axis for Triton "
+            f"batching; got {dims[0] if dims else 'a scalar'}"
+        )
+    sample = [d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:]]  # -1: Triton's "any size"
+    if value.name != contract.name or tuple(sample) != contract.sample_shape:
+        raise TritonConfigError(
+            f"{source}: graph tensor {value.name!r} {sample} disagrees with its ae_export metadata "
+            f"{contract.name!r} {list(contract.sample_shape)}; re-export the file"
+        )
+    if onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name != contract.dtype:
+        raise TritonConfigError(
+            f"{source}: {value.name}: graph dtype {onnx.TensorProto.DataType.Name(tensor.elem_type)} "
+            f"disagrees with metadata dtype {contract.dtype}"
+        )
+    return _DTYPES[tensor.elem_type], sample
+
+
+def derive_config(path: Path, name: str, options: Options) -> mc.ModelConfig:
+    """The Triton ModelConfig of one exported ONNX file; raises TritonConfigError if it cannot be served."""
+    model = onnx.load(str(path), load_external_data=False)
+    meta = parse_metadata({p.key: p.value for p in model.metadata_props}, str(path))
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise TritonConfigError(
+            f"{path}: expected one input and one output; got {len(inputs)} and {len(graph.output)}"
+        )
+    config = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=options.max_batch_size)
+    for value, contract, field in (
+        (inputs[0], meta.input, config.input),
+        (graph.output[0], meta.output, config.output),
+    ):
+        dtype, dims = _io(value, contract, str(path))
+        field.add(name=value.name, data_type=dtype, dims=dims)
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    config.instance_group.add(count=1, kind=KINDS[options.kind])
+    if options.warmup:
+        # Triton runs these before it marks the model ready: the first real request then meets warm
+        # kernels and allocated arenas, at the smallest and the largest batch the batcher forms.
+        for batch in sorted({1, options.max_batch_size}):
+            warm = config.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch)
+            for tensor in config.input:
+                warm.inputs[tensor.name].CopyFrom(
+                    mc.ModelWarmup.Input(data_type=tensor.data_type, dims=tensor.dims, random_data=True)
+                )
+    return config
+
+
+# ---------------------------------------------------------------- validate
+
+
+def _problems(config: mc.ModelConfig) -> Iterator[str]:
+    """The load-time rules Triton applies beyond the schema (model_config_utils.cc), for the fields we use."""
+    if not config.name:
+        yield "name is empty"
+    if config.platform != PLATFORM:
+        yield f"platform {config.platform!r} is not {PLATFORM!r}"
+    if config.max_batch_size < 1:
+        yield f"max_batch_size {config.max_batch_size} < 1 (the model has a dynamic batch axis)"
+    names = [t.name for t in (*config.input, *config.output)]
+    if len(set(names)) != len(names):
+        yield f"tensor names are not unique: {names}"
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        if not tensors:
+            yield f"no {kind}"
+        for i, tensor in enumerate(tensors):
+            if not tensor.name:
+                yield f"{kind}[{i}].name is empty"
+            if tensor.data_type == mc.TYPE_INVALID:
+                yield f"{kind}[{i}].data_type is TYPE_INVALID"
+            if not tensor.dims or any(d < 1 and d != -1 for d in tensor.dims):
+                yield f"{kind}[{i}].dims {list(tensor.dims)}: each dim must be > 0 or -1"
+    if not config.instance_group:
+        yield "no instance_group"
+    for i, group in enumerate(config.instance_group):
+        if group.count < 1 or group.kind not in KINDS.values():
+            yield f"instance_group[{i}]: count {group.count}, kind {group.kind}: need count >= 1, CPU or GPU"
+    inputs = {t.name: t for t in config.input}
+    for i, warm in enumerate(config.model_warmup):
+        if not 1 <= warm.batch_size <= config.max_batch_size:
+            yield f"model_warmup[{i}].batch_size {warm.batch_size} not in 1..{config.max_batch_size}"
+        if set(warm.inputs) != set(inputs):
+            yield f"model_warmup[{i}] inputs {sorted(warm.inputs)} != model inputs {sorted(inputs)}"
+        for key, value in warm.inputs.items():
+            if key in inputs and (value.data_type, list(value.dims)) != (
+                inputs[key].data_type,
+                list(inputs[key].dims),
+            ):
+                yield f"model_warmup[{i}].inputs[{key}] type/dims differ from input {key}"
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> mc.ModelConfig:
+    """Parse with Triton's schema (unknown fields and bad values raise) and apply its load-time rules."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as err:
+        raise TritonConfigError(f"{source}: not a valid Triton model config: {err}") from err
+    problems = list(_problems(config))
+    if problems:
+        raise TritonConfigError(f"{source}: invalid Triton model config: {'; '.join(problems)}")
+    return config
+
+
+def render_config(config: mc.ModelConfig, model_sha256: str) -> str:
+    """The config.pbtxt text, validated by parsing it back: raises rather than return an invalid one."""
+    header = (
+        f"# Written by `ae-export triton` from {MODEL_FILE} (sha256 {model_sha256}).\n"
+        "# Every field derives from the ONNX graph and its ae_export metadata; dynamic_batching has\n"
+        "# runtimes.MicroBatcher's meaning and defaults (an empty stanza: max_queue_delay_microseconds 0).\n"
+        "# Check it against the model with `ae-export triton --check <repository>`.\n"
+    )
+    text = header + text_format.MessageToString(config, use_short_repeated_primitives=True)
+    if parse_config(text, config.name) != config:
+        raise TritonConfigError(f"{config.name}: config does not survive a text round trip")
+    return text
+
+
+# ---------------------------------------------------------------- sources, write, check
+
+
+def sources(onnx_dir: Path) -> list[ExportedFile]:
+    """What Triton's ONNX Runtime backend can serve: every exported ONNX file (.ort files are left out)."""
+    return [f for f in exported_files(onnx_dir) if f.onnx]
+
+
+def write_repository(onnx_dir: Path, out: Path, options: Options) -> list[Path]:
+    """Write `<out>/<name>/{config.pbtxt, 1/model.onnx}` for every source; every config validated first."""
+    if options.kind not in KINDS:
+        raise ValueError(f"--kind {options.kind!r}: choose from {', '.join(KINDS)}")
+    plans = []
+    for source in sources(onnx_dir):  # derive and validate everything before writing anything
+        data = source.path.read_bytes()
+        config = derive_config(source.path, source.name, options)
+        plans.append((source, data, render_config(config, hashlib.sha256(data).hexdigest())))
+    written = []
+    for source, data, text in plans:
+        folder = out / source.name
+        (folder / VERSION).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / VERSION / MODEL_FILE, data)
+        atomic_write_text(folder / CONFIG_FILE, text)
+        written.append(folder)
+    return written
+
+
+def options_of(config: mc.ModelConfig) -> Options:
+    """The serving choices a config was written with, so `--check` compares only what the model decides."""
+    kinds = {v: k for k, v in KINDS.items()}
+    group = config.instance_group[0] if config.instance_group else None
+    return Options(
+        kind=kinds.get(group.kind, "cpu") if group else "cpu",
+        warmup=bool(config.model_warmup),
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
+    )
+
+
+def _show(field: Any, value: Any) -> Any:
+    """An enum value by its name (KIND_GPU, not 2); any other value as itself."""
+    if field.enum_type is not None:
+        return (
+            field.enum_type.values_by_number[value].name
+            if value in field.enum_type.values_by_number
+            else value
+        )
+    return value
+
+
+def diff(a: Message, b: Message, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(field path, value in a, value in b) for every field where two messages differ, depth first."""
+    for field in a.DESCRIPTOR.fields:
+        name = f"{path}{field.name}"
+        va, vb = getattr(a, field.name), getattr(b, field.name)
+        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+        if is_map:
+            for key in sorted(set(va) | set(vb)):
+                if key not in va or key not in vb:
+                    yield (
+                        f"{name}[{key}]",
+                        "present" if key in va else "absent",
+                        "present" if key in vb else "absent",
+                    )
+                elif isinstance(va[key], Message):
+                    yield from diff(va[key], vb[key], f"{name}[{key}].")
+                elif va[key] != vb[key]:
+                    yield f"{name}[{key}]", repr(va[key]), repr(vb[key])
+        elif field.label == field.LABEL_REPEATED:
+            if field.message_type is not None:
+                if len(va) != len(vb):
+                    yield f"{name} (count)", str(len(va)), str(len(vb))
+                    continue
+                for i, (ea, eb) in enumerate(zip(va, vb, strict=True)):
+                    yield from diff(ea, eb, f"{name}[{i}].")
+            elif list(va) != list(vb):
+                yield name, str([_show(field, v) for v in va]), str([_show(field, v) for v in vb])
+        elif field.message_type is not None:
+            if a.HasField(field.name) != b.HasField(field.name):
+                yield (
+                    name,
+                    "set" if a.HasField(field.name) else "unset",
+                    "set" if b.HasField(field.name) else "unset",
+                )
+            elif a.HasField(field.name):
+                yield from diff(va, vb, f"{name}.")
+        elif va != vb:
+            yield name, str(_show(field, va)), str(_show(field, vb))
+
+
+def check_repository(repo: Path) -> list[Mismatch]:
+    """Re-derive each config from the model.onnx beside it; every field that differs (empty: all match)."""
+    folders = sorted(p.parent for p in repo.glob(f"*/{CONFIG_FILE}"))
+    if not folders:
+        raise FileNotFoundError(f"{repo}: no <model>/{CONFIG_FILE} found; is it a model repository?")
+    found = []
+    for folder in folders:
+        name = folder.name
+        config = mc.ModelConfig()
+        try:  # schema only: a field that differs is named below, which beats a load-rule message
+            text_format.Parse((folder / CONFIG_FILE).read_text(), config)
+        except text_format.ParseError as err:
+            found.append(Mismatch(name, "config.pbtxt", f"not a valid Triton model config: {err}", ""))
+            continue
+        model = folder / VERSION / MODEL_FILE
+        if not model.is_file():
+            found.append(Mismatch(name, "model file", f"{model} is missing", ""))
+            continue
+        try:
+            derived = derive_config(model, name, options_of(config))
+        except (TritonConfigError, MetadataError) as err:
+            found.append(Mismatch(name, "model.onnx", f"cannot be served: {err}", ""))
+            continue
+        differences = [Mismatch(name, *d) for d in diff(config, derived)]
+        # Equal to its derivation, the config can still break a load-time rule through a serving choice
+        # (max_batch_size 0, instance count 0): those are reported too.
+        problems = differences or [Mismatch(name, "load rule", p, "") for p in _problems(config)]
+        found.extend(problems)
+    return found
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ae-export triton",
+        description="Write (or --check) a Triton model repository derived from the exported ONNX files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--onnx-dir", default="artifacts/onnx", help="the export folder (ae-export --out)")
+    p.add_argument("--out", default="artifacts/model_repository", help="the model repository to write")
+    p.add_argument("--kind", default="cpu", choices=sorted(KINDS), help="instance_group kind")
+    p.add_argument("--warmup", action="store_true", help="add model_warmup at batch 1 and max batch")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="as MicroBatcher's")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=DEFAULT_MAX_QUEUE_DELAY_US, help="as MicroBatcher's"
+    )
+    p.add_argument(
+        "--check", metavar="REPO", default=None, help="compare REPO's configs with their model.onnx"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 ok, 1 --check found a mismatch, 2 bad input (missing files, invalid config)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.check is not None:
+            mismatches = check_repository(Path(args.check))
+            for mismatch in mismatches:
+                print(f"mismatch: {mismatch}", file=sys.stderr)
+            if mismatches:
+                return 1
+            print(f"{args.check}: every config.pbtxt matches its model.onnx")
+            return 0
+        if args.max_batch_size < 1 or args.max_queue_delay_us < 0:
+            raise ValueError("--max-batch-size must be >= 1 and --max-queue-delay-us >= 0")
+        options = Options(args.kind, args.warmup, args.max_batch_size, args.max_queue_delay_us)
+        for folder in write_repository(Path(args.onnx_dir), Path(args.out), options):
+            print(f"wrote {folder}/{CONFIG_FILE} and {VERSION}/{MODEL_FILE}")
+        return 0
+    except (TritonConfigError, MetadataError, ManifestError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"ae-export triton: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,94 @@
+"""Section "consumers": OpenVINO and OpenCV DNN throughput beside ONNX Runtime's, on the same file.
+
+Why: `ae-export compat` proves the other consumers compute the same function; this says what each costs
+on this machine. All three run the exported denoiser on the CPU with the benchmark's thread count, one
+after the other on the same random inputs, timed through `bench.timing` like every other section; the
+ratio is against ONNX Runtime (the toolkit's own session options) in the same run. OpenVINO runs twice:
+with the f32 hint the compat matrix certifies, and with the CPU's default precision (bf16 on CPUs with
+AMX or AVX512-BF16), whose output differs by ~1e-4..1e-3 (its max abs difference is in the table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+import openvino as ov
+
+from ae_export.compat import ConsumerError, load_onnxruntime, load_opencv, load_openvino
+from bench.section import BenchContext
+from bench.tables import Column, Result, Table
+from bench.timing import latency_stats, time_calls
+
+NEEDS_DATA = False
+BATCH_SIZES = (1, 256)
+
+
+def _consumers(ctx: BenchContext) -> list[tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]]:
+    path, threads = ctx.first.denoiser_path, ctx.threads
+    return [
+        ("onnxruntime", lambda: load_onnxruntime(path, threads)),
+        ("openvino (f32 hint)", lambda: load_openvino(path, threads, "f32")),
+        ("openvino (CPU default precision)", lambda: load_openvino(path, threads, None)),
+        ("opencv dnn", lambda: load_opencv(path, threads)),
+    ]
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    rng = np.random.default_rng(3)
+    inputs = {b: rng.random((b, *ctx.sample_shape), dtype=np.float32) for b in BATCH_SIZES}
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    reference: dict[int, np.ndarray] = {}
+    for name, load in _consumers(ctx):
+        try:
+            runner = load()
+        except ConsumerError as err:
+            reason = " / ".join(line.strip() for line in str(err).splitlines()[:2])  # OpenCV: op on line 2
+            notes.append(f"{name} cannot load {ctx.first.denoiser_path.name}: {reason}")
+            continue
+        for batch, x in inputs.items():
+            out = runner(x)
+            reference.setdefault(batch, out)  # onnxruntime runs first
+            stats = latency_stats(time_calls(lambda r=runner, x=x: r(x), ctx.budget), batch)
+            rows.append(
+                {
+                    "consumer": name,
+                    "batch": batch,
+                    **stats,
+                    "max_abs_vs_ort": float(np.abs(out - reference[batch]).max()),
+                }
+            )
+    base = {r["batch"]: r["images_per_s"] for r in rows if r["consumer"] == "onnxruntime"}
+    for row in rows:
+        row["vs_ort"] = row["images_per_s"] / base[row["batch"]] if row["batch"] in base else None
+    return {
+        "threads": ctx.threads,
+        "openvino": ov.__version__,
+        "opencv": cv2.__version__,
+        "rows": rows,
+        "notes": notes,
+    }
+
+
+def heading(result: Result) -> str:
+    versions = f"OpenVINO {result['openvino'].split('-')[0]} and OpenCV {result['opencv']} DNN"
+    return f"Other consumers: {versions} vs ONNX Runtime (denoiser, cpu, {result['threads']} threads)"
+
+
+TABLES = (
+    Table(
+        columns=(
+            Column("consumer", "consumer"),
+            Column("batch", "batch"),
+            Column("p50 ms", "p50_ms"),
+            Column("p99 ms", "p99_ms"),
+            Column("images/s", "images_per_s"),
+            Column("vs ORT", "vs_ort"),
+            Column("max abs diff vs ORT", "max_abs_vs_ort", lambda v: f"{v:.1e}"),
+        ),
+        notes=lambda result: result["notes"],
+    ),
+)

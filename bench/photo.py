@@ -1,0 +1,252 @@
+"""Photo section of the benchmark: the any-size ONNX denoiser vs NL-means and BM3D on photographs.
+
+What is measured, all in one run on one machine: the validation photographs (train/photos.py: camera,
+coins, astronaut, clock, chelsea; never trained on) with 8-bit clipped Gaussian noise of sigma 15, 25 and
+50 (/255) from fixed seeds; each method's output rounded to 8 bits (what a saved file holds); PSNR and
+SSIM as scikit-image computes them (data range 1), averaged per image; and wall time per megapixel.
+
+* ours: the exported `denoiser.onnx` run by the torch-free runtime (`runtimes.Denoiser`), the path
+  `ae-denoise` takes. One model for every sigma (it was trained on a range and is told nothing).
+* NL-means: scikit-image's `denoise_nl_means` told the true sigma, h = 0.8 sigma, 7x7 patches within
+  23x23 (patch_distance 11), fast mode: the parameters scikit-image's own documentation recommends.
+* BM3D: the `bm3d` package (`bm3d.bm3d(noisy, sigma_psd=sigma)`), told the true sigma; skipped with a
+  note when the package is not installed.
+
+Timing: each method runs once per image (a warm-up run of ours first); ms per megapixel is total time
+over total pixels. Speed ratios are against NL-means measured in the same run, since absolute times
+depend on the machine and on its load.
+
+    python -m bench.photo --onnx artifacts/photo/onnx --out artifacts/bench/photo.json [--picture PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from runtimes.denoiser import Denoiser
+from runtimes.fileio import atomic_save, atomic_write_text
+from runtimes.sessions import physical_cores
+from train.photos import bundled_photos, noisy_8bit
+
+SIGMAS_255 = (15, 25, 50)
+NOISE_SEED = 2024
+PICTURE_PHOTO = "camera"
+PICTURE_SIGMA_255 = 25
+PICTURE_BOX = (40, 150, 296, 406)  # (top, left, bottom, right) of camera: face, camera and grass
+
+
+def _nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means
+
+    return denoise_nl_means(
+        noisy, h=0.8 * sigma, sigma=sigma, patch_size=7, patch_distance=11, fast_mode=True
+    )
+
+
+def _bm3d() -> Callable[[np.ndarray, float], np.ndarray] | None:
+    try:
+        import bm3d
+    except ImportError:
+        return None
+    return lambda noisy, sigma: bm3d.bm3d(noisy, sigma_psd=sigma)
+
+
+def _to8(values: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> float [0, 1] on the 8-bit grid: what a saved result holds."""
+    return np.rint(np.clip(values, 0.0, 1.0) * 255.0) / 255.0
+
+
+def _scores(denoised: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    return (
+        float(peak_signal_noise_ratio(clean, denoised, data_range=1.0)),
+        float(structural_similarity(clean, denoised, data_range=1.0)),
+    )
+
+
+def run_photo_bench(
+    onnx: str | Path, sigmas_255: Sequence[int] = SIGMAS_255, threads: int | None = None
+) -> dict[str, Any]:
+    """Rows per sigma x method: mean PSNR/SSIM over the validation photographs and ms per megapixel."""
+    photos = bundled_photos("val")
+    denoiser = Denoiser(onnx, provider="cpu", threads=threads or physical_cores())
+    methods: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+        "noisy input": lambda noisy, _s: noisy,
+        "NL-means (scikit-image)": _nl_means,
+        "ours (denoiser.onnx, ONNX Runtime)": lambda noisy, _s: denoiser.denoise(noisy.astype(np.float32)),
+    }
+    notes = []
+    bm3d = _bm3d()
+    if bm3d is None:
+        notes.append("BM3D skipped: the `bm3d` package is not installed (pip install bm3d)")
+    else:
+        methods["BM3D (bm3d package)"] = bm3d
+    denoiser.denoise(np.zeros((64, 64), dtype=np.float32))  # warm-up outside the timed runs
+    rows = []
+    per_image: dict[str, dict[str, list[float]]] = {}
+    for sigma_255 in sigmas_255:
+        sigma = sigma_255 / 255.0
+        noisy_set = [
+            noisy_8bit(
+                image.astype(np.float32)[None, None] / 255.0, sigma, np.random.default_rng(NOISE_SEED + i)
+            )[0, 0]
+            for i, image in enumerate(photos.images)
+        ]
+        for name, method in methods.items():
+            psnrs, ssims, seconds, pixels = [], [], 0.0, 0
+            for image, noisy in zip(photos.images, noisy_set, strict=True):
+                clean = image.astype(np.float64) / 255.0
+                started = time.perf_counter()
+                out = method(noisy, sigma)
+                seconds += time.perf_counter() - started
+                pixels += image.size
+                psnr, ssim = _scores(_to8(np.asarray(out, dtype=np.float64)), clean)
+                psnrs.append(psnr)
+                ssims.append(ssim)
+            per_image.setdefault(f"{sigma_255}", {})[name] = [round(v, 3) for v in psnrs]
+            rows.append(
+                {
+                    "sigma_255": sigma_255,
+                    "method": name,
+                    "psnr": float(np.mean(psnrs)),
+                    "ssim": float(np.mean(ssims)),
+                    "ms_per_mp": 1e3 * seconds / (pixels / 1e6) if name != "noisy input" else None,
+                }
+            )
+    for sigma_255 in sigmas_255:
+        group = [r for r in rows if r["sigma_255"] == sigma_255]
+        base = next(r for r in group if r["method"].startswith("NL-means"))
+        for row in group:
+            row["speed_vs_nl_means"] = base["ms_per_mp"] / row["ms_per_mp"] if row["ms_per_mp"] else None
+    return {
+        "photos": list(photos.names),
+        "pixels": photos.pixels(),
+        "noise": f"clip(x + sigma * N(0, 1), 0, 1) rounded to 8 bits, seed {NOISE_SEED} + image index",
+        "onnx": str(denoiser.path),
+        "threads": denoiser.model.threads,
+        "cpu_flags": cpu_flags(),
+        "rows": rows,
+        "per_image_psnr": per_image,
+        "notes": notes,
+    }
+
+
+def cpu_flags() -> str:
+    """The SIMD flags that decide convolution speed, from /proc/cpuinfo (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
+            return " ".join(f for f in wanted if f in flags)
+    return ""
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table of one run."""
+    lines = [
+        f"Validation photographs ({', '.join(result['photos'])}; {result['pixels'] / 1e6:.2f} MP), 8-bit "
+        f"clipped Gaussian noise; ONNX Runtime threads {result['threads']}; CPU flags: "
+        f"{result['cpu_flags'] or 'unknown'}",
+        "",
+        "| sigma | method | PSNR dB | SSIM | ms / MP | speed vs NL-means |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        ms = f"{r['ms_per_mp']:.0f}" if r["ms_per_mp"] is not None else ""
+        ratio = f"{r['speed_vs_nl_means']:.2f}x" if r.get("speed_vs_nl_means") else ""
+        lines.append(
+            f"| {r['sigma_255']}/255 | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {ms} | {ratio} |"
+        )
+    lines += [f"\n{note}" for note in result["notes"]]
+    return "\n".join(lines)
+
+
+def draw_picture(onnx: str | Path, path: str | Path, threads: int | None = None) -> None:
+    """clean | noisy | NL-means | ours (| BM3D when installed) on a crop of `camera` at sigma 25/255."""
+    photos = bundled_photos("val")
+    image = photos.images[photos.names.index(PICTURE_PHOTO)]
+    sigma = PICTURE_SIGMA_255 / 255.0
+    clean = image.astype(np.float32) / 255.0
+    noisy = noisy_8bit(clean[None, None], sigma, np.random.default_rng(NOISE_SEED))[0, 0]
+    denoiser = Denoiser(onnx, provider="cpu", threads=threads or physical_cores())
+    panels = [
+        ("clean", clean),
+        (f"noisy (sigma {PICTURE_SIGMA_255}/255)", noisy),
+        ("NL-means", _nl_means(noisy, sigma)),
+        ("ours (denoiser.onnx)", denoiser.denoise(noisy)),
+    ]
+    bm3d = _bm3d()
+    if bm3d is not None:
+        panels.append(("BM3D", bm3d(noisy, sigma)))
+    top, left, bottom, right = PICTURE_BOX
+    height, width = bottom - top, right - left
+    gap, label_h = 6, 16
+    canvas = Image.new("L", (len(panels) * (width + gap) + gap, height + label_h + 2 * gap), 255)
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, values) in enumerate(panels):
+        x = gap + i * (width + gap)
+        crop = np.rint(np.clip(values[top:bottom, left:right], 0, 1) * 255).astype(np.uint8)
+        psnr = "" if label == "clean" else f" {_scores(_to8(values.astype(np.float64)), clean)[0]:.2f} dB"
+        draw.text((x, gap), label + psnr, fill=0)
+        canvas.paste(Image.fromarray(crop), (x, gap + label_h))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(Path(path), lambda handle: canvas.save(handle, format="PNG"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.photo",
+        description="Photographs: the any-size denoiser vs NL-means and BM3D (PSNR/SSIM, ms per megapixel).",
+    )
+    p.add_argument("--onnx", default="artifacts/photo/onnx", help="denoiser.onnx or its export folder")
+    p.add_argument("--out", default="artifacts/bench/photo.json", help="JSON results")
+    p.add_argument("--sigmas", default=",".join(map(str, SIGMAS_255)), help="comma-separated sigmas x255")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: cores)")
+    p.add_argument("--picture", default=None, help="also draw clean/noisy/NL-means/ours to this PNG")
+    p.add_argument("--picture-only", action="store_true", help="only draw the picture")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        sigmas = [int(s) for s in args.sigmas.split(",") if s.strip()]
+    except ValueError:
+        print(
+            f"bench.photo: error: --sigmas {args.sigmas!r}: expected integers like 15,25,50", file=sys.stderr
+        )
+        return 2
+    try:
+        if args.picture:
+            draw_picture(args.onnx, args.picture, args.threads)
+            print(f"wrote {args.picture}")
+        if args.picture_only:
+            return 0
+        result = run_photo_bench(args.onnx, sigmas, args.threads)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"bench.photo: error: {err}", file=sys.stderr)
+        return 2
+    print(render(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Compatibility matrix: OpenVINO and OpenCV DNN load every exported file at batch 1, 8 and 256 and match
+ONNX Runtime within the stated tolerance; a file a consumer cannot load is reported with its own error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from ae_export.compat import BATCH_SIZES, CONSUMERS, TOLERANCES, check_file, run_compat
+from ae_export.specs import SPECS
+from ae_export.targets import ExportedFile, ManifestError, exported_files
+from tests.helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def matrix(onnx_dir) -> dict[tuple[str, str, int], object]:
+    return {(r.consumer, r.model, r.batch): r for r in run_compat(onnx_dir)}
+
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+@pytest.mark.parametrize("role", list(SPECS))
+@pytest.mark.parametrize("consumer", CONSUMERS)
+def test_consumer_matches_onnxruntime(matrix, consumer, role, batch) -> None:
+    row = matrix[(consumer, role, batch)]
+    if consumer == "opencv" and row.graph == "fast":
+        # OpenCV 5.0 has no Col2Im layer: the fast graph must be reported as not loadable, with its reason.
+        assert row.status == "cannot load" and "Col2Im" in row.error, row
+        return
+    assert row.status == "ok", f"{consumer} {role} batch {batch}: {row.status} {row.max_abs} {row.error}"
+    assert row.max_abs <= TOLERANCES["fp32"]
+
+
+def _col2im_variant(source: Path, target: Path) -> None:
+    """The denoiser followed by an exact Col2Im interleave (block 1x1: the identity), as the fast graph's
+    decoder ends: a real graph using Col2Im, with the source's metadata."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    out = graph.output[0]
+    graph.node[-1].output[0] = "pre_col2im"  # the last node produced the output
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0, 1, 784], np.int64), "col_shape"),
+            numpy_helper.from_array(np.array([28, 28], np.int64), "image_shape"),
+            numpy_helper.from_array(np.array([1, 1], np.int64), "block_shape"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Reshape", ["pre_col2im", "col_shape"], ["columns"]),  # (B, 1, 784)
+            helper.make_node(
+                "Col2Im", ["columns", "image_shape", "block_shape"], [out.name]
+            ),  # (B, 1, 28, 28)
+        ]
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+
+
+@pytest.fixture(scope="module")
+def variant_dir(onnx_dir, tmp_path_factory) -> Path:
+    """The export plus a Col2Im variant that its manifest.json lists."""
+    folder = tmp_path_factory.mktemp("variants")
+    for spec in SPECS.values():
+        shutil.copyfile(onnx_dir / spec.file_name, folder / spec.file_name)
+    _col2im_variant(onnx_dir / "denoiser.onnx", folder / "denoiser.fast.onnx")
+    files = [{"file": s.file_name, "kind": "model", "role": r, "variant": "fp32"} for r, s in SPECS.items()]
+    files.append({"file": "denoiser.fast.onnx", "kind": "model", "role": "denoiser", "variant": "fast"})
+    files.append({"file": "mobile_usability.txt", "kind": "report"})  # not a model: left alone
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": files}))
+    return folder
+
+
+def test_unloadable_file_is_reported_with_the_consumers_error(variant_dir) -> None:
+    fast = next(f for f in exported_files(variant_dir) if f.variant == "fast")
+    rows = {(r.consumer, r.batch): r for r in check_file(fast, CONSUMERS, (1, 8))}
+    for batch in (1, 8):
+        opencv = rows[("opencv", batch)]
+        assert opencv.status == "cannot load" and opencv.max_abs is None
+        assert "Col2Im" in opencv.error and "OpenCV" in opencv.error  # OpenCV's own message
+        openvino = rows[("openvino", batch)]
+        assert openvino.status == "ok" and openvino.max_abs <= TOLERANCES["fast"]
+
+
+def test_cli_lists_what_a_consumer_cannot_load(variant_dir, tmp_path) -> None:
+    report = tmp_path / "compat.json"
+    result = run_cli("ae_export.cli", "compat", "--onnx-dir", str(variant_dir), "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr  # listed, not failed
+    assert "| opencv | denoiser_fast (fast, fast) | no | - | - |" in result.stdout
+    assert "Col2Im" in result.stdout
+    rows = json.loads(report.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"encoder", "decoder", "denoiser", "denoiser_fast"}
+    assert all(r["status"] == "ok" for r in rows if r["consumer"] == "openvino")
+
+
+def test_triton_serves_manifest_variants(variant_dir, tmp_path) -> None:
+    out = tmp_path / "repo"
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(variant_dir), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["decoder", "denoiser", "denoiser_fast", "encoder"]
+    assert (out / "denoiser_fast" / "1" / "model.onnx").read_bytes() == (
+        variant_dir / "denoiser.fast.onnx"
+    ).read_bytes()
+    assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
+
+
+def test_manifest_errors_are_clear(variant_dir, tmp_path) -> None:
+    folder = tmp_path / "export"
+    shutil.copytree(variant_dir, folder)
+    (folder / "manifest.json").write_text(json.dumps({"files": [{"file": "x.onnx", "role": "denoiser"}]}))
+    with pytest.raises(ManifestError, match="variant"):
+        exported_files(folder)
+    (folder / "manifest.json").write_text(
+        json.dumps({"files": [{"file": "gone.onnx", "role": "d", "variant": "int8"}]})
+    )
+    with pytest.raises(ManifestError, match="gone.onnx"):
+        exported_files(folder)
+    assert ExportedFile("denoiser", "denoiser", "ort", folder / "denoiser.ort").onnx is False

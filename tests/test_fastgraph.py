@@ -1,0 +1,167 @@
+"""The ConvTranspose -> phase Conv + Col2Im rewrite: exact per layer and per graph; refuses the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ae_export.export import export_all
+from ae_export.fastgraph import UnsupportedGraphError, graph_kind, rewrite_conv_transpose
+from ae_export.parity import BATCH_SIZES, run_parity
+from ae_export.specs import SPECS
+from runtimes.metadata import parse_metadata
+from train.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def portable_dir(trained_checkpoint, tmp_path_factory):
+    """The same checkpoint exported with --graph portable (standard ONNX ops only)."""
+    out = tmp_path_factory.mktemp("portable")
+    export_all(load_checkpoint(trained_checkpoint), out, log=lambda _line: None, graph="portable")
+    return out
+
+
+def _single_layer(
+    weight: np.ndarray, bias: np.ndarray, hw: int, opset: int = 18, **attrs: object
+) -> onnx.ModelProto:
+    cin = weight.shape[0]
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "one_layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+# The decoder's three layers (in, out, kernel, stride, pad, output_padding, input size), then shapes the
+# model does not have (odd stride, even kernel, stride 1) so the pass is not tuned to one case.
+LAYERS = [
+    (32, 16, 3, 2, 0, 0, 3),
+    (16, 8, 3, 2, 1, 1, 7),
+    (8, 1, 3, 2, 1, 1, 14),
+    (4, 3, 5, 3, 2, 1, 6),
+    (4, 3, 4, 2, 1, 0, 5),
+    (3, 2, 3, 1, 1, 0, 5),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize(("cin", "cout", "k", "s", "p", "op", "hw"), LAYERS)
+def test_layer_matches_torch(cin, cout, k, s, p, op, hw, batch) -> None:
+    rng = np.random.default_rng(cin * 100 + hw)
+    bound = 1 / np.sqrt(cout * k * k)  # torch's default init scale, so outputs are O(1)
+    weight = rng.uniform(-bound, bound, (cin, cout, k, k)).astype(np.float32)
+    bias = rng.uniform(-bound, bound, cout).astype(np.float32)
+    x = rng.standard_normal((batch, cin, hw, hw)).astype(np.float32)
+    model = _single_layer(weight, bias, hw, strides=[s, s], pads=[p] * 4, output_padding=[op, op])
+    fast = rewrite_conv_transpose(model)
+    assert [n.op_type for n in fast.graph.node] == ["Conv", "Reshape", "Col2Im"]
+    assert fast.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    ref = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), s, p, op
+    ).numpy()
+    got = _run(fast, {"x": x})
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("role", ["decoder", "denoiser"])
+def test_whole_graph_unchanged(portable_dir, role, merge) -> None:
+    portable = onnx.load(str(portable_dir / SPECS[role].file_name))
+    fast = rewrite_conv_transpose(portable, merge=merge)
+    ops = [n.op_type for n in fast.graph.node]
+    assert "ConvTranspose" not in ops
+    assert ops.count("Col2Im") == (2 if merge else 3)
+    assert (graph_kind(portable), graph_kind(fast)) == ("portable", "fast")
+    shape = (SPECS[role].input_name, (1, 1, 28, 28) if role == "denoiser" else (1, 4))
+    for batch in (1, 5, 64):
+        x = np.random.default_rng(batch).random((batch, *shape[1][1:]), dtype=np.float32)
+        np.testing.assert_allclose(
+            _run(fast, {shape[0]: x}), _run(portable, {shape[0]: x}), atol=1e-5, rtol=1e-5
+        )
+    assert fast.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_refuses_unsupported_layers() -> None:
+    weight = np.ones((4, 2, 3, 3), np.float32)
+    bias = np.zeros(2, np.float32)
+    cases = {
+        "group": _single_layer(np.ones((4, 1, 3, 3), np.float32), bias, 5, strides=[2, 2], group=2),
+        "dilation": _single_layer(weight, bias, 5, strides=[2, 2], dilations=[2, 2]),
+        "auto_pad": _single_layer(weight, bias, 5, strides=[2, 2], auto_pad="SAME_UPPER"),
+        "output_shape": _single_layer(weight, bias, 5, strides=[2, 2], output_shape=[10, 10]),
+        "opset": _single_layer(weight, bias, 5, opset=17, strides=[2, 2]),
+    }
+    for reason, model in cases.items():
+        with pytest.raises(UnsupportedGraphError, match=reason if reason != "opset" else "opset 17"):
+            rewrite_conv_transpose(model)
+    # A dynamic spatial size cannot be phase-decomposed statically.
+    dynamic = _single_layer(weight, bias, 5, strides=[2, 2])
+    dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
+    with pytest.raises(UnsupportedGraphError, match="static"):
+        rewrite_conv_transpose(dynamic)
+
+
+def test_portable_graph_keeps_parity(portable_dir, onnx_dir, trained_checkpoint, fmnist_test) -> None:
+    """Both graphs stay certified: the portable export passes the same parity matrix as the default."""
+    for folder, graph in ((portable_dir, "portable"), (onnx_dir, "fast")):
+        proto = onnx.load(str(folder / SPECS["denoiser"].file_name))
+        assert parse_metadata({p.key: p.value for p in proto.metadata_props}).graph == graph
+    model = load_checkpoint(trained_checkpoint).build_model()
+    report = run_parity(model, portable_dir, fmnist_test[:1000], BATCH_SIZES, providers=("cpu",))
+    assert report.passed, report.failure_summary()
+
+
+def test_asymmetric_pads_and_strides() -> None:
+    """Per-axis strides, a non-square kernel and unequal begin/end pads, against ORT's ConvTranspose."""
+    rng = np.random.default_rng(3)
+    weight = rng.uniform(-0.3, 0.3, (3, 2, 3, 4)).astype(np.float32)
+    bias = rng.uniform(-0.3, 0.3, 2).astype(np.float32)
+    model = _single_layer(weight, bias, 5, strides=[2, 3], pads=[1, 0, 2, 1], output_padding=[1, 0])
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 6  # (batch, 3, 5, 6)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    ref = _run(model, {"x": x})
+    assert ref.shape == (2, 2, 9, 18)
+    np.testing.assert_allclose(_run(rewrite_conv_transpose(model), {"x": x}), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_chain_merges_through_elementwise_ops() -> None:
+    """Two layers with LeakyRelu between, exact tiling: one Col2Im for both, same values."""
+    rng = np.random.default_rng(4)
+    inits = {
+        "w1": rng.uniform(-0.3, 0.3, (4, 3, 3, 3)),
+        "b1": rng.uniform(-0.3, 0.3, 3),
+        "w2": rng.uniform(-0.3, 0.3, (3, 2, 3, 3)),
+        "b2": rng.uniform(-0.3, 0.3, 2),
+    }
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["h"], **attrs),
+        helper.make_node("LeakyRelu", ["h"], ["r"], alpha=0.1),
+        helper.make_node("ConvTranspose", ["r", "w2", "b2"], ["y"], **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    fast = rewrite_conv_transpose(model)
+    assert [n.op_type for n in fast.graph.node] == ["Conv", "LeakyRelu", "Conv", "Reshape", "Col2Im"]
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(fast, {"x": x}), _run(model, {"x": x}), atol=1e-6, rtol=1e-6)

@@ -1,0 +1,195 @@
+"""Photographs: the fully convolutional model on any size, its export and parity, and no silent damage.
+
+Real parts only: a tiny fcn model trained a few steps on scikit-image's bundled photographs, exported by
+ae_export with parity at several sizes, served by the torch-free runtime and by `ae-denoise` as a
+subprocess; the lecture's 28x28 model refusing a photograph.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers import REPO, run_cli
+
+CLI = "runtimes.cli"
+MIXED_SIZES = [(37, 53), (64, 96), (64, 96), (120, 90), (28, 28)]  # (H, W); two of one size: one batch
+
+
+def test_fcn_runs_on_odd_sizes_and_has_no_linear() -> None:
+    from train.fcn import denoise_any_size
+    from train.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(arch="fcn", fcn_width=4, fcn_levels=3, fcn_depth=1)).eval()
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    for height, width in [(1, 1), (5, 7), (28, 28), (37, 53), (64, 96)]:
+        x = torch.rand(2, 1, height, width)
+        with torch.no_grad():
+            y = denoise_any_size(model, x)
+        assert y.shape == x.shape, (height, width)
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+def test_checkpoint_configs_without_arch_are_the_lecture_model() -> None:
+    from train.model import DenoisingAutoencoder, ModelConfig, build_model
+
+    config = ModelConfig.from_dict({"latent_dim": 4, "hidden_dim": 128})
+    assert config.arch == "lecture"
+    assert isinstance(build_model(config), DenoisingAutoencoder)
+    with pytest.raises(ValueError, match="valid: lecture, fcn"):
+        ModelConfig(arch="unet")
+
+
+def test_photo_split_is_fixed_and_disjoint() -> None:
+    from train.photos import TRAIN_PHOTOS, VALIDATION_PHOTOS, bundled_photos
+
+    assert list(VALIDATION_PHOTOS) == ["camera", "coins", "astronaut", "clock", "chelsea"]
+    assert not set(TRAIN_PHOTOS.values()) & set(VALIDATION_PHOTOS.values())
+    val = bundled_photos("val")
+    assert [image.ndim for image in val.images] == [2] * 5 and val.images[0].shape == (512, 512)
+
+
+@pytest.fixture(scope="module")
+def photo_checkpoint(tmp_path_factory) -> Path:
+    """A tiny fcn model trained 3 steps on the bundled photographs."""
+    from train.photo_train import PhotoTrainConfig, train_photos
+
+    out = tmp_path_factory.mktemp("photo")
+    config = PhotoTrainConfig(
+        steps=3, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
+    )
+    train_photos(config, log=lambda _line: None)
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def photo_onnx(photo_checkpoint, tmp_path_factory) -> tuple[Path, object]:
+    """The tiny model exported with parity (batches 1 and 3) as the verify step; (folder, report)."""
+    from ae_export.export import export_all
+    from ae_export.parity import run_parity_any_size
+    from train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(photo_checkpoint)
+    model = checkpoint.build_model()
+    out = tmp_path_factory.mktemp("photo_onnx")
+    (out / "encoder.onnx").write_bytes(b"left by an earlier export of another model")
+    reports = []
+
+    def verify(staged: Path) -> None:
+        report = run_parity_any_size(model, staged, batch_sizes=(1, 3), providers=("cpu",))
+        reports.append(report)
+        assert report.passed, report.failure_summary()
+
+    export_all(checkpoint, out, verify=verify, log=lambda _line: None)
+    return out, reports[0]
+
+
+@pytest.mark.slow
+def test_export_has_dynamic_height_width_and_passes_parity_at_every_size(photo_onnx) -> None:
+    from runtimes.metadata import parse_metadata
+
+    folder, report = photo_onnx
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["denoiser.onnx"]  # stale encoder removed
+    proto = onnx.load(str(folder / "denoiser.onnx"))
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        assert dims == ["batch", 1, "height", "width"]
+    meta = parse_metadata({p.key: p.value for p in proto.metadata_props})
+    assert meta.artifacts == {"denoiser": "denoiser.onnx"}
+    assert meta.model_config["arch"] == "fcn" and meta.input.size_multiple == 4
+    checked = {(r.artifact, r.batch_size) for r in report.results}
+    for size in ("28x28", "64x96", "37x53", "512x512"):
+        assert (f"denoiser {size}", 1) in checked
+    assert ("denoiser 512x512", 3) in checked  # 3 x 512 x 512 is within the parity pixel cap
+    assert report.passed
+
+
+@pytest.mark.slow
+def test_runtime_denoiser_takes_any_size(photo_onnx) -> None:
+    from runtimes import Denoiser
+
+    denoiser = Denoiser(photo_onnx[0], provider="cpu", threads=1)
+    assert denoiser.image_shape is None and denoiser.size_multiple == 4
+    rng = np.random.default_rng(0)
+    for shape in [(37, 53), (2, 64, 96), (2, 1, 30, 41)]:
+        images = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        out = denoiser.denoise(images)
+        assert out.shape == images.shape and out.dtype == np.uint8
+    with pytest.raises(Exception, match="encoder"):
+        denoiser.encode(np.zeros((8, 8), np.float32))  # the fcn export has no encoder
+
+
+def _noisy_photo_folder(folder: Path) -> None:
+    """Noisy crops of different sizes from the validation photographs, as PNG files."""
+    from train.photos import bundled_photos, noisy_8bit
+
+    photos = bundled_photos("val")
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate(MIXED_SIZES):
+        image = photos.images[i % len(photos.images)][:height, :width].astype(np.float32) / 255.0
+        noisy = noisy_8bit(image[None, None], 25 / 255, rng)[0, 0]
+        Image.fromarray(np.rint(noisy * 255).astype(np.uint8)).save(folder / f"photo{i}.png")
+
+
+NO_TORCH_CLI = (
+    "import atexit, sys, runpy\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ImportError('torch is blocked in this test')\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "loaded = lambda: 'TORCH LOADED' if 'torch' in sys.modules else 'NO TORCH'\n"
+    "atexit.register(lambda: sys.stderr.write(loaded() + '\\n'))\n"
+    "sys.argv = ['ae-denoise', *sys.argv[1:]]\n"
+    "runpy.run_module('runtimes.cli', run_name='__main__')\n"
+)
+
+
+@pytest.mark.slow
+def test_ae_denoise_folder_of_mixed_size_photos_without_torch(photo_onnx, tmp_path: Path) -> None:
+    _noisy_photo_folder(tmp_path / "in")
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in")]
+        + ["-o", str(tmp_path / "out"), "--batch-size", "4"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().endswith("NO TORCH"), proc.stderr
+    for i, (height, width) in enumerate(MIXED_SIZES):
+        with Image.open(tmp_path / "out" / f"photo{i}.png") as result:
+            assert result.size == (width, height) and result.mode == "L"
+
+
+@pytest.mark.slow
+def test_lecture_model_refuses_a_photograph_and_writes_nothing_for_it(onnx_dir: Path, tmp_path: Path) -> None:
+    from train.photos import bundled_photos
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(bundled_photos("val").images[0]).save(folder / "camera.png")  # 512x512
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "small.png")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(folder), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr
+    assert "camera.png" in proc.stderr and "512x512" in proc.stderr and "28x28" in proc.stderr
+    assert "--size-mode resize" in proc.stderr and "--size-mode tile" in proc.stderr
+    assert "1 done, 1 failed" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]
+
+    opted_in = run_cli(
+        CLI, "--onnx", str(onnx_dir), str(folder), "-o", str(tmp_path / "resized"), "--size-mode", "resize"
+    )
+    assert opted_in.returncode == 0, opted_in.stderr
+    assert (tmp_path / "resized" / "camera.png").is_file()

@@ -1,0 +1,73 @@
+"""Per-core sessions: a split batch gives exactly what one session gives; small batches are not split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtimes.denoiser import Denoiser
+from runtimes.layout import prepare_images
+from runtimes.onnx_model import MIN_SLICE, OnnxModel
+
+
+@pytest.fixture(scope="module")
+def models(onnx_dir):
+    one = OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=1)
+    split = OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=2, max_batch=64)
+    intra = OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=2, parallel="intra-op")
+    yield one, split, intra
+    split.close()
+
+
+@pytest.mark.parametrize(
+    "batch", [1, 2 * MIN_SLICE - 1, 2 * MIN_SLICE, 2 * MIN_SLICE + 3, 17, 64, 64 * 2 + 5]
+)
+def test_split_equals_one_session(models, batch) -> None:
+    one, split, intra = models
+    assert len(split._sessions) == 2 and len(one._sessions) == 1 and len(intra._sessions) == 1
+    x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+    ref = one.run(x)
+    # Same kernels on each slice: the same bits, not merely close.
+    np.testing.assert_array_equal(split.run(x), ref)
+    np.testing.assert_allclose(intra.run(x), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_split_reads_non_contiguous_input(models) -> None:
+    one, split, _ = models
+    x = np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32)
+    flipped = x[:, :, :, ::-1]  # a view with negative strides
+    np.testing.assert_array_equal(split.run(flipped), one.run(np.ascontiguousarray(flipped)))
+
+
+def test_parallel_choice_is_checked(onnx_dir) -> None:
+    with pytest.raises(ValueError, match="sessions, intra-op"):
+        Denoiser(onnx_dir, provider="cpu", parallel="gpu")  # type: ignore[arg-type]
+    denoiser = Denoiser(onnx_dir, provider="cpu", threads=2)
+    assert "sessions=2" in repr(denoiser.model)
+    x = np.random.default_rng(1).random((50, 28, 28), dtype=np.float32)
+    assert denoiser.denoise(x).shape == (50, 28, 28)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 1.0, 1e-45])
+def test_bit_check_accepts_valid_values(value) -> None:
+    x = np.full((2, 28, 28), 0.5, np.float32)
+    x[1, 2, 3] = value
+    batch, _ = prepare_images(x, (28, 28))
+    assert batch.shape == (2, 1, 28, 28) and np.shares_memory(batch, x)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.nan, "1 NaN"),
+        (np.inf, "1 Inf"),
+        (-np.inf, "1 Inf"),
+        (1.0000001, "values in"),
+        (-1e-30, "values in"),
+    ],
+)
+def test_bit_check_rejects_invalid_values(value, message) -> None:
+    x = np.full((28, 28), 0.5, np.float32)
+    x[5, 5] = value
+    with pytest.raises(ValueError, match=message):
+        prepare_images(x, (28, 28))

@@ -1,0 +1,133 @@
+"""Triton model repository: schema-valid configs that equal the ONNX graphs, byte-identical models, and a
+check that catches a tampered config. The CLI runs as a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ae_export.specs import SPECS
+from ae_export.triton import Options, TritonConfigError, derive_config, parse_config, render_config
+from runtimes.batching import MicroBatcher
+from tests.helpers import run_cli
+
+ORT_TO_TRITON = {"tensor(float)": mc.TYPE_FP32, "tensor(float16)": mc.TYPE_FP16}
+BATCHER = inspect.signature(MicroBatcher.__init__).parameters
+
+
+@pytest.fixture(scope="module")
+def repository(onnx_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("triton") / "model_repository"
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(out), "--warmup")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _config(repo: Path, role: str) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    text_format.Parse((repo / role / "config.pbtxt").read_text(), config)  # Triton's own schema
+    return config
+
+
+@pytest.mark.parametrize("role", list(SPECS))
+def test_config_equals_the_onnx_graph(repository, onnx_dir, role) -> None:
+    config = _config(repository, role)
+    session = ort.InferenceSession(str(onnx_dir / SPECS[role].file_name), providers=["CPUExecutionProvider"])
+    assert (config.name, config.platform) == (role, "onnxruntime_onnx")
+    for tensors, graph in ((config.input, session.get_inputs()), (config.output, session.get_outputs())):
+        assert [(t.name, t.data_type, list(t.dims)) for t in tensors] == [
+            (g.name, ORT_TO_TRITON[g.type], list(g.shape[1:])) for g in graph
+        ]
+        assert all(g.shape[0] == "batch" for g in graph)  # batch axis symbolic -> Triton batching on
+    assert config.max_batch_size == BATCHER["max_batch_size"].default
+    assert config.HasField("dynamic_batching")
+    assert config.dynamic_batching.max_queue_delay_microseconds == BATCHER["max_queue_delay_us"].default
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert [w.batch_size for w in config.model_warmup] == [1, config.max_batch_size]
+    name = session.get_inputs()[0].name
+    assert all(list(w.inputs[name].dims) == list(config.input[0].dims) for w in config.model_warmup)
+
+
+@pytest.mark.parametrize("role", list(SPECS))
+def test_model_file_is_byte_identical(repository, onnx_dir, role) -> None:
+    exported = (onnx_dir / SPECS[role].file_name).read_bytes()
+    served = (repository / role / "1" / "model.onnx").read_bytes()
+    assert served == exported
+    assert hashlib.sha256(exported).hexdigest() in (repository / role / "config.pbtxt").read_text()
+
+
+def test_check_passes_on_the_written_repository(repository) -> None:
+    result = run_cli("ae_export.cli", "triton", "--check", str(repository))
+    assert result.returncode == 0, result.stderr
+    assert "matches" in result.stdout
+
+
+TAMPERS = [
+    ("denoiser", "dims: [1, 28, 28]", "dims: [1, 28, 29]", "denoiser: input[0].dims"),
+    ("encoder", 'name: "latent"', 'name: "latnet"', "encoder: output[0].name"),
+    ("decoder", "data_type: TYPE_FP32", "data_type: TYPE_FP16", "decoder: input[0].data_type"),
+    ("denoiser", "max_batch_size", "max_batch_sise", 'no field named "max_batch_sise"'),
+    ("encoder", "count: 1", "count: 0", "encoder: instance_group[0].count"),
+]
+
+
+@pytest.mark.parametrize(("role", "old", "new", "named"), TAMPERS, ids=[t[3].split(":")[-1] for t in TAMPERS])
+def test_check_names_a_tampered_field(repository, tmp_path, role, old, new, named) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    config = repo / role / "config.pbtxt"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    assert result.returncode == 1, result.stdout
+    assert named in result.stderr
+
+
+def test_check_catches_a_swapped_model_file(repository, onnx_dir, tmp_path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    shutil.copyfile(onnx_dir / "encoder.onnx", repo / "decoder" / "1" / "model.onnx")
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    assert result.returncode == 1 and "decoder: input[0].name" in result.stderr
+
+
+def test_schema_and_load_rules_reject_invalid_configs(onnx_dir) -> None:
+    config = derive_config(onnx_dir / "denoiser.onnx", "denoiser", Options())
+    text = render_config(config, "0" * 64)
+    assert parse_config(text) == config
+    with pytest.raises(TritonConfigError, match="max_batch_sise"):
+        parse_config(text.replace("max_batch_size", "max_batch_sise"))
+    with pytest.raises(TritonConfigError, match=r"dims \[1, 0, 28\]"):
+        parse_config(text.replace("dims: [1, 28, 28]", "dims: [1, 0, 28]", 1))
+    config.instance_group[0].count = 0
+    with pytest.raises(TritonConfigError, match="instance_group"):
+        render_config(config, "0" * 64)  # refuses to render, so nothing invalid is ever written
+
+
+def test_invalid_config_is_not_written(onnx_dir, tmp_path) -> None:
+    out = tmp_path / "repo"
+    result = run_cli(
+        "ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(out), "--max-batch-size", "0"
+    )
+    assert result.returncode == 2 and "--max-batch-size" in result.stderr
+    assert not out.exists()
+
+
+def test_gpu_kind_and_missing_export(onnx_dir, tmp_path) -> None:
+    out = tmp_path / "repo"
+    result = run_cli(
+        "ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(out), "--kind", "gpu"
+    )
+    assert result.returncode == 0, result.stderr
+    assert _config(out, "denoiser").instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(tmp_path / "none"), "--out", str(out))
+    assert result.returncode == 2 and "not exported yet" in result.stderr
