@@ -1,10 +1,13 @@
 """`ae-export`: export a checkpoint to ONNX and prove parity; `ae-export parity` checks existing files.
 
     ae-export [--checkpoint artifacts/checkpoint.pt] [--out artifacts/onnx] [--opset 18] [--graph fast]
+              [--variants fp16,int8,ort] [--psnr-budget int8=0.1]
     ae-export parity [--checkpoint artifacts/checkpoint.pt] [--onnx-dir artifacts/onnx]
     ae-export triton [--onnx-dir artifacts/onnx] [--out artifacts/model_repository] [--check REPO]
 
-Thin: the work is in ae_export.export and ae_export.parity. Exit codes: 0 ok, 1 parity failed,
+Thin: the work is in ae_export.export, ae_export.deploy (variants) and ae_export.parity. Exit codes:
+0 the fp32 files and every requested variant were written and passed; 1 parity failed (nothing written),
+or a requested variant missed its PSNR budget or its parity (that variant is not written, the rest is);
 2 bad input (missing/corrupt checkpoint, unwritable folder, unsupported opset, export fault).
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ae_export.deploy import export_variants
 from ae_export.export import DEFAULT_GRAPH, GRAPHS, ExportError, export_all, max_supported_opset
 from ae_export.parity import (
     BATCH_SIZES,
@@ -26,9 +30,11 @@ from ae_export.parity import (
     run_parity,
     run_parity_any_size,
 )
-from ae_export.specs import ANY_SIZE_PARITY_SIZES, DEFAULT_OPSET
+from ae_export.specs import ANY_SIZE_PARITY_SIZES, DEFAULT_OPSET, DEFAULT_VARIANTS, VARIANT_CHOICES
+from ae_export.variant_parity import check_variant_files, integrity_problems, manifest_files
+from runtimes.manifest import ManifestError
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from train.data import DataError, load_dataset
+from train.data import DataError, Dataset, load_dataset
 
 COMMANDS = ("export", "parity", "triton", "compat")
 # Subcommands with a parser of their own, imported when called: each needs an extra (`triton`, `compat`)
@@ -71,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         "standard ops only, for consumers without Col2Im (OpenCV DNN, some mobile EPs)",
     )
     exp.add_argument("--no-parity", action="store_true", help="skip parity (not recommended)")
+    exp.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANT_CHOICES)} ('ort': an .ort file for fp32 and each "
+        "precision written), or 'none' for the fp32 .onnx files only",
+    )
+    exp.add_argument(
+        "--psnr-budget",
+        action="append",
+        default=[],
+        metavar="VARIANT=DB",
+        help="override a variant's PSNR budget (dB it may lose vs fp32 on the standard test), e.g. int8=0.2",
+    )
     par = sub.add_parser("parity", parents=[common], help="check parity of existing files")
     par.add_argument("--onnx-dir", default="artifacts/onnx")
     sub.add_parser("triton", help="write or --check a Triton model repository (see ae-export triton -h)")
@@ -102,16 +121,37 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def parity_images(checkpoint: Checkpoint, data_dir: str | None) -> np.ndarray | None:
-    """Real held-out images of the checkpoint's dataset, or None (then parity uses random inputs only)."""
+def checkpoint_data(checkpoint: Checkpoint, data_dir: str | None) -> Dataset | None:
+    """The checkpoint's dataset, or None with a warning (then parity uses random inputs only)."""
     name = checkpoint.dataset.get("name", "fashion-mnist")
     source = data_dir or (checkpoint.dataset.get("source") if name != "fashion-mnist" else None)
     try:
-        data = load_dataset(name, source, download=False)
+        return load_dataset(name, source, download=False)
     except DataError as err:
         print(f"warning: no real images for parity ({err}); using random inputs only", file=sys.stderr)
         return None
-    return data.val.images[:PARITY_IMAGES].numpy()
+
+
+def parity_images(data: Dataset | None) -> np.ndarray | None:
+    """Real held-out images of the checkpoint's dataset, or None."""
+    return None if data is None else data.val.images[:PARITY_IMAGES].numpy()
+
+
+def _variants(text: str) -> list[str]:
+    return [] if text.strip() == "none" else _csv(text, str, "variants", VARIANT_CHOICES)
+
+
+def _budgets(items: list[str]) -> dict[str, float]:
+    budgets = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ("fp16", "int8"):
+            raise ValueError(f"--psnr-budget {item!r}: variant must be fp16 or int8 (e.g. int8=0.1)")
+        try:
+            budgets[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--psnr-budget {item!r}: expected VARIANT=DB with DB a number") from None
+    return budgets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = _sizes(args.sizes)
         model = checkpoint.build_model()
         any_size = checkpoint.model_config.arch == "fcn"
-        images = None if any_size else parity_images(checkpoint, args.data_dir)
+        data = checkpoint_data(checkpoint, args.data_dir)
+        images = None if any_size else parity_images(data)
         report = ParityReport()
 
-        def verify(onnx_dir: Path) -> None:
+        def verify(onnx_dir: Path) -> ParityReport:
             nonlocal report
             if any_size:
                 report = run_parity_any_size(model, onnx_dir, sizes, batch_sizes, providers)
@@ -149,13 +190,18 @@ def main(argv: list[str] | None = None) -> int:
             print(report.table())
             if not report.passed:
                 raise ParityError(report)
+            return report
 
         if args.command == "parity":
-            verify(Path(args.onnx_dir))
-            report.write_json(Path(args.onnx_dir) / PARITY_JSON)
-            print(f"wrote {Path(args.onnx_dir) / PARITY_JSON}")
-            return 0
+            return _parity_command(Path(args.onnx_dir), model, images, batch_sizes, verify)
         out = Path(args.out)
+        variants = _variants(args.variants)
+        budgets = _budgets(args.psnr_budget)
+        if data is None:
+            raise ValueError(
+                "the variants and manifest need the checkpoint's real images (calibration and the quality "
+                "gate); pass --data-dir"
+            )
         paths = export_all(
             checkpoint, out, args.opset, verify=None if args.no_parity else verify, graph=args.graph
         )
@@ -163,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
             report.write_json(out / PARITY_JSON)
             (out / REJECTED_JSON).unlink(missing_ok=True)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
-        return 0
+        result = export_variants(
+            checkpoint, out, variants, data, budgets, images, batch_sizes, parity=not args.no_parity
+        )
+        if result.parity.results:
+            print(result.parity.table())
+        print(f"wrote {result.manifest}")
+        for o in result.rejected:
+            print(f"ae-export: variant {o.variant.name} not written: {o.rejected}", file=sys.stderr)
+        return 1 if result.rejected else 0
     except ParityError as err:
         target = Path(args.onnx_dir if args.command == "parity" else args.out)
         name = PARITY_JSON if args.command == "parity" else REJECTED_JSON
@@ -173,9 +227,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             print(f"ae-export: export rejected; files in {target} left as they were", file=sys.stderr)
         return 1
-    except (CheckpointError, ExportError, FileNotFoundError, ValueError, OSError) as err:
+    except (CheckpointError, ExportError, ManifestError, FileNotFoundError, ValueError, OSError) as err:
         print(f"ae-export: error: {err}", file=sys.stderr)
         return 2
+
+
+def _parity_command(folder: Path, model, images, batch_sizes, verify) -> int:
+    """fp32 files vs PyTorch (raises ParityError), then every other file the manifest lists."""
+    report = verify(folder)
+    problems = integrity_problems(folder)
+    files = manifest_files(folder)
+    if files:
+        variants = check_variant_files(model, files, folder, images, batch_sizes)
+        print(variants.table())
+        report.results.extend(variants.results)
+    report.write_json(folder / PARITY_JSON)
+    print(f"wrote {folder / PARITY_JSON}")
+    for line in problems:
+        print(f"ae-export: integrity FAILED: {line}", file=sys.stderr)
+    if not report.passed:
+        raise ParityError(report)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ def sample_inputs(path: Path, batch: int, seed: int = 0) -> np.ndarray:
     session, _ = open_session(path, "cpu")
     meta = parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     rng = np.random.default_rng(seed + batch)
-    shape = (batch, *meta.input.sample_shape)
+    multiple = meta.input.size_multiple  # a symbolic height/width: the smallest multiple >= 28 pixels
+    shape = (batch, *(d if d is not None else -(-28 // multiple) * multiple for d in meta.input.sample_shape))
     if meta.input.value_range is not None:
         low, high = meta.input.value_range
         return rng.uniform(low, high, shape).astype(np.float32)

@@ -80,6 +80,87 @@ class ArtifactSpec:
             ) from None
 
 
+@dataclass(frozen=True)
+class VariantSpec:
+    """One deployment flavour of the three artifacts: how it is named, stored and judged.
+
+    name: what users pass to `--variant` and what the manifest records ("fp32", "int8.ort", ...).
+    suffix: the file-name tail after the role: `denoiser` + ".int8.onnx".
+    vs_torch / vs_fp32: parity tolerance against the PyTorch model and against the fp32 ONNX file.
+    psnr_budget_db: the most mean PSNR (standard test) the variant may lose against the fp32 file.
+    parity_inputs: the parity input kinds checked (None: all of them).
+    """
+
+    name: str
+    precision: str  # "fp32" | "fp16" | "int8": the arithmetic inside the graph (inputs/outputs stay fp32)
+    fmt: str  # "onnx" | "ort"
+    suffix: str
+    vs_torch: Tolerance
+    vs_fp32: Tolerance
+    psnr_budget_db: float
+    parity_inputs: tuple[str, ...] | None = None
+    mean_abs_bound: float | None = None  # a check also fails when its mean abs error exceeds this
+
+    def file_name(self, role: str) -> str:
+        return f"{role}{self.suffix}"
+
+
+# fp16: weights and activations rounded to 11 significant bits (relative step 2^-11 ~ 4.9e-4) at every
+# layer. Measured on the default model (10 epochs), every batch size and input kind: max abs 2.6e-3 on the
+# denoiser's [0, 1] outputs (mean 1.1e-4), 2.3e-3 on the decoder's, 6.6e-4 on the encoder's latents.
+# 1e-2 leaves ~4x room for other trainings and still fails any real fault (flipping or nudging a weight
+# tensor moves outputs by 1e-1 and more).
+FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
+# int8: 8-bit activations and per-channel 8-bit weights; each layer adds up to half a quantization step
+# of its range and the steps add up over 11 layers. Measured on the default model (10 epochs): mean abs
+# 4e-3 to 7.7e-3 per check, but single elements reach 0.49 on [0, 1] outputs (a few per million pixels,
+# batch 1000) and 0.72 on latents, where an activation sits near a rounding boundary that the next layers
+# amplify (an 8-epoch model: 0.35). So an element fails only beyond 0.75 abs and 0.75 rel (gross faults,
+# NaN), and the mean abs error of each check must stay under INT8_MEAN_ABS = 0.02 (2.6x the worst mean
+# measured): that is what catches a corrupted or sign-flipped weight tensor. What int8 may lose in
+# quality is judged by its PSNR budget.
+INT8_TOLERANCE = Tolerance(atol=0.75, rtol=0.75)
+INT8_MEAN_ABS = 0.02
+# The same graph in ORT's flatbuffer format: the same kernels after the same optimisations.
+# int8 is calibrated on real images and real latents: activations beyond the calibrated ranges saturate
+# by design. Latents drawn per dimension at random (parity's "latent-random") leave that range (max abs
+# 0.75 on the decoder), so int8 parity uses the real-data inputs and uniform images only.
+INT8_PARITY_INPUTS = ("clean", "noisy", "uniform", "latent-real")
+# fp32 files in ORT format: the same graph and kernels; a budget of 0.001 dB allows float rounding only.
+ORT_FP32_BUDGET_DB = 0.001
+FP32_VARIANT = VariantSpec("fp32", "fp32", "onnx", ".onnx", CPU_TOLERANCE, CPU_TOLERANCE, 0.0)
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        FP32_VARIANT,
+        VariantSpec("fp16", "fp16", "onnx", ".fp16.onnx", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),
+        VariantSpec(
+            "int8", "int8", "onnx", ".int8.onnx", INT8_TOLERANCE, INT8_TOLERANCE, 0.10, INT8_PARITY_INPUTS
+        ),
+        VariantSpec("fp32.ort", "fp32", "ort", ".ort", CPU_TOLERANCE, CPU_TOLERANCE, ORT_FP32_BUDGET_DB),
+        VariantSpec("fp16.ort", "fp16", "ort", ".fp16.ort", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),
+        VariantSpec(
+            "int8.ort",
+            "int8",
+            "ort",
+            ".int8.ort",
+            INT8_TOLERANCE,
+            INT8_TOLERANCE,
+            0.10,
+            INT8_PARITY_INPUTS,
+            INT8_MEAN_ABS,
+        ),
+    )
+}
+# What `ae-export --variants` accepts: the precisions, and "ort" = an .ort file for each precision written.
+VARIANT_CHOICES = ("fp16", "int8", "ort")
+DEFAULT_VARIANTS = ("fp16", "int8", "ort")
+
+
+def variant_for(precision: str, fmt: str) -> VariantSpec:
+    return next(v for v in VARIANTS.values() if v.precision == precision and v.fmt == fmt)
+
+
 ENCODER = ArtifactSpec("encoder", "encoder.onnx", "image", "image", "latent", "latent")
 DECODER = ArtifactSpec("decoder", "decoder.onnx", "latent", "latent", "image", "image")
 DENOISER = ArtifactSpec("denoiser", "denoiser.onnx", "image", "image", "denoised", "image")

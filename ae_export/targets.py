@@ -1,7 +1,8 @@
 """The files an export folder offers to deployment targets (Triton, OpenVINO, OpenCV).
 
-One list, read by the Triton repository writer and the compatibility matrix alike: the three fp32
-artifacts of the specs under their role names, then every variant that the folder's `manifest.json`
+One list, read by the Triton repository writer and the compatibility matrix alike: the fp32 artifacts
+that the export's own metadata lists (encoder, decoder, denoiser; the denoiser only for an architecture
+without an encoder/decoder pair) under their role names, then every variant that the folder's `manifest.json`
 lists (fp16, int8, ... from `ae-export --variants`), named `<role>_<variant>`.
 
 The manifest (written by `ae-export --variants`) is read as `{"files": [{"file": "denoiser.fp16.onnx",
@@ -17,7 +18,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from ae_export.specs import SPECS
+from runtimes.metadata import parse_metadata
 
 MANIFEST = "manifest.json"
 BASE_VARIANT = "fp32"
@@ -68,9 +72,20 @@ def manifest_variants(onnx_dir: Path) -> list[ExportedFile]:
     return found
 
 
+def base_artifacts(onnx_dir: Path) -> dict[str, str]:
+    """role -> file name of one export, as its denoiser's metadata lists them (an architecture without an
+    encoder/decoder pair exports the denoiser only)."""
+    denoiser = onnx_dir / SPECS["denoiser"].file_name
+    if not denoiser.is_file():
+        raise FileNotFoundError(f"not exported yet: {denoiser} (run `ae-export` first)")
+    model = onnx.load(str(denoiser), load_external_data=False)
+    return parse_metadata({p.key: p.value for p in model.metadata_props}, str(denoiser)).artifacts
+
+
 def exported_files(onnx_dir: Path) -> list[ExportedFile]:
-    """The three fp32 artifacts, then the manifest's variants; FileNotFoundError if the export is missing."""
-    base = [ExportedFile(role, role, BASE_VARIANT, onnx_dir / spec.file_name) for role, spec in SPECS.items()]
+    """The fp32 artifacts, then the manifest's variants; FileNotFoundError if the export is missing."""
+    artifacts = base_artifacts(onnx_dir)
+    base = [ExportedFile(role, role, BASE_VARIANT, onnx_dir / file) for role, file in artifacts.items()]
     missing = [str(f.path) for f in base if not f.path.is_file()]
     if missing:
         raise FileNotFoundError(f"not exported yet: {', '.join(missing)} (run `ae-export` first)")

@@ -117,10 +117,11 @@ def _io(value: onnx.ValueInfoProto, contract: TensorContract, source: str) -> tu
             f"batching; got {dims[0] if dims else 'a scalar'}"
         )
     sample = [d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:]]  # -1: Triton's "any size"
-    if value.name != contract.name or tuple(sample) != contract.sample_shape:
+    expected = [-1 if d is None else d for d in contract.sample_shape]  # None: a symbolic axis
+    if value.name != contract.name or sample != expected:
         raise TritonConfigError(
             f"{source}: graph tensor {value.name!r} {sample} disagrees with its ae_export metadata "
-            f"{contract.name!r} {list(contract.sample_shape)}; re-export the file"
+            f"{contract.name!r} {expected}; re-export the file"
         )
     if onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name != contract.dtype:
         raise TritonConfigError(
@@ -155,9 +156,12 @@ def derive_config(path: Path, name: str, options: Options) -> mc.ModelConfig:
         # kernels and allocated arenas, at the smallest and the largest batch the batcher forms.
         for batch in sorted({1, options.max_batch_size}):
             warm = config.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch)
+            multiple = meta.input.size_multiple  # a variable height/width warms at the lecture's 28 px,
+            size = -(-28 // multiple) * multiple  # rounded up to a size the model takes
             for tensor in config.input:
+                dims = [size if d == -1 else d for d in tensor.dims]  # warmup data needs real sizes
                 warm.inputs[tensor.name].CopyFrom(
-                    mc.ModelWarmup.Input(data_type=tensor.data_type, dims=tensor.dims, random_data=True)
+                    mc.ModelWarmup.Input(data_type=tensor.data_type, dims=dims, random_data=True)
                 )
     return config
 
@@ -198,11 +202,16 @@ def _problems(config: mc.ModelConfig) -> Iterator[str]:
         if set(warm.inputs) != set(inputs):
             yield f"model_warmup[{i}] inputs {sorted(warm.inputs)} != model inputs {sorted(inputs)}"
         for key, value in warm.inputs.items():
-            if key in inputs and (value.data_type, list(value.dims)) != (
-                inputs[key].data_type,
-                list(inputs[key].dims),
+            model = inputs.get(key)
+            fits = (
+                model is not None
+                and len(value.dims) == len(model.dims)
+                and value.data_type == model.data_type
+            )
+            if not fits or any(
+                w < 1 or (d != -1 and w != d) for w, d in zip(value.dims, model.dims, strict=True)
             ):
-                yield f"model_warmup[{i}].inputs[{key}] type/dims differ from input {key}"
+                yield f"model_warmup[{i}].inputs[{key}] type/dims {list(value.dims)} do not fit the input"
 
 
 def parse_config(text: str, source: str = CONFIG_FILE) -> mc.ModelConfig:

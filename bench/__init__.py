@@ -16,6 +16,7 @@ one module with `NEEDS_DATA`, `heading(result)`, `TABLES` (columns declared with
     cli_io.py       the `ae-denoise` pipeline vs bare Pillow decode+encode of the same PNGs
     training.py     our in-memory loop vs the lecture's torchvision + ToTensor + DataLoader loop
     quality.py      PSNR/SSIM/ms of classical denoisers (tuned on a separate slice) and our models
+    edge_variants.py  fp16/int8/.ort files: size, PSNR, loss and speed vs fp32, int8 dot-product flags
     report.py       the section registry, orchestration, header and JSON
     cli.py          argument parsing only
 """

@@ -40,6 +40,7 @@ def bench_graphs(
     budget: Budget,
     flops: dict[str, Any],
     peak_gflops: float,
+    sample_shape: tuple[int, ...],
     batch_sizes: Sequence[int] = GRAPH_BATCHES,
     profile_batch: int = 256,
 ) -> dict[str, Any]:
@@ -55,8 +56,7 @@ def bench_graphs(
             folder.mkdir()
             paths[graph] = folder / spec.file_name
             write_model(export_artifact(checkpoint, spec, graph=graph).proto, paths[graph])
-        sample = (1, 28, 28)
-        inputs = {b: rng.random((b, *sample), dtype=np.float32) for b in batch_sizes}
+        inputs = {b: rng.random((b, *sample_shape), dtype=np.float32) for b in batch_sizes}
         configs: list[tuple[str, str, Callable[[np.ndarray], object]]] = []
         for graph, path in paths.items():
             one = OnnxModel(path, provider="cpu", threads=1, max_batch=max(batch_sizes))
@@ -85,7 +85,7 @@ def bench_graphs(
                     if (k, batch) not in best or stats["p50_ms"] < best[(k, batch)]["p50_ms"]:
                         best[(k, batch)] = stats
         profile = profile_ort_ops(
-            paths["portable"], threads, profile_batch, budget.profile_runs, flops, sample
+            paths["portable"], threads, profile_batch, budget.profile_runs, flops, sample_shape
         )
     rows = []
     for batch in batch_sizes:

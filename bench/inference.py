@@ -199,7 +199,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         first.checkpoint.build_model(), first.denoiser_path, ctx.threads, ctx.budget, ctx.sample_shape
     )
     result["graphs"] = bench_graphs(
-        first.checkpoint, ctx.threads, ctx.budget, result["flops_per_image"], result["peak"]["cpu"]["gflops"]
+        first.checkpoint,
+        ctx.threads,
+        ctx.budget,
+        result["flops_per_image"],
+        result["peak"]["cpu"]["gflops"],
+        ctx.sample_shape,
     )
     return result
 

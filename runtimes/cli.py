@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtimes.denoiser import Denoiser
 from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
+from runtimes.manifest import DEFAULT_VARIANT, ManifestError
 from runtimes.pipeline import Outcome, run_pipeline
 from runtimes.planning import PlanError, plan_jobs
 from runtimes.sessions import PROVIDERS, InvalidModelError, ProviderUnavailableError
@@ -65,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="MODEL",
-        help="denoiser.onnx from `ae-export`, or the export folder holding it",
+        help="denoiser.onnx (or any variant's file, .ort included) from `ae-export`, or the export folder "
+        "holding it",
+    )
+    parser.add_argument(
+        "--variant",
+        default=DEFAULT_VARIANT,
+        metavar="NAME",
+        help="with a folder: which variant of its manifest to load: fp32 (default), fp16, int8, fp32.ort, "
+        "fp16.ort, int8.ort",
     )
     parser.add_argument(
         "-o",
@@ -132,9 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No spinning: intra-op threads that spin between runs would take the cores the decode/encode
         # threads need (measured on 2 cores, 2 intra-op threads: ~1000 vs ~1600 images/s).
         denoiser = Denoiser(
-            args.onnx, provider=args.provider, threads=args.threads, max_batch=args.batch_size, spinning=False
+            args.onnx,
+            provider=args.provider,
+            threads=args.threads,
+            max_batch=args.batch_size,
+            spinning=False,
+            variant=args.variant,
         )
-    except (FileNotFoundError, InvalidModelError, ProviderUnavailableError) as err:
+    except (FileNotFoundError, InvalidModelError, ProviderUnavailableError, ManifestError) as err:
         print(f"{PROG}: error: cannot use model: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:

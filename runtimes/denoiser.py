@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.layout import ImageLayout, describe, pad_to_multiple, prepare_images, restore_images
+from runtimes.manifest import DEFAULT_VARIANT, resolve_model
 from runtimes.metadata import ModelMetadata
 from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
 from runtimes.sessions import InvalidModelError, Provider
@@ -27,8 +28,10 @@ MAX_RUN_PIXELS = 1 << 21
 class Denoiser:
     """Denoise images with an exported `denoiser.onnx`; `encode`/`decode` use its sibling files.
 
-    `path` may be the denoiser file or the export folder holding it. Construction fails fast, before any
-    work, with FileNotFoundError or InvalidModelError (a ValueError) naming the path, and with
+    `path` may be the denoiser file (`.onnx` or `.ort`) or the export folder holding it; in a folder,
+    `variant` picks the file through its manifest ("fp32", "fp16", "int8", "int8.ort", ...; see
+    `runtimes.manifest`). Construction fails fast, before any work, with FileNotFoundError (a missing
+    variant names those present) or InvalidModelError (a ValueError) naming the path, and with
     ProviderUnavailableError when provider="cuda" cannot really start.
     """
 
@@ -41,10 +44,16 @@ class Denoiser:
         warmup: bool = True,
         spinning: bool = True,
         parallel: Parallel = "sessions",
+        variant: str = DEFAULT_VARIANT,
     ) -> None:
         path = Path(path)
         if path.is_dir():
-            path = path / DENOISER_FILE
+            path = resolve_model(path, "denoiser", variant)
+        elif variant != DEFAULT_VARIANT:
+            raise InvalidModelError(
+                path,
+                f"variant {variant!r} picks a file of an export folder; pass the folder, or this file alone",
+            )
         self.model = OnnxModel(
             path,
             provider=provider,

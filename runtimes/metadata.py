@@ -26,6 +26,7 @@ KEY_TRAINING = PREFIX + "training"  # dataset, epochs, final metrics, ...
 KEY_PROVENANCE = PREFIX + "provenance"  # checkpoint sha256, versions, opset, created
 KEY_ARTIFACTS = PREFIX + "artifacts"  # {"encoder": "encoder.onnx", ...}: sibling files of one export
 KEY_TOLERANCE = PREFIX + "tolerance"  # {"cpu": {"atol":..,"rtol":..}, "cuda": {...}}
+KEY_VARIANT = PREFIX + "variant"  # variant files: {"name", "precision", "format", "excluded_layers"}
 # Optional (files written before it existed hold the portable graph): "portable" = standard ONNX ops only
 # (ConvTranspose); "fast" = transposed convolutions rewritten into Conv + Col2Im (opset 18), which some
 # consumers (OpenCV DNN, some mobile execution providers) do not implement.

@@ -96,20 +96,15 @@ def test_export_cli_end_to_end(trained_checkpoint, tmp_path, graph) -> None:
     out = tmp_path / "onnx"
     done = run_cli(
         "ae_export.cli",
-        "--checkpoint",
-        str(trained_checkpoint),
-        "--out",
-        str(out),
-        "--batch-sizes",
-        "1,7",
-        "--graph",
-        graph,
+        *("--checkpoint", str(trained_checkpoint), "--out", str(out), "--batch-sizes", "1,7"),
+        *("--graph", graph, "--variants", "none"),  # fp32 only; tests/test_variants.py covers the variants
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "decoder.onnx",
         "denoiser.onnx",
         "encoder.onnx",
+        "manifest.json",
         "parity.json",
     ]
     report = json.loads((out / "parity.json").read_text())

@@ -131,3 +131,36 @@ def test_gpu_kind_and_missing_export(onnx_dir, tmp_path) -> None:
     assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
     result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(tmp_path / "none"), "--out", str(out))
     assert result.returncode == 2 and "not exported yet" in result.stderr
+
+
+def test_any_size_model_gets_variable_dims_and_concrete_warmup(tmp_path) -> None:
+    """The fully convolutional model (denoiser only, height and width symbolic): dims -1, warmup at 28 px."""
+    from ae_export.compat import run_compat
+    from ae_export.export import export_all
+    from train.checkpoint import load_checkpoint
+    from train.photo_train import PhotoTrainConfig, train_photos
+
+    config = PhotoTrainConfig(
+        steps=3,
+        batch_size=2,
+        crop=32,
+        fcn_width=4,
+        fcn_levels=2,
+        fcn_depth=1,
+        eval_every=3,
+        out=str(tmp_path),
+    )
+    train_photos(config, log=lambda _line: None)
+    export_all(load_checkpoint(tmp_path / "checkpoint.pt"), tmp_path / "onnx", log=lambda _line: None)
+    out = tmp_path / "repo"
+    result = run_cli(
+        "ae_export.cli", "triton", "--onnx-dir", str(tmp_path / "onnx"), "--out", str(out), "--warmup"
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["denoiser"]
+    served = _config(out, "denoiser")
+    assert list(served.input[0].dims) == [1, -1, -1] and list(served.output[0].dims) == [1, -1, -1]
+    assert all(min(w.inputs["image"].dims) > 0 for w in served.model_warmup)
+    assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
+    rows = run_compat(tmp_path / "onnx", batches=(1, 8))
+    assert rows and all(r.status == "ok" for r in rows), rows

@@ -48,7 +48,7 @@ class ModelConfig:
     # arch "fcn" (train/fcn.py): base channels, number of 2x downsamplings, 3x3 convolutions per stage.
     fcn_width: int = 32
     fcn_levels: int = 3
-    fcn_depth: int = 2
+    fcn_depth: int = 1
     # arch "spatial": channels of the first stage (the next have 2x and 4x), residual 3x3 convs per stage.
     width: int = 8
     blocks: int = 0

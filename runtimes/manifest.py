@@ -1,0 +1,107 @@
+"""Reading an export folder's `manifest.json`: which file holds which role in which variant.
+
+`ae-export` writes one manifest per export folder listing every file it wrote (role, variant, precision,
+size, sha256, quality and speed figures). The runtime reads it here to turn "the int8 denoiser of this
+folder" into a path, and checks the file is the one the manifest describes (size and sha256), so a
+replaced or truncated file is refused before a session is opened. Standard library only (json, hashlib):
+edge devices have no torch, and this module needs no onnxruntime either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+DEFAULT_VARIANT = "fp32"
+# File-name tail per variant: `denoiser` + ".int8.onnx". The exporter's specs hold the same table
+# (ae_export.specs.VARIANTS); a test checks the two agree. Used only for folders without a manifest.
+VARIANT_SUFFIXES: dict[str, str] = {
+    "fp32": ".onnx",
+    "fp16": ".fp16.onnx",
+    "int8": ".int8.onnx",
+    "fp32.ort": ".ort",
+    "fp16.ort": ".fp16.ort",
+    "int8.ort": ".int8.ort",
+}
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used (bad JSON, wrong format), or a file that does not match it."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The parsed manifest of an export folder, or None when the folder has none (an older export)."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
+        raise ManifestError(f"{path}: not an ae-export manifest (format {MANIFEST_FORMAT} with 'files')")
+    return data
+
+
+def model_entries(manifest: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
+    """variant name -> manifest entry, for the model files of one role."""
+    return {e["variant"]: e for e in manifest["files"] if e.get("kind") == "model" and e.get("role") == role}
+
+
+def variants_present(folder: str | Path, role: str = "denoiser") -> list[str]:
+    """The variants of `role` this folder holds: from its manifest, else from the file names."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if manifest is not None:
+        return [v for v, e in model_entries(manifest, role).items() if (folder / e["file"]).is_file()]
+    return [v for v, suffix in VARIANT_SUFFIXES.items() if (folder / f"{role}{suffix}").is_file()]
+
+
+def resolve_model(
+    folder: str | Path, role: str = "denoiser", variant: str = DEFAULT_VARIANT, verify: bool = True
+) -> Path:
+    """The file holding `role` in `variant` in an export folder.
+
+    Raises FileNotFoundError naming the variants present when the folder lacks it, and ManifestError when
+    `verify` and the file's size or sha256 differ from the manifest's (a replaced or damaged file).
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if manifest is None:
+        suffix = VARIANT_SUFFIXES.get(variant)
+        path = folder / f"{role}{suffix}" if suffix else None
+        if path is None or not path.is_file():
+            present = variants_present(folder, role)
+            raise FileNotFoundError(
+                f"{folder}: no {role} in variant {variant!r}; present: {', '.join(present) or 'none'}"
+            )
+        return path
+    entries = model_entries(manifest, role)
+    entry = entries.get(variant)
+    if entry is None or not (folder / entry["file"]).is_file():
+        present = [v for v, e in entries.items() if (folder / e["file"]).is_file()]
+        why = "listed in its manifest but missing" if entry is not None else "not in its manifest"
+        raise FileNotFoundError(
+            f"{folder}: no {role} in variant {variant!r} ({why}); present: {', '.join(present) or 'none'}"
+        )
+    path = folder / entry["file"]
+    if verify:
+        size = path.stat().st_size
+        if size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise ManifestError(
+                f"{path}: does not match {folder / MANIFEST_FILE} (size {size} vs {entry['size']} bytes or "
+                "sha256 differs); re-export, or load the file by its path to use it anyway"
+            )
+    return path

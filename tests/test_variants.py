@@ -1,0 +1,243 @@
+"""Edge variants (fp16, int8, .ort): real files from the session's trained model, real sessions, no mocks.
+
+The variants are built once per session from the small trained model with budgets wide enough for it (it
+trains for seconds, so its int8 loss says nothing about the default model's; the README's figures come
+from the default training). The budget tests force a rejection with an impossible budget instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from ae_export.specs import SPECS, VARIANTS
+from runtimes.manifest import (
+    MANIFEST_FILE,
+    VARIANT_SUFFIXES,
+    ManifestError,
+    load_manifest,
+    resolve_model,
+    sha256_file,
+)
+from tests.helpers import REPO, run_cli
+
+ALL_VARIANTS = list(VARIANTS)  # fp32, fp16, int8, fp32.ort, fp16.ort, int8.ort
+WIDE_BUDGETS = {"fp16": 0.1, "int8": 1.0}
+
+
+@pytest.fixture(scope="session")
+def variants_dir(trained_checkpoint, onnx_dir, fmnist, tmp_path_factory) -> Path:
+    from ae_export.deploy import export_variants
+    from train.checkpoint import load_checkpoint
+
+    out = tmp_path_factory.mktemp("variants")
+    for spec in SPECS.values():
+        shutil.copy(onnx_dir / spec.file_name, out / spec.file_name)
+    result = export_variants(
+        load_checkpoint(trained_checkpoint),
+        out,
+        ["fp16", "int8", "ort"],
+        fmnist,
+        budgets=WIDE_BUDGETS,
+        parity_images=fmnist.val.images[:64].numpy(),
+        batch_sizes=(1, 7),
+        log=lambda _line: None,
+    )
+    assert not result.rejected, [o.rejected for o in result.rejected]
+    return out
+
+
+def test_suffix_tables_agree() -> None:
+    """The runtime's file-name table (torch-free) is the exporter's, variant for variant."""
+    assert VARIANT_SUFFIXES == {name: spec.suffix for name, spec in VARIANTS.items()}
+
+
+def test_manifest_lists_every_file_with_matching_sha256_and_size(variants_dir: Path) -> None:
+    manifest = load_manifest(variants_dir)
+    assert manifest is not None
+    listed = {e["file"] for e in manifest["files"]}
+    on_disk = {p.name for p in variants_dir.iterdir() if p.is_file()} - {MANIFEST_FILE}
+    assert listed == on_disk
+    for entry in manifest["files"]:
+        if "sha256" in entry:
+            path = variants_dir / entry["file"]
+            assert entry["size"] == path.stat().st_size, entry["file"]
+            assert entry["sha256"] == sha256_file(path), entry["file"]
+    models = [e for e in manifest["files"] if e["kind"] == "model"]
+    assert {(e["role"], e["variant"]) for e in models} == {(r, v) for r in SPECS for v in ALL_VARIANTS}
+    for entry in models:
+        assert entry["quality"]["loss_db"] <= entry["quality"]["budget_db"] + 1e-9, entry
+        if entry["variant"] != "fp32":
+            assert entry["parity"]["vs_torch"]["passed"] and entry["parity"]["vs_fp32"]["passed"]
+        if entry["role"] == "denoiser":
+            assert set(entry["throughput"]) == {"batch_1", "batch_256"}
+    int8 = next(e for e in models if e["role"] == "denoiser" and e["variant"] == "int8")
+    fp32 = next(e for e in models if e["role"] == "denoiser" and e["variant"] == "fp32")
+    assert int8["size"] <= 0.4 * fp32["size"]
+    assert (variants_dir / "required_operators.config").read_text().count("ai.onnx;") >= 2
+    assert "NNAPI" in (variants_dir / "mobile_usability.txt").read_text()
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_variant_file_carries_its_metadata(variants_dir: Path, variant: str) -> None:
+    """.ort files keep metadata_props: the runtime reads the same ae_export.* keys from either format."""
+    path = resolve_model(variants_dir, "denoiser", variant)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["ae_export.role"]) == "denoiser"
+    artifacts = json.loads(meta["ae_export.artifacts"])
+    assert artifacts == {role: f"{role}{VARIANT_SUFFIXES[variant]}" for role in SPECS}
+    if variant != "fp32":
+        assert json.loads(meta["ae_export.variant"])["precision"] == VARIANTS[variant].precision
+
+
+NO_TORCH = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None  # any `import torch` now raises ImportError
+    import numpy as np
+    from runtimes import Denoiser
+
+    denoiser = Denoiser(sys.argv[1], variant=sys.argv[2])
+    image = (np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)
+    out = denoiser(image)
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert denoiser.decode(denoiser.encode(image)).shape == (28, 28)
+    print(denoiser.path.name, denoiser._encoder.path.name, denoiser._decoder.path.name)
+    """
+)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_every_variant_loads_through_denoiser_without_torch(variants_dir: Path, variant: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(variants_dir), variant],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    suffix = VARIANT_SUFFIXES[variant]
+    assert proc.stdout.split() == [f"denoiser{suffix}", f"encoder{suffix}", f"decoder{suffix}"]
+
+
+def test_missing_variant_names_the_variants_present(
+    onnx_dir: Path, variants_dir: Path, tmp_path: Path
+) -> None:
+    from runtimes import Denoiser
+
+    with pytest.raises(FileNotFoundError, match=r"variant 'int8'.*present: fp32"):
+        Denoiser(onnx_dir, variant="int8")  # an export without variants (and without a manifest)
+    with pytest.raises(FileNotFoundError, match=r"variant 'int4'.*present: fp32, fp16, int8, fp32.ort"):
+        Denoiser(variants_dir, variant="int4")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    proc = run_cli("runtimes.cli", "--onnx", str(onnx_dir), "--variant", "fp16", str(tmp_path / "x.png"))
+    assert proc.returncode == 2
+    assert "variant 'fp16'" in proc.stderr and "present: fp32" in proc.stderr
+
+
+def test_denoise_cli_with_a_variant(variants_dir: Path, tmp_path: Path) -> None:
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "x.png")
+    proc = run_cli(
+        "runtimes.cli", "--onnx", str(variants_dir), "--variant", "int8.ort", str(tmp_path / "x.png")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "x_denoised.png").is_file()
+
+
+def test_changed_file_is_refused_by_the_manifest(variants_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(variants_dir, folder)
+    path = folder / "denoiser.fp16.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ManifestError, match="does not match"):
+        resolve_model(folder, "denoiser", "fp16")
+
+
+def _negate_first_int8_weight(path: Path) -> None:
+    """Flip the sign of the first quantized weight tensor: a real corruption, the file stays valid ONNX."""
+    proto = onnx.load(str(path))
+    init = next(
+        i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4
+    )
+    values = onnx.numpy_helper.to_array(init)
+    init.CopyFrom(
+        onnx.numpy_helper.from_array(
+            np.negative(values.astype(np.int16)).clip(-127, 127).astype(np.int8), init.name
+        )
+    )
+    onnx.save(proto, str(path))
+
+
+@pytest.mark.slow
+def test_tampered_variant_fails_parity(trained_checkpoint: Path, variants_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(variants_dir, folder)
+    _negate_first_int8_weight(folder / "denoiser.int8.onnx")
+    proc = run_cli(
+        "ae_export.cli",
+        "parity",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--onnx-dir",
+        str(folder),
+        "--batch-sizes",
+        "7",
+        "--providers",
+        "cpu",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "parity FAILED: denoiser.int8.onnx on cpu at batch 7" in proc.stderr
+    assert "integrity FAILED" in proc.stderr and "denoiser.int8.onnx" in proc.stderr
+    report = json.loads((folder / "parity.json").read_text())
+    assert not report["passed"]
+
+
+@pytest.mark.slow
+def test_variant_over_budget_is_reported_and_not_written(trained_checkpoint: Path, tmp_path: Path) -> None:
+    """fp16 cannot gain 1 dB over fp32: with that budget it must be rejected, and the rest still written."""
+    out = tmp_path / "onnx"
+    proc = run_cli(
+        "ae_export.cli",
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--out",
+        str(out),
+        "--variants",
+        "fp16,ort",
+        "--psnr-budget",
+        "fp16=-1",
+        "--batch-sizes",
+        "7",
+        "--providers",
+        "cpu",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "variant fp16 not written" in proc.stderr and "budget -1.000 dB" in proc.stderr
+    assert not list(out.glob("*.fp16.*"))
+    assert {p.name for p in out.glob("*.ort")} == {"encoder.ort", "decoder.ort", "denoiser.ort"}
+    manifest = load_manifest(out)
+    assert [r["variant"] for r in manifest["rejected"]] == ["fp16"]
+    assert {e["variant"] for e in manifest["files"] if e["kind"] == "model"} == {"fp32", "fp32.ort"}
+    # `ae-export parity` (what `make parity` runs) passes on what was written, the .ort files included.
+    check = run_cli(
+        "ae_export.cli",
+        *("parity", "--checkpoint", str(trained_checkpoint), "--onnx-dir", str(out)),
+        *("--batch-sizes", "7", "--providers", "cpu"),
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "denoiser.ort" in check.stdout and "integrity FAILED" not in check.stderr
