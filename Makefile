@@ -24,7 +24,11 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LINT_PATHS := ae_export train runtimes bench tests
 
-.PHONY: setup setup-gpu data train export parity demo test test-fast bench gpu-check lint clean photo photo-bench photo-picture
+PRESETS := lecture balanced quality
+PRESET_DIR := $(ART)/presets
+FRONTIER_ARGS ?=
+
+.PHONY: setup setup-gpu data train export parity demo test test-fast bench frontier gpu-check lint clean photo photo-bench photo-picture
 
 setup: $(STAMP) data
 
@@ -82,6 +86,20 @@ test-fast: setup
 
 bench: setup $(DENOISER)
 	$(BIN)/ae-bench --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/bench.json
+
+# The quality/cost frontier: train the presets that are missing (artifacts/presets/NAME/checkpoint.pt),
+# export each (with parity), then measure them all, draw docs/frontier.png and refresh README's table.
+$(PRESET_DIR)/%/checkpoint.pt: | setup
+	$(BIN)/ae-train --preset $* --out $(PRESET_DIR)/$* --quiet
+
+$(PRESET_DIR)/%/onnx/denoiser.onnx: $(PRESET_DIR)/%/checkpoint.pt | setup
+	$(BIN)/ae-export --checkpoint $< --out $(PRESET_DIR)/$*/onnx $(EXPORT_ARGS)
+
+.PRECIOUS: $(PRESET_DIR)/%/checkpoint.pt
+
+frontier: setup $(foreach p,$(PRESETS),$(PRESET_DIR)/$(p)/onnx/denoiser.onnx)
+	$(BIN)/python -m bench.frontier_cli --presets-dir $(PRESET_DIR) --presets $(subst $(eval) ,$(comma),$(PRESETS)) \
+	  --out $(ART)/frontier --picture docs/frontier.png --readme README.md $(FRONTIER_ARGS)
 
 # Every CUDA path (training, parity on CUDA, ae-denoise --provider cuda, the bench's CUDA rows,
 # pytest -m gpu) in one run; report in $(ART)/gpu_check/. Without a GPU it says so and exits 0 (and

@@ -173,6 +173,7 @@ ANY_SIZE_DENOISER = ArtifactSpec(
 )
 ARCH_SPECS: dict[str, dict[str, ArtifactSpec]] = {
     "lecture": SPECS,
+    "spatial": SPECS,  # a fixed-size autoencoder like the lecture's: the same three files
     "fcn": {"denoiser": ANY_SIZE_DENOISER},
 }
 

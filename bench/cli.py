@@ -1,6 +1,8 @@
 """`ae-bench`: one command, one run; prints a Markdown table per section and writes bench.json.
 
-    ae-bench [--full | --tiny] [--sections inference,concurrency,cli,training,quality,consumers] [--threads N]
+    ae-bench [--full | --tiny] [--sections inference,concurrency,cli,training,quality,consumers,variants,
+             frontier]
+             [--threads N]
              [--checkpoint PATH ...] [--onnx-dir DIR] [--out bench.json]
              [--cli-images N] [--quality-images N] [--data-dir DIR]
 

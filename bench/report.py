@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ae_export.export import export_all
-from bench import cli_io, concurrency, consumers, edge_variants, inference, quality, training
+from bench import cli_io, concurrency, consumers, edge_variants, frontier, inference, quality, training
 from bench.machine import machine_info
 from bench.section import DENOISER_FILE, BenchContext, ModelUnderTest, Section
 from bench.tables import render_section
@@ -32,6 +32,7 @@ SECTIONS: dict[str, Section] = {
     "quality": quality,
     "consumers": consumers,
     "variants": edge_variants,
+    "frontier": frontier,
 }
 
 

@@ -20,6 +20,7 @@ from train.checkpoint import load_checkpoint
 from train.data import fixed_noisy, to_float
 from train.loop import TrainConfig, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from train.model import ModelConfig
 
 TINY = {"limit": 512, "batch_size": 64, "device": "cpu"}
 
@@ -128,11 +129,8 @@ def test_ae_train_cli_writes_loadable_artifacts_and_resumes(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "EPOCH 1/1 train loss" in done.stdout and "val psnr" in done.stdout
     raw = torch.load(out / "checkpoint.pt", weights_only=True)  # the plain loader, no helper
-    assert raw["epoch"] == 1 and raw["model_config"]["arch"] == "lecture"
-    assert {k: raw["model_config"][k] for k in ("latent_dim", "hidden_dim")} == {
-        "latent_dim": 4,
-        "hidden_dim": 128,
-    }
+    assert raw["epoch"] == 1 and raw["model_config"] == ModelConfig().to_dict()  # the lecture shape
+    assert raw["train_config"]["preset"] == "lecture"
     metrics = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1]
     assert metrics["config"]["limit"] == 300

@@ -1,19 +1,50 @@
-"""`ae-train`: train the lecture's denoising autoencoder. Thin: parses, calls train.loop.train, reports."""
+"""`ae-train`: train a denoiser. Thin: parses, calls train.loop.train (or train.photo_train), reports.
+
+Values come from three layers, later ones winning: TrainConfig's defaults (the lecture recipe), the
+chosen `--preset`, then the flags given explicitly on the command line. `--preset photo` (or
+`--dataset photos`) trains the fully convolutional photograph denoiser with its own recipe.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
+from typing import Any
 
 from train.data import DATASETS, DataError
-from train.loop import DEVICES, LOSSES, TARGETS, TrainConfig, train
+from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, train
+from train.model import MODEL_BUILDERS
 from train.photo_train import PhotoTrainConfig, train_photos
 from train.photos import PhotoDataError
+from train.presets import DEFAULT_PRESET, PRESETS, preset_values
 
 DEFAULTS = TrainConfig()
 PHOTO_DEFAULTS = PhotoTrainConfig()
-# Named recipes. "photo": the fully convolutional denoiser trained on photographs (train/photo_train.py).
-PRESETS = ("photo",)
+PHOTO_PRESET = "photo"  # the fully convolutional denoiser trained on photographs (train/photo_train.py)
+# Flags a preset may set: their argparse default is None ("not given"), so a preset value is only
+# overridden by a flag the user actually typed.
+RECIPE_FLAGS: dict[str, type] = {
+    "epochs": int,
+    "batch_size": int,
+    "arch": str,
+    "latent_dim": int,
+    "hidden_dim": int,
+    "width": int,
+    "blocks": int,
+    "lr": float,
+    "schedule": str,
+    "weight_decay": float,
+    "noise_factor": float,
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "arch": tuple(a for a in MODEL_BUILDERS if a != "fcn"),  # fcn: --preset photo
+    "schedule": SCHEDULES,
+}
+PHOTO_NOTES = {
+    "batch_size": f" (photos: {PHOTO_DEFAULTS.batch_size} crops)",
+    "lr": f" (photos: {PHOTO_DEFAULTS.lr})",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the convolutional denoising autoencoder (noisy -> clean by default).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    helps = [f"{name}: {preset.summary}" for name, preset in PRESETS.items()]
+    helps.append(
+        f"{PHOTO_PRESET}: fully convolutional denoiser for photographs of any size (= --dataset photos)"
+    )
     p.add_argument(
-        "--preset",
-        choices=PRESETS,
-        default=None,
-        help="'photo': fully convolutional denoiser for photographs of any size (same as --dataset photos)",
+        "--preset", choices=(*PRESETS, PHOTO_PRESET), default=DEFAULT_PRESET, help="; ".join(helps)
     )
     p.add_argument(
         "--dataset",
@@ -37,22 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir", default=None, help="folder with idx files, or of images for 'folder'/'photos'"
     )
-    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    for name, kind in RECIPE_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            choices=CHOICES.get(name),
+            default=None,
+            help=f"overrides the preset (lecture: {getattr(DEFAULTS, name)}){PHOTO_NOTES.get(name, '')}",
+        )
     p.add_argument(
         "--steps", type=int, default=PHOTO_DEFAULTS.steps, help="photos: optimizer steps (the budget)"
     )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"default {DEFAULTS.batch_size} (photos: {PHOTO_DEFAULTS.batch_size} crops)",
-    )
-    p.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim)
-    p.add_argument(
-        "--lr", type=float, default=None, help=f"default {DEFAULTS.lr} (photos: {PHOTO_DEFAULTS.lr})"
-    )
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    p.add_argument("--noise-factor", type=float, default=DEFAULTS.noise_factor)
     p.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
     p.add_argument(
         "--target",
@@ -80,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="photos: torch CPU threads (default: torch's, all cores)"
     )
     return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- preset <- explicit flags; TrainConfig and ModelConfig validate the result."""
+    values: dict[str, Any] = {**asdict(DEFAULTS), **preset_values(args.preset)}
+    values.update({name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None})
+    values.update(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        loss=args.loss,
+        target=args.target,
+        seed=args.seed,
+        device=args.device,
+        out=args.out or DEFAULTS.out,
+        limit=args.limit,
+        compile=args.compile,
+    )
+    return TrainConfig(**values)
 
 
 def _train_photos(args: argparse.Namespace) -> int:
@@ -113,27 +158,11 @@ def _train_photos(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.preset == "photo" or args.dataset == "photos":
+    if args.preset == PHOTO_PRESET or args.dataset == "photos":
         return _train_photos(args)
     args.out = args.out or DEFAULTS.out
     try:
-        config = TrainConfig(
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            epochs=args.epochs,
-            batch_size=args.batch_size or DEFAULTS.batch_size,
-            latent_dim=args.latent_dim,
-            lr=args.lr if args.lr is not None else DEFAULTS.lr,
-            weight_decay=args.weight_decay,
-            noise_factor=args.noise_factor,
-            loss=args.loss,
-            target=args.target,
-            seed=args.seed,
-            device=args.device,
-            out=args.out,
-            limit=args.limit,
-            compile=args.compile,
-        )
+        config = config_from_args(args)
         checkpoint = train(config, resume=args.resume, quiet=args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {args.out}/checkpoint.pt holds the last whole epoch", file=sys.stderr)

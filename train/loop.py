@@ -32,6 +32,8 @@ from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from train.model import DenoisingAutoencoder, ModelConfig
 
 LOSSES = ("mse", "bce")
+SCHEDULES = ("constant", "cosine")
+WARMUP_FRACTION = 0.05  # cosine: linear warm-up over the first 5% of steps, then cosine decay to 0
 TARGETS = ("clean", "noisy")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -47,8 +49,14 @@ class TrainConfig:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 256
+    preset: str = "lecture"  # the preset the run started from (explicit flags may have overridden it)
+    arch: str = "lecture"
     latent_dim: int = 4
+    hidden_dim: int = 128
+    width: int = 8
+    blocks: int = 0
     lr: float = 1e-3
+    schedule: str = "constant"
     weight_decay: float = 1e-5
     noise_factor: float = 0.3
     loss: str = "mse"
@@ -61,7 +69,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile + channels_last for the training step (see `compiled_step_model`)
 
     def __post_init__(self) -> None:
-        for name, choices in (("loss", LOSSES), ("target", TARGETS), ("device", DEVICES)):
+        for name, choices in (
+            ("loss", LOSSES),
+            ("target", TARGETS),
+            ("device", DEVICES),
+            ("schedule", SCHEDULES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(choices)}")
         if self.epochs < 1 or self.batch_size < 1 or self.latent_dim < 1:
@@ -70,11 +83,37 @@ class TrainConfig:
             raise ValueError(f"noise_factor {self.noise_factor} outside [0, 10]")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1")
+        self.model_config()  # a bad combination of model knobs fails here, naming the knob
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def model_config(self) -> ModelConfig:
+        """The model this recipe trains; ModelConfig validates the combination of knobs."""
+        return ModelConfig(
+            arch=self.arch,
+            latent_dim=self.latent_dim,
+            hidden_dim=self.hidden_dim,
+            width=self.width,
+            blocks=self.blocks,
+        )
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate at optimizer step `step` (0-based) of `total_steps`.
+
+    A pure function of the step, so a resumed run follows exactly the schedule of an uninterrupted one
+    without any scheduler state in the checkpoint. `constant` is the lecture's recipe (never touched).
+    """
+    if config.schedule == "constant":
+        return config.lr
+    warmup = max(1, int(total_steps * WARMUP_FRACTION))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,6 +189,8 @@ def train_epoch(
     model.train()
     generator = _epoch_generator(config.seed, epoch)
     batches = batch_indices(len(split), config.batch_size, generator)
+    total_steps = config.epochs * len(batches)
+    first_step = (epoch - 1) * len(batches)
     loss_fn = _loss_fn(config.loss)
     images = split.images.to(device)
     total = 0.0
@@ -158,7 +199,10 @@ def train_epoch(
         from tqdm import tqdm
 
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, unit="batch")
-    for idx in batches:
+    for i, idx in enumerate(batches):
+        if config.schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, first_step + i, total_steps)
         clean = to_float(images[idx.to(device)])  # (B, 1, 28, 28)
         noisy = add_noise(clean, config.noise_factor, generator)
         output = model(noisy)
@@ -234,7 +278,8 @@ def train(
     if resume:
         previous = load_checkpoint(ckpt_path)
         kept = TrainConfig.from_dict(previous.train_config)
-        # The recipe is the checkpoint's; only the epoch budget, output and device may change on resume.
+        # The recipe is the checkpoint's; only the epoch budget, output and device may change on resume
+        # (a scheduled run resumed with more epochs stretches its schedule: say so in the log).
         config = TrainConfig(
             **{**asdict(kept), "epochs": config.epochs, "out": config.out, "device": config.device}
         )
@@ -249,7 +294,7 @@ def train(
     val_split = data.val.head(config.limit)
 
     torch.manual_seed(config.seed)
-    model_config = ModelConfig(latent_dim=config.latent_dim)
+    model_config = config.model_config()
     model = DenoisingAutoencoder(model_config).to(device)
     step_model: torch.nn.Module = model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -284,6 +329,7 @@ def train(
             raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; try a lower --lr")
         row = {"epoch": epoch, "train_loss": train_loss, **scores}
         row["train_seconds"] = train_seconds
+        row["threads"] = torch.get_num_threads()  # s/epoch means little without it
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         checkpoint = Checkpoint(
