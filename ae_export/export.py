@@ -42,9 +42,10 @@ from train.checkpoint import Checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
 
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18 and newer
-# "fast": transposed convolutions rewritten into Conv + Col2Im (ae_export.fastgraph), measured 1.1-1.2x
-# faster through ONNX Runtime's CPU provider on the whole denoiser at batch 256; "portable": the graph
-# as torch exports it (ConvTranspose), for consumers without Col2Im (OpenCV DNN, some mobile EPs).
+# "fast": transposed convolutions rewritten into Conv + Col2Im (ae_export.fastgraph), measured 1.17x
+# faster through ONNX Runtime's CPU provider on the whole denoiser, one thread, batch 256 (best of 15
+# interleaved rounds); "portable": the graph as torch exports it (ConvTranspose), for consumers without
+# Col2Im (OpenCV DNN, some mobile EPs).
 GRAPHS = ("fast", "portable")
 DEFAULT_GRAPH = "fast"
 

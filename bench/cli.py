@@ -1,9 +1,9 @@
 """`ae-bench`: one command, one run; prints a Markdown table per section and writes bench.json.
 
     ae-bench [--full | --tiny] [--sections inference,concurrency,cli,training,quality,consumers,variants,
-             frontier]
+             frontier,photo]
              [--threads N]
-             [--checkpoint PATH ...] [--onnx-dir DIR] [--out bench.json]
+             [--checkpoint PATH ...] [--onnx-dir DIR] [--photo-onnx DIR] [--out bench.json]
              [--cli-images N] [--quality-images N] [--data-dir DIR]
 
 Thin: the measurements are in the section modules, the orchestration in bench.report. Quick mode is the
@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         "if absent or from another checkpoint",
     )
     p.add_argument(
+        "--photo-onnx",
+        type=Path,
+        default=Path("artifacts/photo/onnx"),
+        metavar="DIR",
+        help="export of the any-size photo model, for the photo section (default artifacts/photo/onnx; "
+        "without one the section notes it: `make photo` makes it)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("artifacts/bench.json"),
@@ -149,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         header = render_header({"mode": budget.mode, "machine": machine_info(threads)})
         print(f"{header}\n\nSections: {', '.join(args.sections)}\n", flush=True)
         try:
-            report = run_bench(args.sections, budget, threads, models, data, on_section=show)
+            report = run_bench(
+                args.sections, budget, threads, models, data, on_section=show, photo_onnx=args.photo_onnx
+            )
         except DataError as err:  # e.g. the lecture-style loop's idx files are not beside the dataset
             return _error(err)
     print(f"total: {report['seconds']['total']:.1f} s")

@@ -16,6 +16,11 @@ Timing: each method runs once per image (a warm-up run of ours first); ms per me
 over total pixels. Speed ratios are against NL-means measured in the same run, since absolute times
 depend on the machine and on its load.
 
+A section of `ae-bench` (`--photo-onnx DIR`, default artifacts/photo/onnx; without a model there the
+section reports that instead of failing, since the photo model is an optional `make photo`). In tiny mode
+it measures sigma 25 on a centre crop of the smallest validation photograph and skips BM3D (seconds, not
+minutes; the numbers mean nothing). Standalone, for the Makefile's photo-bench and photo-picture:
+
     python -m bench.photo --onnx artifacts/photo/onnx --out artifacts/bench/photo.json [--picture PNG]
 """
 
@@ -32,16 +37,23 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bench.machine import cpu_flags
+from bench.section import DENOISER_FILE, BenchContext
+from bench.tables import Column, Result, Table, render_table
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save, atomic_write_text
 from runtimes.sessions import physical_cores
-from train.photos import bundled_photos, noisy_8bit
+from train.photos import PhotoSet, bundled_photos, noisy_8bit
+
+NEEDS_DATA = False
 
 SIGMAS_255 = (15, 25, 50)
 NOISE_SEED = 2024
 PICTURE_PHOTO = "camera"
 PICTURE_SIGMA_255 = 25
 PICTURE_BOX = (40, 150, 296, 406)  # (top, left, bottom, right) of camera: face, camera and grass
+TINY_SIGMA_255 = 25
+TINY_CROP = 128  # side of the centre crop tiny mode measures
 
 
 def _nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
@@ -74,11 +86,27 @@ def _scores(denoised: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     )
 
 
+def tiny_photos() -> PhotoSet:
+    """A centre crop of the smallest validation photograph: tiny mode's whole test set."""
+    val = bundled_photos("val")
+    index = min(range(len(val.images)), key=lambda i: val.images[i].size)
+    image = val.images[index]
+    top, left = (image.shape[0] - TINY_CROP) // 2, (image.shape[1] - TINY_CROP) // 2
+    crop = image[top : top + TINY_CROP, left : left + TINY_CROP]  # (TINY_CROP, TINY_CROP)
+    name = f"{val.names[index]} (centre {TINY_CROP}x{TINY_CROP} crop)"
+    return PhotoSet(source=val.source, names=(name,), images=(crop,))
+
+
 def run_photo_bench(
-    onnx: str | Path, sigmas_255: Sequence[int] = SIGMAS_255, threads: int | None = None
+    onnx: str | Path,
+    sigmas_255: Sequence[int] = SIGMAS_255,
+    threads: int | None = None,
+    photos: PhotoSet | None = None,
+    with_bm3d: bool = True,
 ) -> dict[str, Any]:
-    """Rows per sigma x method: mean PSNR/SSIM over the validation photographs and ms per megapixel."""
-    photos = bundled_photos("val")
+    """Rows per sigma x method: mean PSNR/SSIM over the photographs (default: the validation set) and ms
+    per megapixel. `with_bm3d=False` leaves BM3D out (seconds per photograph) with a note saying so."""
+    photos = photos or bundled_photos("val")
     denoiser = Denoiser(onnx, provider="cpu", threads=threads or physical_cores())
     methods: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
         "noisy input": lambda noisy, _s: noisy,
@@ -86,8 +114,10 @@ def run_photo_bench(
         "ours (ONNX Runtime)": lambda noisy, _s: denoiser.denoise(noisy.astype(np.float32)),
     }
     notes = []
-    bm3d = _bm3d()
-    if bm3d is None:
+    bm3d = _bm3d() if with_bm3d else None
+    if not with_bm3d:
+        notes.append("BM3D skipped in tiny mode (seconds per photograph)")
+    elif bm3d is None:
         notes.append("BM3D skipped: the `bm3d` package is not installed (pip install bm3d)")
     else:
         methods["BM3D (bm3d package)"] = bm3d
@@ -141,40 +171,6 @@ def run_photo_bench(
     }
 
 
-def cpu_flags() -> str:
-    """The SIMD flags that decide convolution speed, from /proc/cpuinfo (Linux; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
-            return " ".join(f for f in wanted if f in flags)
-    return ""
-
-
-def render(result: dict[str, Any]) -> str:
-    """The Markdown table of one run."""
-    lines = [
-        f"Validation photographs ({', '.join(result['photos'])}; {result['pixels'] / 1e6:.2f} MP), 8-bit "
-        f"clipped Gaussian noise; ONNX Runtime threads {result['threads']}; CPU flags: "
-        f"{result['cpu_flags'] or 'unknown'}",
-        "",
-        "| sigma | method | PSNR dB | SSIM | ms / MP | speed vs NL-means |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in result["rows"]:
-        ms = f"{r['ms_per_mp']:.0f}" if r["ms_per_mp"] is not None else ""
-        ratio = f"{r['speed_vs_nl_means']:.2f}x" if r.get("speed_vs_nl_means") else ""
-        lines.append(
-            f"| {r['sigma_255']}/255 | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {ms} | {ratio} |"
-        )
-    lines += [f"\n{note}" for note in result["notes"]]
-    return "\n".join(lines)
-
-
 def draw_picture(onnx: str | Path, path: str | Path, threads: int | None = None) -> None:
     """clean | noisy | NL-means | ours (| BM3D when installed) on a crop of `camera` at sigma 25/255."""
     photos = bundled_photos("val")
@@ -205,6 +201,56 @@ def draw_picture(onnx: str | Path, path: str | Path, threads: int | None = None)
         canvas.paste(Image.fromarray(crop), (x, gap + label_h))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_save(Path(path), lambda handle: canvas.save(handle, format="PNG"))
+
+
+def run(ctx: BenchContext) -> Result:
+    """The section: the photo model named by `ae-bench --photo-onnx`, or a status note when there is none."""
+    folder = ctx.photo_onnx
+    path = folder if folder is not None and folder.is_file() else (folder or Path()) / DENOISER_FILE
+    if folder is None or not path.is_file():
+        status = (
+            f"no photo model at {folder}: run `make photo` first"
+            if folder is not None
+            else "no photo model given: pass `ae-bench --photo-onnx DIR`"
+        )
+        return {"threads": ctx.threads, "rows": [{"method": "-", "status": status}], "notes": [status]}
+    if ctx.budget.mode == "tiny":
+        return run_photo_bench(path, (TINY_SIGMA_255,), ctx.threads, tiny_photos(), with_bm3d=False)
+    return run_photo_bench(path, SIGMAS_255, ctx.threads)
+
+
+def heading(result: Result) -> str:
+    if "photos" not in result:
+        return f"Photographs: the any-size denoiser vs NL-means and BM3D ({result['threads']} threads)"
+    return (
+        f"Photographs: the any-size denoiser vs NL-means and BM3D on {', '.join(result['photos'])} "
+        f"({result['pixels'] / 1e6:.2f} MP), 8-bit clipped Gaussian noise; ONNX Runtime threads "
+        f"{result['threads']}; CPU flags: {' '.join(result['cpu_flags']) or 'unknown'}"
+    )
+
+
+def _fixed(digits: int, suffix: str = "") -> Callable[[Any], str]:
+    return lambda v: "-" if v is None else f"{v:.{digits}f}{suffix}"
+
+
+TABLES = (
+    Table(
+        columns=(
+            Column("sigma", "sigma_255", lambda v: "-" if v is None else f"{v}/255"),
+            Column("method", "method"),
+            Column("PSNR dB", "psnr", _fixed(2)),
+            Column("SSIM", "ssim", _fixed(3)),
+            Column("ms / MP", "ms_per_mp", _fixed(0)),
+            Column("speed vs NL-means", "speed_vs_nl_means", _fixed(2, "x")),
+        ),
+        notes=lambda r: list(r["notes"]),
+    ),
+)
+
+
+def render_result(result: Result) -> str:
+    """The standalone run's Markdown: the heading line, then the section's tables."""
+    return "\n\n".join([heading(result), *(render_table(table, result) for table in TABLES)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"bench.photo: error: {err}", file=sys.stderr)
         return 2
-    print(render(result))
+    print(render_result(result))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

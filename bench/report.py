@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ae_export.export import export_all
-from bench import cli_io, concurrency, consumers, edge_variants, frontier, inference, quality, training
+from bench import cli_io, concurrency, consumers, edge_variants, frontier, inference, photo, quality, training
 from bench.machine import machine_info
 from bench.section import DENOISER_FILE, BenchContext, ModelUnderTest, Section
 from bench.tables import render_section
@@ -33,6 +33,7 @@ SECTIONS: dict[str, Section] = {
     "consumers": consumers,
     "variants": edge_variants,
     "frontier": frontier,
+    "photo": photo,
 }
 
 
@@ -114,8 +115,11 @@ def run_bench(
     models: Sequence[ModelUnderTest],
     data: Dataset | None,
     on_section: Callable[[str, dict[str, Any]], None] | None = None,
+    photo_onnx: Path | None = None,
 ) -> dict[str, Any]:
     """Run the chosen sections in registry order (never two at once); returns bench.json's body.
+
+    `photo_onnx` is the photo model's export folder; the photo section notes its absence and goes on.
 
     `on_section(name, result)` is called as each section finishes, so tables appear as the run goes.
     """
@@ -130,7 +134,7 @@ def run_bench(
     first = _open_denoiser(models[0].onnx_dir)
     if first is None:
         raise ValueError(f"{models[0].onnx_dir}: no {DENOISER_FILE}")
-    ctx = BenchContext(budget, threads, tuple(models), data, first.input_sample_shape)
+    ctx = BenchContext(budget, threads, tuple(models), data, first.input_sample_shape, photo_onnx)
     del first
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -152,6 +156,7 @@ def run_bench(
             for m in models
         ],
         "sample_shape": list(ctx.sample_shape),
+        "photo_onnx": str(photo_onnx) if photo_onnx is not None else None,
         "sections": {},
         "seconds": {},
     }

@@ -44,6 +44,7 @@ class BenchContext:
     models: Sequence[ModelUnderTest]
     data: Dataset | None  # Fashion-MNIST; None when no chosen section needs it
     sample_shape: tuple[int, ...]  # one input image, (C, H, W), read from the first model's ONNX file
+    photo_onnx: Path | None = None  # the any-size photo model's export folder (section "photo"); optional
 
     @property
     def first(self) -> ModelUnderTest:

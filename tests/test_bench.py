@@ -14,10 +14,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import photo
 from bench.cli import main
 from bench.concurrency import bench_microbatcher
 from bench.flops import count_flops
-from bench.report import SECTIONS, resolve_models, sanitize
+from bench.report import SECTIONS, render, resolve_models, sanitize
+from bench.section import BenchContext
 from bench.tables import Column, Table, markdown_table, render_table
 from bench.timing import BUDGETS, latency_stats, time_calls
 from bench.training import torchvision_root
@@ -227,6 +229,7 @@ def test_ae_bench_tiny_smoke(trained_checkpoint: Path, tmp_path: Path) -> None:
     assert {r["kind"] for r in inference["ort_profile"]["rows"]} >= {"conv", "conv_transpose", "linear"}
     assert [r["callers"] for r in report["sections"]["concurrency"]["rows"]] == [1, 8, 32]
     assert report["sections"]["cli"]["rows"][0]["failed"] == 0
+    assert report["sections"]["photo"]["notes"][0].startswith("no photo model at artifacts/photo/onnx")
     methods = " ".join(r["method"] for r in report["sections"]["quality"]["rows"])
     for method in ("noisy", "Gaussian", "median", "total variation", "non-local means", "BM3D", "ours"):
         assert method in methods
@@ -241,3 +244,49 @@ def test_ae_bench_tiny_smoke(trained_checkpoint: Path, tmp_path: Path) -> None:
         assert f"### {number}. " in result.stdout
     assert result.stdout.count("|---") >= 6  # one table per section, two in inference
     assert f"wrote {out}" in result.stdout
+
+
+def _photo_context(photo_onnx: Path) -> BenchContext:
+    """What the photo section reads: the budget, threads and the photo folder (it uses no lecture model)."""
+    return BenchContext(BUDGETS["tiny"], 1, (), None, (1, 1, 1), photo_onnx=photo_onnx)
+
+
+def test_photo_section_without_a_model_returns_a_status_note(tmp_path: Path) -> None:
+    result = photo.run(_photo_context(tmp_path))  # a real, empty folder
+    status = f"no photo model at {tmp_path}: run `make photo` first"
+    assert result["rows"] == [{"method": "-", "status": status}] and result["notes"] == [status]
+    markdown = render("photo", result)
+    assert markdown.startswith(f"### {list(SECTIONS).index('photo') + 1}. Photographs") and status in markdown
+
+
+@pytest.fixture(scope="module")
+def tiny_photo_onnx(tmp_path_factory) -> Path:
+    """A tiny fcn model (tests/test_photo.py's recipe) trained 3 steps and exported; its folder."""
+    from ae_export.export import export_all
+    from train.photo_train import PhotoTrainConfig, train_photos
+
+    out = tmp_path_factory.mktemp("photo")
+    config = PhotoTrainConfig(
+        steps=3, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
+    )
+    train_photos(config, log=lambda _line: None)
+    export_all(load_checkpoint(out / "checkpoint.pt"), out / "onnx", log=lambda _line: None)
+    return out / "onnx"
+
+
+@pytest.mark.slow
+def test_photo_section_tiny_measures_the_real_model_against_nl_means(tiny_photo_onnx: Path) -> None:
+    result = sanitize(photo.run(_photo_context(tiny_photo_onnx)))
+    assert len(result["photos"]) == 1 and "crop" in result["photos"][0]
+    assert [(r["sigma_255"], r["method"]) for r in result["rows"]] == [
+        (25, "noisy input"),
+        (25, "NL-means (scikit-image)"),
+        (25, "ours (ONNX Runtime)"),
+    ]
+    assert result["notes"] == ["BM3D skipped in tiny mode (seconds per photograph)"]
+    for row in result["rows"]:
+        assert 0 < row["psnr"] < 100 and 0 < row["ssim"] <= 1, row
+        if row["method"] != "noisy input":
+            assert row["ms_per_mp"] > 0 and row["speed_vs_nl_means"] > 0, row
+    markdown = render("photo", result)
+    assert "| 25/255 | ours (ONNX Runtime) |" in markdown and "BM3D skipped" in markdown
