@@ -44,7 +44,7 @@ def test_checkpoint_configs_without_arch_are_the_lecture_model() -> None:
     config = ModelConfig.from_dict({"latent_dim": 4, "hidden_dim": 128})
     assert config.arch == "lecture"
     assert isinstance(build_model(config), DenoisingAutoencoder)
-    with pytest.raises(ValueError, match="valid: lecture, fcn"):
+    with pytest.raises(ValueError, match="valid: lecture, spatial, fcn"):
         ModelConfig(arch="unet")
 
 
