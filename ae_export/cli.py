@@ -79,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-parity", action="store_true", help="skip parity (not recommended)")
     exp.add_argument(
         "--variants",
-        default=",".join(DEFAULT_VARIANTS),
+        default=None,
         help=f"comma-separated subset of {', '.join(VARIANT_CHOICES)} ('ort': an .ort file for fp32 and each "
-        "precision written), or 'none' for the fp32 .onnx files only",
+        f"precision written), or 'none' for the fp32 .onnx files only (default: "
+        f"{','.join(DEFAULT_VARIANTS)}; none for the any-size photo model, which the Fashion-MNIST gate "
+        "cannot judge)",
     )
     exp.add_argument(
         "--psnr-budget",
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = _sizes(args.sizes)
         model = checkpoint.build_model()
         any_size = checkpoint.model_config.arch == "fcn"
-        data = checkpoint_data(checkpoint, args.data_dir)
+        # The photo model's parity uses its own sizes and inputs; Fashion-MNIST is no data of its.
+        data = None if any_size else checkpoint_data(checkpoint, args.data_dir)
         images = None if any_size else parity_images(data)
         report = ParityReport()
 
@@ -195,9 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "parity":
             return _parity_command(Path(args.onnx_dir), model, images, batch_sizes, verify)
         out = Path(args.out)
-        variants = _variants(args.variants)
+        variants = _variants(
+            args.variants if args.variants is not None else "none" if any_size else ",".join(DEFAULT_VARIANTS)
+        )
         budgets = _budgets(args.psnr_budget)
-        if data is None:
+        if any_size and variants:
+            raise ValueError(
+                "variants are judged on the Fashion-MNIST standard test, which says nothing of a photo "
+                "model; export it with --variants none"
+            )
+        if data is None and not any_size:
             raise ValueError(
                 "the variants and manifest need the checkpoint's real images (calibration and the quality "
                 "gate); pass --data-dir"
@@ -209,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             report.write_json(out / PARITY_JSON)
             (out / REJECTED_JSON).unlink(missing_ok=True)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
+        if any_size:  # fp32 only; its quality table is the photo benchmark's (`make photo-bench`)
+            return 0
         result = export_variants(
             checkpoint, out, variants, data, budgets, images, batch_sizes, parity=not args.no_parity
         )

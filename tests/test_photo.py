@@ -193,3 +193,16 @@ def test_lecture_model_refuses_a_photograph_and_writes_nothing_for_it(onnx_dir: 
     )
     assert opted_in.returncode == 0, opted_in.stderr
     assert (tmp_path / "resized" / "camera.png").is_file()
+
+
+@pytest.mark.slow
+def test_ae_export_cli_writes_the_photo_model_fp32_only(photo_checkpoint: Path, tmp_path: Path) -> None:
+    """`make photo`'s export: default flags give the any-size denoiser alone, no Fashion-MNIST variants."""
+    out = tmp_path / "onnx"
+    args = ("ae_export.cli", "--checkpoint", str(photo_checkpoint), "--out", str(out), "--batch-sizes", "1,2")
+    proc = run_cli(*args, "--sizes", "28x28,37x53")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["denoiser.onnx"]
+    assert not (out / "manifest.json").exists() and "no real images" not in proc.stderr
+    refused = run_cli(*args, "--variants", "int8")
+    assert refused.returncode == 2 and "export it with --variants none" in refused.stderr
