@@ -23,3 +23,14 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def train_tiny_photo_model(out: Path) -> Path:
+    """A tiny fcn photo model trained 3 steps on the bundled photographs (seconds); its checkpoint path."""
+    from train.photo_train import PhotoTrainConfig, train_photos
+
+    config = PhotoTrainConfig(
+        steps=3, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
+    )
+    train_photos(config, log=lambda _line: None)
+    return out / "checkpoint.pt"

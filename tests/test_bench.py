@@ -24,7 +24,7 @@ from bench.tables import Column, Table, markdown_table, render_table
 from bench.timing import BUDGETS, latency_stats, time_calls
 from bench.training import torchvision_root
 from runtimes.denoiser import Denoiser
-from tests.helpers import run_cli
+from tests.helpers import run_cli, train_tiny_photo_model
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
 
@@ -261,16 +261,11 @@ def test_photo_section_without_a_model_returns_a_status_note(tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def tiny_photo_onnx(tmp_path_factory) -> Path:
-    """A tiny fcn model (tests/test_photo.py's recipe) trained 3 steps and exported; its folder."""
+    """A tiny fcn model trained 3 steps and exported; its folder."""
     from ae_export.export import export_all
-    from train.photo_train import PhotoTrainConfig, train_photos
 
     out = tmp_path_factory.mktemp("photo")
-    config = PhotoTrainConfig(
-        steps=3, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
-    )
-    train_photos(config, log=lambda _line: None)
-    export_all(load_checkpoint(out / "checkpoint.pt"), out / "onnx", log=lambda _line: None)
+    export_all(load_checkpoint(train_tiny_photo_model(out)), out / "onnx", log=lambda _line: None)
     return out / "onnx"
 
 

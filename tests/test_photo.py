@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, train_tiny_photo_model
 
 CLI = "runtimes.cli"
 MIXED_SIZES = [(37, 53), (64, 96), (64, 96), (120, 90), (28, 28)]  # (H, W); two of one size: one batch
@@ -60,14 +60,7 @@ def test_photo_split_is_fixed_and_disjoint() -> None:
 @pytest.fixture(scope="module")
 def photo_checkpoint(tmp_path_factory) -> Path:
     """A tiny fcn model trained 3 steps on the bundled photographs."""
-    from train.photo_train import PhotoTrainConfig, train_photos
-
-    out = tmp_path_factory.mktemp("photo")
-    config = PhotoTrainConfig(
-        steps=3, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
-    )
-    train_photos(config, log=lambda _line: None)
-    return out / "checkpoint.pt"
+    return train_tiny_photo_model(tmp_path_factory.mktemp("photo"))
 
 
 @pytest.fixture(scope="module")
