@@ -51,15 +51,19 @@ class OnnxModel:
     32 callers) ran better unsplit: its callers' Python work needs the second core (median of 4
     alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8).
 
-    Measured here with the machine loaded by other jobs (load average 16-21 on 2 cores), so the ratios
-    say how each choice degrades when the cores are busy (best p50 over interleaved rounds, batch 256):
+    Measured by `ae-bench` (inference section; best p50 of round-robin rounds, batch 256, 2-core AVX-512
+    Xeon VM, onnxruntime 1.32, exported weights without subnormals):
 
-        graph     threading                       run A (25 rounds)   run B (3 reps, min..max)
-        fast      1 thread                        10.8 ms             -
-        fast      2 intra-op threads              21.6 ms             -
-        fast      2 per-core sessions (split)     16.7 ms             6.8..15.6 ms (Denoiser.denoise)
-        portable  2 intra-op threads (old default)  -                 26.3..29.4 ms
+        graph     threading                         p50 ms   images/s
+        fast      1 thread                          3.37      76,067
+        fast      2 intra-op threads                2.08     123,108
+        fast      2 per-core sessions (split)       1.90     134,816
+        fast      Denoiser defaults (denoise)       1.96     130,493
+        portable  2 intra-op threads (old default)  3.10      82,607
+        portable  2 per-core sessions (split)       2.13     120,031
 
+    With other processes holding the cores (load average 16-21 on 2 cores) the same choices measured
+    fast 1 thread 10.8 ms, 2 intra-op threads 21.6 ms, 2 per-core sessions 16.7 ms:
     Intra-op threads synchronise at every operator and lose most when a core is taken away; whole
     slices on independent single-threaded sessions do not wait for each other. Pass threads=1 where
     the cores are known to be busy with other work.
