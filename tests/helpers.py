@@ -14,9 +14,18 @@ def run_cli(
     module: str, *args: str, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would, with the repo importable; capture text output."""
+    return _run_python(["-m", module, *args], cwd, timeout)
+
+
+def run_script(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -c code args` in a fresh interpreter (e.g. one that blocks torch), repo importable."""
+    return _run_python(["-c", code, *args], None, timeout)
+
+
+def _run_python(argv: list[str], cwd: Path | None, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *argv],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

@@ -7,8 +7,6 @@ fresh subprocesses (the test process itself imports torch through the fixtures, 
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -17,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, run_script
+
 ALLOWED = {"numpy", "onnxruntime", "PIL", "tqdm", "runtimes"}
 
 SCRIPT = textwrap.dedent(
@@ -75,15 +74,7 @@ def test_denoise_and_cli_without_torch(onnx_dir: Path, tmp_path: Path, block: bo
     images.mkdir()
     for i in range(3):
         Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(images / f"{i}.png")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(block=block), str(onnx_dir), str(images), str(tmp_path / "out")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script(SCRIPT.format(block=block), str(onnx_dir), str(images), str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png"]
@@ -100,15 +91,7 @@ def test_cli_subprocess_never_imports_torch(onnx_dir: Path, tmp_path: Path) -> N
         "sys.argv = ['ae-denoise', *sys.argv[1:]]\n"
         "runpy.run_module('runtimes.cli', run_name='__main__')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", check, "--onnx", str(onnx_dir), str(tmp_path / "x.png"), "--quiet"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script(check, "--onnx", str(onnx_dir), str(tmp_path / "x.png"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().endswith("NO TORCH"), proc.stderr
     assert (tmp_path / "x_denoised.png").is_file()

@@ -7,9 +7,6 @@ subprocess; the lecture's 28x28 model refusing a photograph.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import REPO, run_cli, train_tiny_photo_model
+from tests.helpers import run_cli, run_script, train_tiny_photo_model
 
 CLI = "runtimes.cli"
 MIXED_SIZES = [(37, 53), (64, 96), (64, 96), (120, 90), (28, 28)]  # (H, W); two of one size: one batch
@@ -150,13 +147,15 @@ NO_TORCH_CLI = (
 @pytest.mark.slow
 def test_ae_denoise_folder_of_mixed_size_photos_without_torch(photo_onnx, tmp_path: Path) -> None:
     _noisy_photo_folder(tmp_path / "in")
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH_CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in")]
-        + ["-o", str(tmp_path / "out"), "--batch-size", "4"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
+    proc = run_script(
+        NO_TORCH_CLI,
+        "--onnx",
+        str(photo_onnx[0]),
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "4",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -4,9 +4,6 @@ trains, exports with parity and runs in the torch-free runtime."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 import torch
 
 from ae_export.export import choose_example_batch
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli, run_script
 from train.cli import build_parser, config_from_args
 from train.loop import TrainConfig, learning_rate
 from train.model import ARCHS, DenoisingAutoencoder, ModelConfig
@@ -169,14 +166,7 @@ def test_preset_trains_exports_and_serves_without_torch(fmnist, name: str, tmp_p
     assert exported.returncode == 0, exported.stdout + exported.stderr
     parity = json.loads((onnx_dir / "parity.json").read_text())
     assert parity["passed"] is True
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNTIME_SCRIPT, str(onnx_dir)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script(RUNTIME_SCRIPT, str(onnx_dir))
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)
     expected = TrainConfig(**preset_values(name)).model_config()

@@ -8,10 +8,7 @@ from the default training). The budget tests force a rejection with an impossibl
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from runtimes.manifest import (
     resolve_model,
     sha256_file,
 )
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli, run_script
 
 ALL_VARIANTS = list(VARIANTS)  # fp32, fp16, int8, fp32.ort, fp16.ort, int8.ort
 WIDE_BUDGETS = {"fp16": 0.1, "int8": 1.0}
@@ -121,15 +118,7 @@ NO_TORCH = textwrap.dedent(
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_every_variant_loads_through_denoiser_without_torch(variants_dir: Path, variant: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, str(variants_dir), variant],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script(NO_TORCH, str(variants_dir), variant)
     assert proc.returncode == 0, proc.stderr
     suffix = VARIANT_SUFFIXES[variant]
     assert proc.stdout.split() == [f"denoiser{suffix}", f"encoder{suffix}", f"decoder{suffix}"]
