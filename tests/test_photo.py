@@ -54,6 +54,45 @@ def test_photo_split_is_fixed_and_disjoint() -> None:
     assert [image.ndim for image in val.images] == [2] * 5 and val.images[0].shape == (512, 512)
 
 
+def test_precision_auto_follows_the_hardware_and_bad_choices_name_the_valid_ones() -> None:
+    from train.photo_train import PhotoTrainConfig, native_bf16, step_precision
+
+    cpu = torch.device("cpu")
+    assert step_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert step_precision("fp32", cpu) == "fp32" and step_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="auto, fp32, bf16"):
+        PhotoTrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_precision_keeps_an_fp32_checkpoint_that_reloads_exactly(
+    precision: str, tmp_path: Path
+) -> None:
+    """bf16 autocast and channels_last are training-step details: the checkpoint holds plain contiguous
+    fp32 tensors equal to the trained ones, records the arithmetic used, and rebuilds a working model."""
+    from train.checkpoint import load_checkpoint
+    from train.fcn import denoise_any_size
+    from train.model import build_model
+    from train.photo_train import PhotoTrainConfig, train_photos
+
+    config = PhotoTrainConfig(
+        steps=4, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, eval_every=2,
+        precision=precision, out=str(tmp_path),
+    )  # fmt: skip
+    trained = train_photos(config, log=lambda _line: None)
+    assert [row["precision"] for row in trained.metrics] == [precision, precision]
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in loaded.model_state.values())
+    assert all(torch.equal(loaded.model_state[k], v) for k, v in trained.model_state.items())
+    model = build_model(loaded.model_config).eval()
+    model.load_state_dict(loaded.model_state)
+    assert loaded.train_config["precision"] == precision
+    x = torch.rand(1, 1, 37, 53)
+    with torch.no_grad():
+        rebuilt = denoise_any_size(model, x)
+    assert rebuilt.shape == x.shape and torch.isfinite(rebuilt).all()
+
+
 @pytest.fixture(scope="module")
 def photo_checkpoint(tmp_path_factory) -> Path:
     """A tiny fcn model trained 3 steps on the bundled photographs."""

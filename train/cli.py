@@ -15,7 +15,7 @@ from typing import Any
 from train.data import DATASETS, DataError
 from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, train
 from train.model import MODEL_BUILDERS
-from train.photo_train import PhotoTrainConfig, train_photos
+from train.photo_train import PRECISIONS, PhotoTrainConfig, train_photos
 from train.photos import PhotoDataError
 from train.presets import DEFAULT_PRESET, PRESETS, preset_values
 
@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=None, help="photos: torch CPU threads (default: torch's, all cores)"
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=PHOTO_DEFAULTS.precision,
+        help="photos: arithmetic of the training step; auto = bf16 autocast where the hardware has bf16 "
+        "(AMX / AVX512-BF16 CPUs, recent GPUs), else fp32. Weights, validation and export stay fp32",
+    )
     return p
 
 
@@ -144,6 +151,7 @@ def _train_photos(args: argparse.Namespace) -> int:
             out=args.out or PHOTO_DEFAULTS.out,
             eval_every=min(PHOTO_DEFAULTS.eval_every, args.steps),
             threads=args.threads,
+            precision=args.precision,
         )
         checkpoint = train_photos(config)
     except KeyboardInterrupt:

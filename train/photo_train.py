@@ -33,6 +33,7 @@ from train.model import ModelConfig, build_model
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PRECISIONS = ("auto", "fp32", "bf16")
 METRICS_NAME = "metrics.json"
 
 
@@ -42,7 +43,7 @@ class PhotoTrainConfig:
 
     dataset: str = "photos"
     data_dir: str | None = None  # None: scikit-image's bundled photographs (train/photos.py)
-    steps: int = 4800  # 6.5 min on a 2-core AVX-512 Xeon (75 ms per step); +0.38 dB over 1600 steps
+    steps: int = 12000  # ~7 min on a 2-core AMX Xeon in bf16 (~34 ms per step); see the README
     batch_size: int = 8
     crop: int = 64
     lr: float = 2e-3
@@ -53,8 +54,9 @@ class PhotoTrainConfig:
     fcn_width: int = 32
     fcn_levels: int = 3
     fcn_depth: int = 1
-    eval_every: int = 200
+    eval_every: int = 400
     threads: int | None = None  # torch CPU threads; None: torch's default (the machine's cores)
+    precision: str = "auto"  # training arithmetic: "fp32", "bf16" (autocast) or "auto" (see step_precision)
     seed: int = 0
     eval_seed: int = 1234
     device: str = "cpu"
@@ -66,6 +68,8 @@ class PhotoTrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0.0 <= self.sigma_min <= self.sigma_max <= 1.0:
             raise ValueError(f"need 0 <= sigma_min <= sigma_max <= 1; got {self.sigma_min}, {self.sigma_max}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         stride = 2**self.fcn_levels
         if self.crop % stride:
             raise ValueError(f"crop {self.crop} must be a multiple of the network's stride {stride}")
@@ -79,6 +83,29 @@ class PhotoTrainConfig:
         return ModelConfig(
             arch="fcn", fcn_width=self.fcn_width, fcn_levels=self.fcn_levels, fcn_depth=self.fcn_depth
         )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` does bfloat16 matmuls in hardware (a CPU with AMX or AVX512-BF16, a CUDA GPU with
+    bf16), so that autocast to bf16 is faster rather than emulated (it is slower on an AVX2-only CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def step_precision(precision: str, device: torch.device) -> str:
+    """The arithmetic of the training step: "auto" is bf16 where the hardware has it, fp32 elsewhere.
+
+    Why bf16 is safe here: autocast runs the convolutions in bf16 but keeps the weights, the optimizer,
+    the residual subtraction `x - noise` and the loss in fp32, and validation and export are fp32. The
+    network predicts the noise (std 0.02-0.2), so bf16's 8-bit mantissa costs far less than the model's
+    own error (~0.03 rms at sigma 25/255). Measured on a 2-core AVX-512/AMX Xeon, width 32: a step 2.8x
+    faster (30 vs 84 ms), with channels_last; the validation PSNR of equal-length runs is in the README.
+    """
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 @torch.no_grad()
@@ -115,6 +142,11 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
     torch.manual_seed(config.seed)
     model_config = config.model_config()
     model = build_model(model_config).to(device)
+    # channels_last: oneDNN's convolutions run faster in NHWC (1.25x a step on a 2-core CPU, fp32); the
+    # state dict is the same tensors, so checkpoint and export do not see it.
+    model = model.to(memory_format=torch.channels_last)
+    precision = step_precision(config.precision, device)
+    log(f"training arithmetic: {precision} (--precision {config.precision}), channels_last")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     dataset_info = {
         "name": "photos",
@@ -137,7 +169,10 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         sigma = rng.uniform(config.sigma_min, config.sigma_max, size=config.batch_size)
         noisy = noisy_8bit(clean, sigma, rng)
         clean_t, noisy_t = torch.from_numpy(clean).to(device), torch.from_numpy(noisy).to(device)
-        loss = F.mse_loss(model(noisy_t), clean_t)
+        noisy_t = noisy_t.contiguous(memory_format=torch.channels_last)  # (B, 1, crop, crop)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            denoised = model(noisy_t)
+        loss = F.mse_loss(denoised.float(), clean_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -155,12 +190,13 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
             **scores,
             "train_seconds": train_seconds,
             "ms_per_step": 1000.0 * train_seconds / step,
+            "precision": precision,
         }
         running = 0.0
         history.append(row)
         checkpoint = Checkpoint(
             model_config=model_config,
-            model_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            model_state={k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
             epoch=step,  # for photo runs the checkpoint's "epoch" counts optimizer steps
             train_config=asdict(config),
             optimizer_state=optimizer.state_dict(),
