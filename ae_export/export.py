@@ -35,7 +35,7 @@ from ae_export.specs import (
     ArtifactSpec,
     specs_for,
 )
-from ae_export.subnormals import flush_subnormals
+from ae_export.subnormals import flush_tiny_weights
 from runtimes.fileio import atomic_write_bytes
 from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata
 from runtimes.noise import noise_model
@@ -258,7 +258,7 @@ def export_artifact(
             raise ExportError(
                 f"{spec.file_name}: fast graph impossible ({err}); use --graph portable"
             ) from err
-    flush_subnormals(proto)  # trained weights carry subnormals that slow x86 kernels dozens of times
+    flush_tiny_weights(proto)  # weight decay leaves ~1e-38 weights whose products slow x86 kernels
     proto.producer_name = "ae-export"
     proto.producer_version = ae_export.__version__
     latent = checkpoint.model_config.latent_dim

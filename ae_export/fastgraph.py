@@ -335,7 +335,7 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
     for node in graph.node:
         new_nodes.extend(replaced.get(id(node), [node]))
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(_hoist_activations(new_nodes, {o.name for o in graph.output}))
     # ConvTranspose weights no longer used are dropped; the phase weights replace them.
     still_used = {name for n in graph.node for name in n.input}
     kept = [t for t in graph.initializer if t.name in still_used]
@@ -346,6 +346,49 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+# Pointwise ops of one input that may move from after a Col2Im to before it (see _hoist_activations).
+HOISTABLE = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "HardSigmoid"})
+
+
+def _hoist_activations(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
+    """Move pointwise activations that follow a rewritten Col2Im to before its Reshape, onto the Conv.
+
+    Why exact: with block = stride the Col2Im copies every element to one place and crops the end, so
+    it is a permutation followed by a crop; a pointwise f commutes with both, f(Col2Im(z)) = Col2Im(f(z)),
+    element for element. Why faster: next to the Conv, ONNX Runtime fuses the activation into it (one
+    pass fewer over the tensor, one node fewer per run). The decoder's ReLU after its first layer and its
+    final sigmoid both move: 2 of the fast graph's 24 nodes at batch 1.
+    """
+    producer = {out: node for node in nodes for out in node.output}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    order = list(nodes)
+    taken = {name for node in nodes for name in (*node.input, *node.output)}
+    for col2im in [n for n in nodes if n.op_type == "Col2Im" and n.name.endswith(".interleave")]:
+        while True:
+            after = users.get(col2im.output[0], [])
+            act = after[0] if len(after) == 1 and col2im.output[0] not in graph_outputs else None
+            if act is None or act.op_type not in HOISTABLE or len(act.input) != 1:
+                break
+            reshape = producer[col2im.input[0]]
+            conv_out = reshape.input[0]
+            hoisted, result = f"{conv_out}_{act.op_type.lower()}", act.output[0]
+            while hoisted in taken:
+                hoisted += "_"
+            taken.add(hoisted)
+            # conv -> act -> reshape -> col2im; the Col2Im now writes the activation's old output name.
+            act.input[0], act.output[0] = conv_out, hoisted
+            reshape.input[0] = hoisted
+            users[col2im.output[0]] = []
+            col2im.output[0] = result
+            users[result] = [u for u in users.get(result, []) if u is not act]
+            order.remove(act)
+            order.insert(order.index(reshape), act)
+    return order
 
 
 def graph_kind(model: onnx.ModelProto) -> str:

@@ -7,8 +7,7 @@ model's output back into the caller's own layout and kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -16,9 +15,11 @@ ImageForm = Literal["nchw", "nhw", "hw"]
 ImageKind = Literal["float32", "uint8"]
 
 
-@dataclass(frozen=True)
-class ImageLayout:
-    """How the caller's images were laid out, so results come back in the same layout and kind."""
+class ImageLayout(NamedTuple):
+    """How the caller's images were laid out, so results come back in the same layout and kind.
+
+    A NamedTuple rather than a frozen dataclass: it is built on every call, and at batch 1 the frozen
+    dataclass's __init__ (0.5 us) was a fifth of the wrapper's whole cost."""
 
     form: ImageForm  # "nchw": (N, 1, H, W); "nhw": (N, H, W); "hw": one (H, W) image
     kind: ImageKind  # "float32" in [0, 1] or "uint8" 0-255

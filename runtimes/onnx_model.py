@@ -8,6 +8,7 @@ library, numpy and onnxruntime: edge devices have no torch.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,11 @@ Parallel = Literal["sessions", "intra-op"]
 # Smallest slice a per-core session is given: below it, one single-threaded call is faster than
 # splitting (thread hand-off costs tens of microseconds). See `OnnxModel`'s docstring for the table.
 MIN_SLICE = 16
+# Inputs of at most this many floats (a batch of up to ~80 28x28 images) run through per-thread buffers
+# bound to the session once (see `OnnxModel._run_bound`); larger ones through plain session.run, whose
+# fixed cost is negligible next to their model time. Caps the buffers one thread keeps per input shape.
+BOUND_MAX_ELEMENTS = 1 << 16
+BOUND_MAX_SHAPES = 8  # per thread; an any-size model sees many shapes, the oldest binding is dropped
 
 
 class OnnxModel:
@@ -142,6 +148,11 @@ class OnnxModel:
                     f"metadata names the {kind} {contract.name!r} but the graph's is {graph_name!r}",
                 )
         self._output_names = [self.output_name]
+        # Fixed-size models: the whole per-sample shape, compared in one tuple test on every call.
+        self._fixed_sample: tuple[int, ...] | None = (
+            None if None in self.input_sample_shape else tuple(int(d) for d in self.input_sample_shape)  # type: ignore[arg-type]
+        )
+        self._local = threading.local()  # per-thread bound buffers for small batches (`_run_bound`)
         # Models with symbolic height/width take sizes that are multiples of this (1: fixed-size models).
         self.size_multiple = max(1, self.metadata.input.size_multiple)
         if warmup:
@@ -188,6 +199,15 @@ class OnnxModel:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(B, *input_sample_shape) float32 -> (B, *output_sample_shape) float32, chunked by max_batch."""
+        if (
+            self._fixed_sample is not None
+            and batch.shape[1:] == self._fixed_sample
+            and batch.dtype == np.float32
+            and 0 < batch.shape[0] < 2 * MIN_SLICE
+            and batch.size <= BOUND_MAX_ELEMENTS
+            and self.provider == "cpu"
+        ):
+            return self._run_bound(batch)  # the batch-1 path: one tuple test, no generator
         expected = self.input_sample_shape
         if (
             batch.dtype != np.float32
@@ -217,6 +237,8 @@ class OnnxModel:
             return np.empty((0, *out_shape), dtype=np.float32)
         if n < 2 * MIN_SLICE or self._pool is None:
             if n <= self.max_batch:  # the lowest-latency path: one call, no hand-off
+                if batch.size <= BOUND_MAX_ELEMENTS and self.provider == "cpu":
+                    return self._run_bound(batch)
                 return self._session.run(self._output_names, {self.input_name: batch})[0]
         out = np.empty((n, *out_shape), dtype=np.float32)
         for start in range(0, n, self.max_batch):
@@ -228,6 +250,43 @@ class OnnxModel:
             else:
                 self._run_split(batch[start:stop], out[start:stop])
         return out
+
+    def _run_bound(self, batch: np.ndarray) -> np.ndarray:
+        """One single-session call through this thread's buffers, bound to the session once per shape.
+
+        Why: at batch 1 the model computes for ~15 us and `session.run` spends ~5 us more in Python
+        (building the feed, wrapping the input, allocating and converting the output). An IO binding
+        made once per (thread, shape) with numpy buffers behind both ends leaves a copy in (784 floats for
+        one 28x28 image), the run, and a copy out, because the caller owns its result while the buffer is
+        reused. Measured on the lecture denoiser, batch 1, one thread (2-core AVX-512 Xeon, onnxruntime
+        1.32): 23.3 us vs 28.5 us for session.run. Thread-safe: every thread binds its own buffers.
+        """
+        bound: (
+            dict[tuple[int, ...], tuple[ort.IOBinding, np.ndarray, np.ndarray, list[ort.OrtValue]]] | None
+        ) = getattr(self._local, "bound", None)
+        if bound is None:
+            bound = self._local.bound = {}
+        entry = bound.get(batch.shape)
+        if entry is None:
+            if len(bound) >= BOUND_MAX_SHAPES:
+                del bound[next(iter(bound))]  # the oldest shape
+            out_shape = (
+                batch.shape
+                if None in self.output_sample_shape
+                else (batch.shape[0], *(int(d) for d in self.output_sample_shape if d is not None))
+            )
+            inputs = np.empty(batch.shape, dtype=np.float32)
+            outputs = np.empty(out_shape, dtype=np.float32)
+            # OrtValues over the numpy buffers (no copy); all four live as long as the entry.
+            values = [ort.OrtValue.ortvalue_from_numpy(inputs), ort.OrtValue.ortvalue_from_numpy(outputs)]
+            binding = self._session.io_binding()
+            binding.bind_ortvalue_input(self.input_name, values[0])
+            binding.bind_ortvalue_output(self.output_name, values[1])
+            entry = bound[batch.shape] = (binding, inputs, outputs, values)
+        binding, inputs, outputs, _values = entry
+        np.copyto(inputs, batch)
+        self._session.run_with_iobinding(binding)
+        return outputs.copy()
 
     def _run_split(self, batch: np.ndarray, out: np.ndarray) -> None:
         """Run contiguous slices of `batch` on the per-core sessions at once, each into its slice of `out`."""

@@ -85,6 +85,13 @@ def test_whole_graph_unchanged(portable_dir, role, merge) -> None:
     ops = [n.op_type for n in fast.graph.node]
     assert "ConvTranspose" not in ops
     assert ops.count("Col2Im") == (2 if merge else 3)
+    # The decoder's ReLUs and final sigmoid run before each Col2Im (on the Conv, which ORT fuses them
+    # into), never after it: every Col2Im feeds a Conv's input chain or the graph output directly.
+    after = {n.input[0]: n.op_type for n in fast.graph.node}
+    for node in fast.graph.node:
+        if node.op_type == "Col2Im":
+            assert after.get(node.output[0]) not in {"Relu", "Sigmoid"}, ops
+    assert ops[-1] == "Col2Im" and ops.index("Sigmoid") < ops.index("Col2Im", ops.index("Sigmoid"))
     assert (graph_kind(portable), graph_kind(fast)) == ("portable", "fast")
     shape = (SPECS[role].input_name, (1, 1, 28, 28) if role == "denoiser" else (1, 4))
     for batch in (1, 5, 64):

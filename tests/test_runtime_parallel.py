@@ -7,7 +7,7 @@ import pytest
 
 from runtimes.denoiser import Denoiser
 from runtimes.layout import prepare_images
-from runtimes.onnx_model import MIN_SLICE, OnnxModel
+from runtimes.onnx_model import BOUND_MAX_SHAPES, MIN_SLICE, OnnxModel
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,50 @@ def test_split_equals_one_session(models, batch) -> None:
     # Same kernels on each slice: the same bits, not merely close.
     np.testing.assert_array_equal(split.run(x), ref)
     np.testing.assert_allclose(intra.run(x), ref, atol=1e-6, rtol=1e-6)
+
+
+def _plain_run(model: OnnxModel, x: np.ndarray) -> np.ndarray:
+    """The reference: onnxruntime's own session.run, no bound buffers."""
+    return model._session.run(None, {model.input_name: np.ascontiguousarray(x)})[0]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 2 * MIN_SLICE - 1])
+def test_bound_small_batches_equal_session_run_and_are_not_overwritten(models, batch) -> None:
+    """Small batches run through reused bound buffers: each result must be the caller's own array, equal
+    to session.run's, and must not change when the next call reuses the buffers."""
+    one, _, _ = models
+    rng = np.random.default_rng(batch)
+    first, second = (rng.random((batch, 1, 28, 28), dtype=np.float32) for _ in range(2))
+    out_first = one.run(first)
+    out_second = one.run(second[:, :, ::-1, :])  # non-contiguous input takes the same path
+    np.testing.assert_array_equal(out_first, _plain_run(one, first))
+    np.testing.assert_array_equal(out_second, _plain_run(one, second[:, :, ::-1, :]))
+    assert not np.shares_memory(out_first, out_second)
+
+
+def test_bound_buffers_are_per_thread(models) -> None:
+    """8 threads hammer one model at batch 1 and 2: every result equals session.run on its own input."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one, _, _ = models
+
+    def worker(seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        wrong = 0
+        for _ in range(100):
+            x = rng.random((1 + seed % 2, 1, 28, 28), dtype=np.float32)
+            wrong += not np.array_equal(one.run(x), _plain_run(one, x))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8))) == 0
+
+
+def test_bound_shapes_per_thread_are_capped(models) -> None:
+    one, _, _ = models
+    for batch in range(1, BOUND_MAX_SHAPES + 5):
+        one.run(np.zeros((batch, 1, 28, 28), np.float32))
+    assert len(one._local.bound) == BOUND_MAX_SHAPES
 
 
 def test_split_reads_non_contiguous_input(models) -> None:
