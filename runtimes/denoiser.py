@@ -120,6 +120,8 @@ class Denoiser:
     def denoise(self, images: np.ndarray) -> np.ndarray:
         """Denoise images; the result has the input's layout and kind (uint8 in -> uint8 out, rounded)."""
         batch, layout = prepare_images(images, self.image_shape)
+        if self.image_shape is not None:  # fixed size: straight to the model (one call fewer at batch 1)
+            return restore_images(self.model.run(batch), layout)
         return restore_images(self.run_batch(batch), layout)
 
     __call__ = denoise

@@ -36,6 +36,7 @@ def describe(images: object) -> str:
 # (negatives, > 1, Inf, NaN) is larger, so one integer max checks range, NaN and Inf in one pass.
 # -0.0 (0x80000000) is larger too but valid: it only sends the batch to the exact (slower) check.
 ONE_BITS = np.uint32(0x3F800000)
+FLOAT32 = np.dtype(np.float32)
 
 
 def _expected(image_shape: tuple[int, int] | None) -> str:
@@ -75,7 +76,7 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     if not isinstance(images, np.ndarray):
         raise ValueError(f"expected {_expected(image_shape)}; got {describe(images)}")
     dtype = images.dtype
-    if dtype == np.float32:
+    if dtype is FLOAT32 or dtype == np.float32:  # identity first: numpy's native float32 is a singleton
         kind: ImageKind = "float32"
     elif dtype == np.uint8:
         kind = "uint8"
@@ -98,7 +99,7 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
         form = "hw"
     else:
         raise ValueError(f"expected {_expected(image_shape)}; got shape {shape}")
-    batch = images.reshape(-1, 1, h, w)  # (N, 1, H, W); a view for contiguous input
+    batch = images if form == "nchw" else images.reshape(-1, 1, h, w)  # (N, 1, H, W); a view if contiguous
     if kind == "uint8":
         scaled = np.divide(batch, np.float32(255.0), dtype=np.float32)  # one pass, same as astype()/255
         return scaled, ImageLayout(form, kind, batch.shape[0])
