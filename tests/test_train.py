@@ -162,6 +162,10 @@ def test_samples_and_metrics_values_are_finite(trained_checkpoint) -> None:
         assert all(np.isfinite(v) for v in row.values() if isinstance(v, float))
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
@@ -176,6 +180,9 @@ def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A CI job started in the background inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt; give the child the default disposition, as a terminal's Ctrl-C finds it.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
