@@ -63,15 +63,15 @@ class OnnxModel:
     alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8).
 
     Measured by `ae-bench` (inference section; best p50 of round-robin rounds, batch 256, 2-core AVX-512
-    Xeon VM, onnxruntime 1.32, exported weights without subnormals):
+    Xeon VM, onnxruntime 1.32, exported weights with tiny values flushed):
 
         graph     threading                         p50 ms   images/s
-        fast      1 thread                          3.37      76,067
-        fast      2 intra-op threads                2.08     123,108
-        fast      2 per-core sessions (split)       1.90     134,816
-        fast      Denoiser defaults (denoise)       1.96     130,493
-        portable  2 intra-op threads (old default)  3.10      82,607
-        portable  2 per-core sessions (split)       2.13     120,031
+        fast      1 thread                          2.60      98,383
+        fast      2 intra-op threads                1.70     150,541
+        fast      2 per-core sessions (split)       1.58     162,223
+        fast      Denoiser defaults (denoise)       1.60     159,976
+        portable  2 intra-op threads (old default)  2.73      93,855
+        portable  2 per-core sessions (split)       1.79     142,902
 
     With other processes holding the cores (load average 16-21 on 2 cores) the same choices measured
     fast 1 thread 10.8 ms, 2 intra-op threads 21.6 ms, 2 per-core sessions 16.7 ms:
