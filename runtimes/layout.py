@@ -103,14 +103,23 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     if kind == "uint8":
         scaled = np.divide(batch, np.float32(255.0), dtype=np.float32)  # one pass, same as astype()/255
         return scaled, ImageLayout(form, kind, batch.shape[0])
-    if batch.size and _MAX(batch.view(np.uint32), axis=None) > ONE_BITS:
-        _check_range(batch)
+    check_unit_range(batch)
     if not batch.flags.c_contiguous:
         batch = np.ascontiguousarray(batch)
     return batch, ImageLayout(form, kind, batch.shape[0])
 
 
 _MAX = np.maximum.reduce
+
+
+def check_unit_range(batch: np.ndarray) -> None:
+    """Raise ValueError unless every value of the float32 `batch` is in [0, 1] (no NaN, no Inf).
+
+    One integer max over the bit patterns (~1 us for a 28x28 image, vs ~8 us for min + max); the exact
+    check, which builds the message, only runs when that fails (or on -0.0, which it then accepts).
+    """
+    if batch.size and _MAX(batch.view(np.uint32), axis=None) > ONE_BITS:
+        _check_range(batch)
 
 
 def restore_images(output: np.ndarray, layout: ImageLayout) -> np.ndarray:

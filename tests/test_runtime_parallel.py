@@ -115,3 +115,34 @@ def test_bit_check_rejects_invalid_values(value, message) -> None:
     x[5, 5] = value
     with pytest.raises(ValueError, match=message):
         prepare_images(x, (28, 28))
+
+
+@pytest.fixture(scope="module")
+def cpu_denoiser(onnx_dir) -> Denoiser:
+    return Denoiser(onnx_dir, provider="cpu")
+
+
+def test_one_image_fast_path_equals_the_general_path(cpu_denoiser) -> None:
+    """(1, 1, 28, 28) float32 skips the layout work; (28, 28) and (1, 28, 28) take prepare_images. Same
+    pixels either way, a result the caller owns, and non-contiguous input read correctly."""
+    x = np.random.default_rng(5).random((1, 1, 28, 28), dtype=np.float32)
+    fast = cpu_denoiser.denoise(x)
+    assert fast.shape == (1, 1, 28, 28) and fast.dtype == np.float32 and not np.shares_memory(fast, x)
+    np.testing.assert_array_equal(fast[0, 0], cpu_denoiser.denoise(x[0, 0]))
+    np.testing.assert_array_equal(fast[0], cpu_denoiser.denoise(x[0]))
+    flipped = x[:, :, :, ::-1]  # (1, 1, 28, 28) view with a negative stride
+    np.testing.assert_array_equal(cpu_denoiser.denoise(flipped), cpu_denoiser.denoise(flipped.copy()))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(np.nan, "1 NaN"), (np.inf, "1 Inf"), (1.0000001, "values in"), (-1e-30, "values in"), (-0.0, None)],
+)
+def test_one_image_fast_path_checks_the_range(cpu_denoiser, value, message) -> None:
+    x = np.full((1, 1, 28, 28), 0.5, np.float32)
+    x[0, 0, 5, 5] = value
+    if message is None:
+        assert cpu_denoiser.denoise(x).shape == (1, 1, 28, 28)  # -0.0 is a valid 0
+    else:
+        with pytest.raises(ValueError, match=message):
+            cpu_denoiser.denoise(x)
