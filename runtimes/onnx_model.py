@@ -66,12 +66,12 @@ class OnnxModel:
     Xeon VM, onnxruntime 1.32, exported weights with tiny values flushed):
 
         graph     threading                         p50 ms   images/s
-        fast      1 thread                          2.60      98,383
-        fast      2 intra-op threads                1.70     150,541
-        fast      2 per-core sessions (split)       1.58     162,223
-        fast      Denoiser defaults (denoise)       1.60     159,976
-        portable  2 intra-op threads (old default)  2.73      93,855
-        portable  2 per-core sessions (split)       1.79     142,902
+        fast      1 thread                          2.70      94,750
+        fast      2 intra-op threads                1.76     145,066
+        fast      2 per-core sessions (split)       1.59     160,877
+        fast      Denoiser defaults (denoise)       1.64     156,455
+        portable  2 intra-op threads (old default)  2.69      95,001
+        portable  2 per-core sessions (split)       1.79     142,797
 
     With other processes holding the cores (load average 16-21 on 2 cores) the same choices measured
     fast 1 thread 10.8 ms, 2 intra-op threads 21.6 ms, 2 per-core sessions 16.7 ms:
