@@ -349,7 +349,8 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
 
 
 # Pointwise ops of one input that may move from after a Col2Im to before it (see _hoist_activations).
-HOISTABLE = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "HardSigmoid"})
+# (ELEMENTWISE less Clip, whose bounds are extra inputs.)
+HOISTABLE = ELEMENTWISE - {"Clip"}
 
 
 def _hoist_activations(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:

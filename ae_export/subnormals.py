@@ -26,7 +26,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-SMALLEST_NORMAL = np.finfo(np.float32).tiny  # 1.1754944e-38
 FLUSH_BELOW = np.float32(1e-20)
 
 

@@ -138,8 +138,6 @@ class Denoiser:
             check_unit_range(images)
             return self.model.run(images)
         batch, layout = prepare_images(images, self.image_shape)
-        if self.image_shape is not None:  # fixed size: straight to the model (one call fewer at batch 1)
-            return restore_images(self.model.run(batch), layout)
         return restore_images(self.run_batch(batch), layout)
 
     __call__ = denoise

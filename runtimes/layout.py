@@ -36,7 +36,7 @@ def describe(images: object) -> str:
 # (negatives, > 1, Inf, NaN) is larger, so one integer max checks range, NaN and Inf in one pass.
 # -0.0 (0x80000000) is larger too but valid: it only sends the batch to the exact (slower) check.
 ONE_BITS = np.uint32(0x3F800000)
-FLOAT32 = np.dtype(np.float32)
+FLOAT32 = np.dtype(np.float32)  # numpy's native float32 dtype is a singleton: `is` is the cheap test
 
 
 def _expected(image_shape: tuple[int, int] | None) -> str:

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
+from runtimes.layout import FLOAT32
 from runtimes.metadata import MetadataError, ModelMetadata, parse_metadata
 from runtimes.sessions import InvalidModelError, Provider, open_session, physical_cores
 
@@ -29,7 +30,6 @@ MIN_SLICE = 16
 # bound to the session once (see `OnnxModel._run_bound`); larger ones through plain session.run, whose
 # fixed cost is negligible next to their model time. Caps the buffers one thread keeps per input shape.
 BOUND_MAX_ELEMENTS = 1 << 16
-FLOAT32 = np.dtype(np.float32)  # numpy's native float32 dtype is a singleton: `is` is the cheap test
 BOUND_MAX_SHAPES = 8  # per thread; an any-size model sees many shapes, the oldest binding is dropped
 
 
@@ -228,12 +228,7 @@ class OnnxModel:
                 f"got {batch.dtype} {batch.shape}"
             )
         n = batch.shape[0]
-        # Symbolic output axes (an any-size image model) take the input's: image in, same-size image out.
-        out_shape = (
-            tuple(batch.shape[1:])
-            if None in self.output_sample_shape
-            else tuple(int(d) for d in self.output_sample_shape if d is not None)
-        )
+        out_shape = self._output_sample(batch.shape)
         if n == 0:
             return np.empty((0, *out_shape), dtype=np.float32)
         if n < 2 * MIN_SLICE or self._pool is None:
@@ -251,6 +246,13 @@ class OnnxModel:
             else:
                 self._run_split(batch[start:stop], out[start:stop])
         return out
+
+    def _output_sample(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for a batch of `input_shape`. Symbolic output axes (an any-size image
+        model) take the input's: image in, same-size image out."""
+        if None in self.output_sample_shape:
+            return tuple(input_shape[1:])
+        return tuple(int(d) for d in self.output_sample_shape if d is not None)
 
     def _run_bound(self, batch: np.ndarray) -> np.ndarray:
         """One single-session call through this thread's buffers, bound to the session once per shape.
@@ -270,13 +272,8 @@ class OnnxModel:
         if entry is None:
             if len(bound) >= BOUND_MAX_SHAPES:
                 del bound[next(iter(bound))]  # the oldest shape
-            out_shape = (
-                batch.shape
-                if None in self.output_sample_shape
-                else (batch.shape[0], *(int(d) for d in self.output_sample_shape if d is not None))
-            )
             inputs = np.empty(batch.shape, dtype=np.float32)
-            outputs = np.empty(out_shape, dtype=np.float32)
+            outputs = np.empty((batch.shape[0], *self._output_sample(batch.shape)), dtype=np.float32)
             # OrtValues over the numpy buffers (no copy); all four live as long as the entry.
             values = [ort.OrtValue.ortvalue_from_numpy(inputs), ort.OrtValue.ortvalue_from_numpy(outputs)]
             binding = self._session.io_binding()
