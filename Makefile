@@ -65,8 +65,9 @@ $(DENOISER): $(CKPT) | setup
 	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
 
 # `make train export` exports the checkpoint just trained: a phony export always runs after its prerequisites.
-# ae-export writes the fp32 files and, by default, the fp16/int8/.ort variants and manifest.json; exit 1 if
-# a variant missed its PSNR budget (EXPORT_ARGS="--variants none" for the fp32 files only).
+# ae-export writes the fp32 files and, by default, the fp16/int8/.ort variants, the portable twins (for CUDA
+# and OpenCV) and manifest.json; exit 1 if a variant missed its PSNR budget (EXPORT_ARGS="--variants none"
+# for the fp32 files only).
 export: setup $(CKPT)
 	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
 

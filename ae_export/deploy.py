@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ae_export.export import staging_dir
+from ae_export.export import export_artifact, staging_dir
+from ae_export.fastgraph import graph_kind
 from ae_export.manifest import (
     cpu_int8_support,
     file_entry,
@@ -31,7 +32,7 @@ from ae_export.manifest import (
 )
 from ae_export.ort_format import REQUIRED_OPERATORS, USABILITY_REPORT, to_ort, usability_report
 from ae_export.parity import BATCH_SIZES, ParityReport
-from ae_export.specs import FP32_VARIANT, SPECS, VARIANTS, VariantSpec, variant_for
+from ae_export.specs import FP32_VARIANT, PORTABLE_VARIANT, SPECS, VARIANTS, VariantSpec, variant_for
 from ae_export.variant_parity import VariantFile, check_variant_files
 from ae_export.variants import (
     EvalSet,
@@ -103,6 +104,15 @@ def _build(
         "trials": found.trials,
     }
     return protos, found.excluded, record
+
+
+def _portable(checkpoint: Checkpoint, fp32: Mapping[str, Path]) -> dict[str, onnx.ModelProto]:
+    """The fp32 model exported again in the portable graph, at the fp32 files' opset."""
+    opset = opset_of(fp32["denoiser"])
+    return {
+        role: export_artifact(checkpoint, spec, opset=opset, graph="portable").proto
+        for role, spec in SPECS.items()
+    }
 
 
 def _score(outcome: Outcome, folder: Path, test: EvalSet, fp32_q: Quality, fp32_pair: Quality) -> None:
@@ -184,17 +194,24 @@ def export_variants(
     with staging_dir(out_dir) as staged:
         calibration = calibration_images(data, noise_std)
         search = search_set(data, noise_std)
-        for precision in ("fp16", "int8"):
-            if precision not in requested:
+        # The portable twin only where the fp32 files hold the fast graph (else it would be the same file).
+        fast = graph_kind(onnx.load(str(fp32["denoiser"]))) == "fast"
+        if PORTABLE_VARIANT.name in requested and not fast:
+            log("portable: not written: the fp32 files already hold the portable graph")
+        for name in ("fp16", "int8", PORTABLE_VARIANT.name):
+            if name not in requested or (name == PORTABLE_VARIANT.name and not fast):
                 continue
-            variant = VARIANTS[precision]
-            outcome = Outcome(variant, budgets.get(precision, variant.psnr_budget_db))
+            variant = VARIANTS[name]
+            outcome = Outcome(variant, budgets.get(name, variant.psnr_budget_db))
             outcomes.append(outcome)
-            protos, outcome.excluded, record = _build(
-                precision, fp32, calibration, search, outcome.budget_db, log
-            )
-            if record:
-                extra_records[precision] = record
+            if variant is PORTABLE_VARIANT:
+                protos = _portable(checkpoint, fp32)
+            else:
+                protos, outcome.excluded, record = _build(
+                    name, fp32, calibration, search, outcome.budget_db, log
+                )
+                if record:
+                    extra_records[name] = record
             for role, proto in protos.items():
                 tag_variant(proto, variant, outcome.excluded)
                 onnx.save(proto, str(staged / variant.file_name(role)))
@@ -202,15 +219,17 @@ def export_variants(
         if parity:
             report = _parity(model, outcomes, staged, out_dir, parity_images, batch_sizes)
         accepted = [o for o in outcomes if not o.rejected]
+        # .ort files: one per precision; the portable twin has fp32's precision and gets none of its own.
+        reduced = [o for o in accepted if o.variant is not PORTABLE_VARIANT]
         if "ort" in requested:
             sources = [fp32[r] for r in SPECS] + [
-                staged / o.variant.file_name(r) for o in accepted for r in SPECS
+                staged / o.variant.file_name(r) for o in reduced for r in SPECS
             ]
             to_ort(sources, staged)
             ort_outcomes = []
-            for precision in ("fp32", *(o.variant.precision for o in accepted)):
+            for precision in ("fp32", *(o.variant.precision for o in reduced)):
                 ort_variant = variant_for(precision, "ort")
-                base = next((o for o in outcomes if o.variant.precision == precision), None)
+                base = next((o for o in reduced if o.variant.precision == precision), None)
                 outcome = Outcome(ort_variant, budgets.get(precision, ort_variant.psnr_budget_db))
                 outcome.excluded = base.excluded if base else []
                 ort_outcomes.append(outcome)

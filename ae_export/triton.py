@@ -20,12 +20,15 @@ field that differs.
 
 Variants: where the export folder holds a `manifest.json` (fp16/int8/.ort variants), every listed
 `.onnx` variant becomes one more model, `<role>_<variant>` (e.g. `denoiser_fp16`). `.ort` files are
-left out: Triton's ONNX Runtime backend loads ONNX protobuf files only.
+left out: Triton's ONNX Runtime backend loads ONNX protobuf files only. With `--kind gpu` the models
+`encoder`, `decoder` and `denoiser` hold the export's portable twins where it has them: ONNX Runtime's
+CUDA provider has no Col2Im, so the fast graph would run part of every request on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import inspect
 import sys
@@ -40,9 +43,10 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ae_export.specs import BATCH_AXIS
-from ae_export.targets import ExportedFile, ManifestError, exported_files
+from ae_export.targets import BASE_VARIANT, ExportedFile, ManifestError, exported_files
 from runtimes.batching import MicroBatcher
 from runtimes.fileio import atomic_write_bytes, atomic_write_text
+from runtimes.manifest import PORTABLE_VARIANT
 from runtimes.metadata import MetadataError, TensorContract, parse_metadata
 
 PLATFORM = "onnxruntime_onnx"
@@ -244,9 +248,20 @@ def render_config(config: mc.ModelConfig, model_sha256: str) -> str:
 # ---------------------------------------------------------------- sources, write, check
 
 
-def sources(onnx_dir: Path) -> list[ExportedFile]:
-    """What Triton's ONNX Runtime backend can serve: every exported ONNX file (.ort files are left out)."""
-    return [f for f in exported_files(onnx_dir) if f.onnx]
+def sources(onnx_dir: Path, kind: str = "cpu") -> list[ExportedFile]:
+    """What Triton's ONNX Runtime backend can serve: every exported ONNX file (.ort files are left out).
+
+    For GPU instances the base models take the portable twins' files, which are not served twice.
+    """
+    files = [f for f in exported_files(onnx_dir) if f.onnx]
+    twins = {f.role: f.path for f in files if f.variant == PORTABLE_VARIANT}
+    if kind != "gpu" or not twins:
+        return files
+    return [
+        dataclasses.replace(f, path=twins[f.role]) if f.variant == BASE_VARIANT and f.role in twins else f
+        for f in files
+        if f.variant != PORTABLE_VARIANT
+    ]
 
 
 def write_repository(onnx_dir: Path, out: Path, options: Options) -> list[Path]:
@@ -254,7 +269,7 @@ def write_repository(onnx_dir: Path, out: Path, options: Options) -> list[Path]:
     if options.kind not in KINDS:
         raise ValueError(f"--kind {options.kind!r}: choose from {', '.join(KINDS)}")
     plans = []
-    for source in sources(onnx_dir):  # derive and validate everything before writing anything
+    for source in sources(onnx_dir, options.kind):  # derive and validate everything before writing anything
         data = source.path.read_bytes()
         config = derive_config(source.path, source.name, options)
         plans.append((source, data, render_config(config, hashlib.sha256(data).hexdigest())))

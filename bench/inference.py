@@ -7,7 +7,8 @@ Measurement rules, so the numbers can be trusted:
 * ONNX Runtime runs through the toolkit's `OnnxModel` (what users call), with intra-op spinning off *and*
   on (two rows): spinning cuts the wake-up cost of the thread pool between calls but burns the cores while
   idle, so neither alone is the whole story;
-* CUDA rows (PyTorch, and ORT with IO binding) where a GPU is present, TF32 off on both sides.
+* CUDA rows (PyTorch, and ORT with IO binding: the default file and its portable twin) where a GPU is
+  present, TF32 off on both sides.
 The ORT option ablation (`bench.ort_variants`) and ORT's per-operator profile (`bench.flops`) follow.
 """
 
@@ -30,6 +31,7 @@ from bench.ort_variants import bench_ort_variants
 from bench.section import BenchContext
 from bench.tables import Column, Result, Table
 from bench.timing import Budget, latency_stats, time_calls
+from runtimes.manifest import PORTABLE_VARIANT, resolve_model, variants_present
 from runtimes.onnx_model import OnnxModel
 from runtimes.sessions import ProviderUnavailableError, open_session
 from train.model import DenoisingAutoencoder
@@ -86,27 +88,32 @@ def _cuda_rows(
 
             rows.append(_row("pytorch eager", "cuda", batch, time_calls(call, budget), flops, peak["gflops"]))
     del gpu_model
-    try:
-        session, _ = open_session(onnx_path, "cuda", threads, spinning=False)
-    except ProviderUnavailableError as err:
-        return rows, peak, [f"ORT CUDA rows skipped: {err}"]
-    in_name = session.get_inputs()[0].name
-    out_name = session.get_outputs()[0].name
-    for batch in batch_sizes:
-        x_host = rng.random((batch, *sample_shape), dtype=np.float32)
-        x_gpu = ort.OrtValue.ortvalue_from_numpy(x_host, "cuda", 0)
-        y_gpu = ort.OrtValue.ortvalue_from_shape_and_type(list(x_host.shape), np.float32, "cuda", 0)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(in_name, x_gpu)
-        binding.bind_ortvalue_output(out_name, y_gpu)
+    # The export's default file and, where the folder has it, its portable twin: ORT's CUDA provider
+    # has no Col2Im, so the fast graph runs its interleaves on the CPU (`runtimes.Denoiser` picks the twin).
+    files = [onnx_path]
+    if PORTABLE_VARIANT in variants_present(onnx_path.parent):
+        files.append(resolve_model(onnx_path.parent, "denoiser", PORTABLE_VARIANT))
+    for path in files:
+        try:
+            session, _ = open_session(path, "cuda", threads, spinning=False)
+        except ProviderUnavailableError as err:
+            return rows, peak, [f"ORT CUDA rows skipped: {err}"]
+        in_name = session.get_inputs()[0].name
+        out_name = session.get_outputs()[0].name
+        for batch in batch_sizes:
+            x_host = rng.random((batch, *sample_shape), dtype=np.float32)
+            x_gpu = ort.OrtValue.ortvalue_from_numpy(x_host, "cuda", 0)
+            y_gpu = ort.OrtValue.ortvalue_from_shape_and_type(list(x_host.shape), np.float32, "cuda", 0)
+            binding = session.io_binding()
+            binding.bind_ortvalue_input(in_name, x_gpu)
+            binding.bind_ortvalue_output(out_name, y_gpu)
 
-        def run(b: ort.IOBinding = binding, s: ort.InferenceSession = session) -> None:
-            s.run_with_iobinding(b)
-            b.synchronize_outputs()
+            def run(b: ort.IOBinding = binding, s: ort.InferenceSession = session) -> None:
+                s.run_with_iobinding(b)
+                b.synchronize_outputs()
 
-        rows.append(
-            _row("onnxruntime (IO binding)", "cuda", batch, time_calls(run, budget), flops, peak["gflops"])
-        )
+            label = f"onnxruntime (IO binding, {path.name})"
+            rows.append(_row(label, "cuda", batch, time_calls(run, budget), flops, peak["gflops"]))
     return rows, peak, []
 
 

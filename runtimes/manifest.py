@@ -17,10 +17,13 @@ from typing import Any
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 DEFAULT_VARIANT = "fp32"
+# The fp32 model in the portable graph (ConvTranspose): what a CUDA session should run (see Denoiser).
+PORTABLE_VARIANT = "portable"
 # File-name tail per variant: `denoiser` + ".int8.onnx". The exporter's specs hold the same table
 # (ae_export.specs.VARIANTS); a test checks the two agree. Used only for folders without a manifest.
 VARIANT_SUFFIXES: dict[str, str] = {
     "fp32": ".onnx",
+    "portable": ".portable.onnx",
     "fp16": ".fp16.onnx",
     "int8": ".int8.onnx",
     "fp32.ort": ".ort",

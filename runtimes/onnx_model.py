@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -152,6 +153,14 @@ class OnnxModel:
                     self.path,
                     f"metadata names the {kind} {contract.name!r} but the graph's is {graph_name!r}",
                 )
+        if self.provider == "cuda" and self.metadata.graph == "fast":
+            warnings.warn(
+                f"{self.path}: the fast graph's Col2Im has no CUDA kernel in ONNX Runtime, so it runs on "
+                "the CPU with a host copy around it (about 4x slower at batch 256); on a GPU open the "
+                "export folder (it picks the portable variant) or the .portable.onnx file",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._output_names = [self.output_name]
         # The batch-1 fast path (`run`): CPU, fixed-size models, 1..`_bound_batch` images whose per-sample
         # shape equals `_fixed_sample`, tested in one tuple comparison; anything else takes the full checks.

@@ -109,6 +109,11 @@ def _cuda_unavailable_message(reason: str) -> str:
     )
 
 
+def wants_cuda(provider: str) -> bool:
+    """Whether a session for `provider` tries CUDA first: "cuda", or "auto" where this build offers it."""
+    return provider == "cuda" or (provider == "auto" and CUDA_EP in ort.get_available_providers())
+
+
 def open_session(
     path: str | os.PathLike[str],
     provider: str = "auto",
@@ -126,7 +131,7 @@ def open_session(
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}; got {provider!r}")
     available = ort.get_available_providers()
-    want_cuda = provider == "cuda" or (provider == "auto" and CUDA_EP in available)
+    want_cuda = wants_cuda(provider)
     if provider == "cuda" and CUDA_EP not in available:
         raise ProviderUnavailableError(
             _cuda_unavailable_message(f"this onnxruntime build offers only {', '.join(available)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from runtimes.manifest import (
 )
 from tests.helpers import run_cli, run_script
 
-ALL_VARIANTS = list(VARIANTS)  # fp32, fp16, int8, fp32.ort, fp16.ort, int8.ort
+ALL_VARIANTS = list(VARIANTS)  # fp32, portable, fp16, int8, fp32.ort, fp16.ort, int8.ort
 WIDE_BUDGETS = {"fp16": 0.1, "int8": 1.0}
 
 
@@ -44,7 +45,7 @@ def variants_dir(trained_checkpoint, onnx_dir, fmnist, tmp_path_factory) -> Path
     result = export_variants(
         load_checkpoint(trained_checkpoint),
         out,
-        ["fp16", "int8", "ort"],
+        ["fp16", "int8", "ort", "portable"],
         fmnist,
         budgets=WIDE_BUDGETS,
         parity_images=fmnist.val.images[:64].numpy(),
@@ -131,12 +132,110 @@ def test_missing_variant_names_the_variants_present(
 
     with pytest.raises(FileNotFoundError, match=r"variant 'int8'.*present: fp32"):
         Denoiser(onnx_dir, variant="int8")  # an export without variants (and without a manifest)
-    with pytest.raises(FileNotFoundError, match=r"variant 'int4'.*present: fp32, fp16, int8, fp32.ort"):
+    with pytest.raises(
+        FileNotFoundError, match=r"variant 'int4'.*present: fp32, fp16, int8, portable, fp32.ort"
+    ):
         Denoiser(variants_dir, variant="int4")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
     proc = run_cli("runtimes.cli", "--onnx", str(onnx_dir), "--variant", "fp16", str(tmp_path / "x.png"))
     assert proc.returncode == 2
     assert "variant 'fp16'" in proc.stderr and "present: fp32" in proc.stderr
+
+
+@pytest.mark.parametrize("role", ["encoder", "decoder", "denoiser"])
+def test_portable_twin_holds_torchs_graph_and_the_same_function(variants_dir: Path, role: str) -> None:
+    """The twin has no Col2Im (ORT's CUDA provider lacks it) and computes what the fast file computes."""
+    twin, fast = variants_dir / f"{role}.portable.onnx", variants_dir / f"{role}.onnx"
+    ops = {n.op_type for n in onnx.load(str(twin)).graph.node}
+    assert "Col2Im" not in ops
+    if role != "encoder":  # the encoder has no transposed convolution: both files hold the same graph
+        assert "ConvTranspose" in ops and "Col2Im" in {n.op_type for n in onnx.load(str(fast)).graph.node}
+    meta = ort.InferenceSession(str(twin), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert json.loads(meta.custom_metadata_map["ae_export.graph"]) == "portable"
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (twin, fast))
+    shape = [7 if not isinstance(d, int) else d for d in a.get_inputs()[0].shape]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    name = a.get_inputs()[0].name
+    np.testing.assert_allclose(a.run(None, {name: x})[0], b.run(None, {name: x})[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("variant", "provider", "present", "expected"),
+    [
+        ("fp32", "cuda", ["fp32", "portable"], True),
+        ("fp32", "cpu", ["fp32", "portable"], False),
+        ("fp32", "cuda", ["fp32"], False),  # a --graph portable export: fp32 is already portable
+        ("int8", "cuda", ["fp32", "int8", "portable"], False),  # an explicit variant is what it says
+    ],
+)
+def test_portable_twin_is_chosen_only_for_cuda_and_the_default_variant(
+    variant: str, provider: str, present: list[str], expected: bool
+) -> None:
+    from runtimes.denoiser import use_portable_twin
+
+    assert use_portable_twin(variant, provider, present) is expected
+
+
+def test_auto_without_cuda_keeps_the_fast_graph(variants_dir: Path) -> None:
+    from runtimes import Denoiser
+    from runtimes.sessions import CUDA_EP
+
+    if CUDA_EP in ort.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA: 'auto' picks the twin here (test_cuda_opens_the_twin)")
+    denoiser = Denoiser(variants_dir)
+    assert denoiser.path.name == "denoiser.onnx" and denoiser.metadata.graph == "fast"
+
+
+@pytest.mark.gpu
+def test_cuda_opens_the_portable_twin_and_warns_on_the_fast_graph(variants_dir: Path) -> None:
+    from runtimes import Denoiser
+    from runtimes.onnx_model import OnnxModel
+    from runtimes.sessions import ProviderUnavailableError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the twin must open without the fast-graph warning
+            denoiser = Denoiser(variants_dir, provider="cuda")
+    except ProviderUnavailableError as err:
+        pytest.skip(str(err))
+    assert denoiser.provider == "cuda" and denoiser.path.name == "denoiser.portable.onnx"
+    image = np.random.default_rng(0).random((28, 28), dtype=np.float32)
+    assert denoiser.decode(denoiser.encode(image)).shape == (28, 28)
+    assert denoiser._decoder is not None and denoiser._decoder.path.name == "decoder.portable.onnx"
+    np.testing.assert_allclose(denoiser(image), Denoiser(variants_dir, provider="cpu")(image), atol=1e-4)
+    with pytest.warns(RuntimeWarning, match="no CUDA kernel"):
+        OnnxModel(variants_dir / "denoiser.onnx", provider="cuda")
+
+
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_triton_gpu_instances_serve_the_portable_twins(variants_dir: Path, tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "repo"
+    proc = run_cli(
+        "ae_export.cli", "triton", "--onnx-dir", str(variants_dir), "--out", str(out), "--kind", kind
+    )
+    assert proc.returncode == 0, proc.stderr
+    for role in SPECS:
+        served = (out / role / "1" / "model.onnx").read_bytes()
+        twin = f"{role}.portable.onnx" if kind == "gpu" else f"{role}.onnx"
+        assert served == (variants_dir / twin).read_bytes(), role
+        assert (out / f"{role}_portable").is_dir() is (kind == "cpu")  # never served twice
+    assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
+
+
+def test_portable_export_gets_no_twin(trained_checkpoint: Path, fmnist, tmp_path: Path) -> None:
+    """With --graph portable the fp32 files are the portable graph already: no second copy is written."""
+    from ae_export.deploy import export_variants
+    from ae_export.export import export_all
+    from train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(trained_checkpoint)
+    export_all(checkpoint, tmp_path, graph="portable", log=lambda _line: None)
+    lines: list[str] = []
+    result = export_variants(
+        checkpoint, tmp_path, ["portable"], fmnist, parity_images=None, batch_sizes=(1,), log=lines.append
+    )
+    assert result.outcomes == [] and not list(tmp_path.glob("*.portable.onnx"))
+    assert "portable: not written: the fp32 files already hold the portable graph" in lines
 
 
 def test_denoise_cli_with_a_variant(variants_dir: Path, tmp_path: Path) -> None:
