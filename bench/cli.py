@@ -25,7 +25,16 @@ from typing import Any
 from ae_export.export import ExportError
 from bench.machine import machine_info
 from bench.quality import TUNE_START
-from bench.report import SECTIONS, load_fashion, needs_data, render, render_header, resolve_models, run_bench
+from bench.report import (
+    SECTIONS,
+    check_extras,
+    load_fashion,
+    needs_data,
+    render,
+    render_header,
+    resolve_models,
+    run_bench,
+)
 from bench.timing import BUDGETS
 from runtimes.cli import positive_int
 from runtimes.fileio import atomic_write_text
@@ -136,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(test[{TUNE_START}:] is the tuning slice)"
             )
         budget = dataclasses.replace(budget, quality_images=args.quality_images)
+    try:
+        check_extras(args.sections)
+    except ValueError as err:
+        return _error(err)
     threads = args.threads or physical_cores()
     paths = args.checkpoint or [Path(DEFAULT_CHECKPOINT)]
     try:

@@ -10,33 +10,46 @@ AMX or AVX512-BF16), whose output differs by ~1e-4..1e-3 (its max abs difference
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-import cv2
 import numpy as np
-import openvino as ov
 
-from ae_export.compat import ConsumerError, load_onnxruntime, load_opencv, load_openvino
 from bench.section import BenchContext
 from bench.tables import Column, Result, Table
 from bench.timing import latency_stats, time_calls
+from runtimes.manifest import PORTABLE_VARIANT, resolve_model, variants_present
 
 NEEDS_DATA = False
+# (extra, module): OpenVINO and OpenCV come with the `compat` extra. They are imported when this section
+# runs, so every other section (the GPU check's inference rows, say) runs without them.
+EXTRA = ("compat", "ae_export.compat")
 BATCH_SIZES = (1, 256)
 
 
+def _compat() -> ModuleType:
+    return importlib.import_module(EXTRA[1])
+
+
 def _consumers(ctx: BenchContext) -> list[tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]]:
-    path, threads = ctx.first.denoiser_path, ctx.threads
-    return [
-        ("onnxruntime", lambda: load_onnxruntime(path, threads)),
-        ("openvino (f32 hint)", lambda: load_openvino(path, threads, "f32")),
-        ("openvino (CPU default precision)", lambda: load_openvino(path, threads, None)),
-        ("opencv dnn", lambda: load_opencv(path, threads)),
+    path, threads, compat = ctx.first.denoiser_path, ctx.threads, _compat()
+    consumers = [
+        ("onnxruntime", lambda: compat.load_onnxruntime(path, threads)),
+        ("openvino (f32 hint)", lambda: compat.load_openvino(path, threads, "f32")),
+        ("openvino (CPU default precision)", lambda: compat.load_openvino(path, threads, None)),
+        ("opencv dnn", lambda: compat.load_opencv(path, threads)),
     ]
+    # OpenCV has no Col2Im: beside a fast-graph export it runs the portable twin, the file it would ship.
+    if PORTABLE_VARIANT in variants_present(path.parent):
+        twin = resolve_model(path.parent, "denoiser", PORTABLE_VARIANT)
+        consumers.append((f"opencv dnn ({twin.name})", lambda: compat.load_opencv(twin, threads)))
+    return consumers
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
+    compat = _compat()
     rng = np.random.default_rng(3)
     inputs = {b: rng.random((b, *ctx.sample_shape), dtype=np.float32) for b in BATCH_SIZES}
     rows: list[dict[str, Any]] = []
@@ -45,7 +58,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for name, load in _consumers(ctx):
         try:
             runner = load()
-        except ConsumerError as err:
+        except compat.ConsumerError as err:
             reason = " / ".join(line.strip() for line in str(err).splitlines()[:2])  # OpenCV: op on line 2
             notes.append(f"{name} cannot load {ctx.first.denoiser_path.name}: {reason}")
             continue
@@ -66,8 +79,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         row["vs_ort"] = row["images_per_s"] / base[row["batch"]] if row["batch"] in base else None
     return {
         "threads": ctx.threads,
-        "openvino": ov.__version__,
-        "opencv": cv2.__version__,
+        "openvino": compat.ov.__version__,
+        "opencv": compat.cv2.__version__,
         "rows": rows,
         "notes": notes,
     }

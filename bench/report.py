@@ -6,6 +6,7 @@ this order, one at a time, and numbers their tables the same way.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +40,23 @@ SECTIONS: dict[str, Section] = {
 
 def needs_data(sections: Sequence[str]) -> bool:
     return any(SECTIONS[name].NEEDS_DATA for name in sections)
+
+
+def check_extras(sections: Sequence[str]) -> None:
+    """Fail before anything runs when a chosen section needs an extra that is not installed, naming it.
+
+    A section that needs one declares `EXTRA = (extra, module)` and imports the module only when it runs.
+    """
+    for name in sections:
+        extra, module = getattr(SECTIONS[name], "EXTRA", (None, None))
+        if module is None:
+            continue
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            raise ValueError(
+                f"section {name} needs the `{extra}` extra ({err}): pip install 'ae-export[{extra}]'"
+            ) from err
 
 
 def render(name: str, result: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from bench.tables import Column, Table, markdown_table, render_table
 from bench.timing import BUDGETS, latency_stats, time_calls
 from bench.training import torchvision_root
 from runtimes.denoiser import Denoiser
-from tests.helpers import run_cli, train_tiny_photo_model
+from tests.helpers import run_cli, run_script, train_tiny_photo_model
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
 
@@ -184,6 +184,29 @@ def _assert_finite(value: Any, where: str) -> None:
         assert value is not None, f"{where} is null (a non-finite number?)"
         if isinstance(value, float):
             assert math.isfinite(value), f"{where} = {value}"
+
+
+BLOCK_COMPAT = """
+import sys
+sys.modules["openvino"] = None  # the `compat` extra is not installed: importing it raises ImportError
+sys.modules["cv2"] = None
+from bench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sections_run_without_the_compat_extra_and_consumers_names_it(
+    trained_checkpoint: Path, onnx_dir: Path, tmp_path: Path
+) -> None:
+    """OpenVINO/OpenCV are imported by the consumers section alone (a GPU box may lack them)."""
+    common = ["--tiny", "--checkpoint", str(trained_checkpoint), "--onnx-dir", str(onnx_dir)]
+    proc = run_script(BLOCK_COMPAT, *common, "--sections", "consumers", "--out", str(tmp_path / "c.json"))
+    assert proc.returncode == 2 and not (tmp_path / "c.json").exists()
+    assert "section consumers needs the `compat` extra" in proc.stderr, proc.stderr
+    assert "pip install 'ae-export[compat]'" in proc.stderr
+    proc = run_script(BLOCK_COMPAT, *common, "--sections", "inference", "--out", str(tmp_path / "i.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "i.json").read_text())["sections"]["inference"]["rows"]
 
 
 @pytest.mark.slow
