@@ -43,15 +43,18 @@ TOLERANCES: dict[str, float] = {
     # <= 1.2e-7 (OpenCV) on the three artifacts; 1e-5 is the project's CPU parity tolerance.
     "fp32": 1e-5,
     "fast": 1e-5,  # the exactly-rewritten fp32 graph (sub-pixel Conv + Col2Im): same bound as fp32
+    "portable": 1e-5,  # the fp32 model in torch's graph (ConvTranspose), beside a fast fp32 export
     # fp16 weights and compute, fp32 I/O: ONNX Runtime rounds intermediates to fp16 (one ulp is 9.8e-4 at
-    # 1.0) while OpenVINO (f32 hint) and OpenCV compute in f32 from the same fp16 weights, so up to about
-    # one fp16 ulp of the output is rounding, not a fault; measured <= 1.2e-4 on the exported fp16 files
-    # at batch 1/8/256. 1e-3 is one ulp at 1.0 and still 10x below a real fault (~1e-2).
-    "fp16": 1e-3,
+    # 1.0, 3.9e-3 at 4) while OpenVINO (f32 hint) and OpenCV compute in f32 from the same fp16 weights, so
+    # the output moves by the rounding of the hidden layers, not a fault. Measured on the default model
+    # (10 epochs): up to 1.5e-3 (OpenVINO, decoder, batch 256); a briefly trained model: 1.2e-4. 4e-3 is
+    # 2.7x the worst measured and still 2.5x below a real fault (a nudged weight tensor moves ~1e-2).
+    "fp16": 4e-3,
     # int8 QDQ: each consumer rounds requantization at its own point, so an output may move by a step of
-    # its 8-bit grid (1/255 = 3.9e-3 over [0, 1]); measured 2.3e-3 at batch 256 on a per-channel QDQ
-    # denoiser. 1e-2 allows two steps plus propagation and still catches a wrong scale.
-    "int8": 1e-2,
+    # its 8-bit grid (1/255 = 3.9e-3 over [0, 1]), and a flip in an early layer propagates. Measured on the
+    # default model: up to 2.3e-2 (OpenVINO, denoiser, batch 256: a few steps); a briefly trained model:
+    # 2.3e-3. 5e-2 is 2.2x the worst measured and still catches a wrong scale (outputs move by > 0.1).
+    "int8": 5e-2,
 }
 
 Runner = Callable[[np.ndarray], np.ndarray]
