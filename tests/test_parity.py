@@ -143,3 +143,15 @@ def test_unloadable_model_fails_parity(onnx_dir, trained_checkpoint, tmp_path) -
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "no check could run" in done.stderr and "cpu: not available" in done.stderr
+
+
+def test_max_rel_covers_references_above_atol_and_failures_count_every_element() -> None:
+    """A reference of exactly 0 must not print a 1e+300 "relative error"; it is judged by abs error."""
+    tol = Tolerance(atol=1e-5, rtol=1e-5)
+    ref = np.array([0.0, 1e-7, 0.5, 1.0], dtype=np.float32)
+    got = ref + np.array([1e-7, 1e-7, 0.5 * 2e-6, 0.0], dtype=np.float32)
+    max_abs, max_rel, _mean, failed = compare(got, ref, tol)
+    assert failed == 0 and 0.9e-6 < max_abs < 1.1e-6
+    assert 1.5e-6 < max_rel < 2.5e-6  # 1e-6 / 0.5; the references 0 and 1e-7 are below atol
+    got[0] = 1e-3  # a real fault where the reference is 0: caught by abs and rel together
+    assert compare(got, ref, tol)[3] == 1
