@@ -131,8 +131,8 @@ ORT_FP32_BUDGET_DB = 0.001
 FP32_VARIANT = VariantSpec("fp32", "fp32", "onnx", ".onnx", CPU_TOLERANCE, CPU_TOLERANCE, 0.0)
 # The fp32 model as torch exports it (ConvTranspose), beside the default "fast" graph (Conv + Col2Im):
 # ONNX Runtime's CUDA provider has no Col2Im kernel, so on a GPU the fast graph runs its two Col2Im nodes
-# on the CPU with a host copy around each. Measured on an H200 (ORT 1.31, IO binding), batch 256: 1.26 ms
-# fast vs 0.31 ms portable; batch 1024: 3.70 vs 0.39 ms. `runtimes.Denoiser` opens this file when the
+# on the CPU with a host copy around each. Measured on an H200 (ORT 1.31, IO binding), batch 256: 0.78 ms
+# fast vs 0.20 ms portable; batch 1024: 2.33 vs 0.31 ms. `runtimes.Denoiser` opens this file when the
 # model runs on CUDA; OpenCV DNN, mobile EPs and Triton's GPU instances want it too. Same math as fp32:
 # the fp32 tolerance, and a PSNR budget that allows float rounding only.
 PORTABLE_VARIANT = VariantSpec(
