@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -27,40 +28,38 @@ NEEDS_DATA = False
 # runs, so every other section (the GPU check's inference rows, say) runs without them.
 EXTRA = ("compat", "ae_export.compat")
 BATCH_SIZES = (1, 256)
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def _compat() -> ModuleType:
-    return importlib.import_module(EXTRA[1])
-
-
-def _consumers(ctx: BenchContext) -> list[tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]]:
-    path, threads, compat = ctx.first.denoiser_path, ctx.threads, _compat()
+def _consumers(ctx: BenchContext, compat: ModuleType) -> list[tuple[str, Path, Callable[[], Runner]]]:
+    """(row name, file, loader) per consumer; loaders run lazily, so one that cannot load becomes a note."""
+    path, threads = ctx.first.denoiser_path, ctx.threads
     consumers = [
-        ("onnxruntime", lambda: compat.load_onnxruntime(path, threads)),
-        ("openvino (f32 hint)", lambda: compat.load_openvino(path, threads, "f32")),
-        ("openvino (CPU default precision)", lambda: compat.load_openvino(path, threads, None)),
-        ("opencv dnn", lambda: compat.load_opencv(path, threads)),
+        ("onnxruntime", path, lambda: compat.load_onnxruntime(path, threads)),
+        ("openvino (f32 hint)", path, lambda: compat.load_openvino(path, threads, "f32")),
+        ("openvino (CPU default precision)", path, lambda: compat.load_openvino(path, threads, None)),
+        ("opencv dnn", path, lambda: compat.load_opencv(path, threads)),
     ]
     # OpenCV has no Col2Im: beside a fast-graph export it runs the portable twin, the file it would ship.
     if PORTABLE_VARIANT in variants_present(path.parent):
         twin = resolve_model(path.parent, "denoiser", PORTABLE_VARIANT)
-        consumers.append((f"opencv dnn ({twin.name})", lambda: compat.load_opencv(twin, threads)))
+        consumers.append((f"opencv dnn ({twin.name})", twin, lambda: compat.load_opencv(twin, threads)))
     return consumers
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    compat = _compat()
+    compat = importlib.import_module(EXTRA[1])
     rng = np.random.default_rng(3)
     inputs = {b: rng.random((b, *ctx.sample_shape), dtype=np.float32) for b in BATCH_SIZES}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     reference: dict[int, np.ndarray] = {}
-    for name, load in _consumers(ctx):
+    for name, path, load in _consumers(ctx, compat):
         try:
             runner = load()
         except compat.ConsumerError as err:
             reason = " / ".join(line.strip() for line in str(err).splitlines()[:2])  # OpenCV: op on line 2
-            notes.append(f"{name} cannot load {ctx.first.denoiser_path.name}: {reason}")
+            notes.append(f"{name} cannot load {path.name}: {reason}")
             continue
         for batch, x in inputs.items():
             out = runner(x)

@@ -53,3 +53,14 @@ def onnx_dir(trained_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx")
     export_all(load_checkpoint(trained_checkpoint), out, log=lambda _line: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def portable_onnx_dir(trained_checkpoint, tmp_path_factory) -> Path:
+    """The same three files exported with `graph="portable"` (torch's ConvTranspose, no Col2Im)."""
+    from ae_export.export import export_all
+    from train.checkpoint import load_checkpoint
+
+    out = tmp_path_factory.mktemp("onnx-portable")
+    export_all(load_checkpoint(trained_checkpoint), out, graph="portable", log=lambda _line: None)
+    return out

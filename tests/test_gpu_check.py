@@ -37,18 +37,14 @@ def test_without_a_gpu_it_says_so_and_runs_nothing(tmp_path) -> None:
     assert (out / "gpu_check.txt").read_text().rstrip().endswith("no CUDA path was exercised.")
 
 
-def test_placement_reads_where_each_node_ran(onnx_dir, trained_checkpoint, tmp_path) -> None:
+def test_placement_reads_where_each_node_ran(onnx_dir, portable_onnx_dir, tmp_path) -> None:
     """The placement step's profile reader, on the CPU: it finds the fast graph's Col2Im, finds none in the
     portable graph (torch's ConvTranspose), and leaves no profile file behind."""
-    from ae_export.export import export_all
     from ae_export.gpu_check import placement
-    from train.checkpoint import load_checkpoint
 
     fast = placement(onnx_dir / "denoiser.onnx", "cpu", tmp_path)
     assert list(fast) == ["CPUExecutionProvider"]
     assert {"Col2Im", "Conv"} <= set(fast["CPUExecutionProvider"])
-    portable_dir = tmp_path / "portable"
-    export_all(load_checkpoint(trained_checkpoint), portable_dir, graph="portable", log=lambda _line: None)
-    portable = placement(portable_dir / "denoiser.onnx", "cpu", tmp_path)["CPUExecutionProvider"]
+    portable = placement(portable_onnx_dir / "denoiser.onnx", "cpu", tmp_path)["CPUExecutionProvider"]
     assert "ConvTranspose" in portable and "Col2Im" not in portable
     assert not list(tmp_path.glob("placement*"))

@@ -181,7 +181,7 @@ def test_auto_without_cuda_keeps_the_fast_graph(variants_dir: Path) -> None:
     from runtimes.sessions import CUDA_EP
 
     if CUDA_EP in ort.get_available_providers():
-        pytest.skip("this onnxruntime offers CUDA: 'auto' picks the twin here (test_cuda_opens_the_twin)")
+        pytest.skip("this onnxruntime offers CUDA: 'auto' picks the twin there (the gpu test covers it)")
     denoiser = Denoiser(variants_dir)
     assert denoiser.path.name == "denoiser.onnx" and denoiser.metadata.graph == "fast"
 
@@ -222,19 +222,26 @@ def test_triton_gpu_instances_serve_the_portable_twins(variants_dir: Path, tmp_p
     assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
 
 
-def test_portable_export_gets_no_twin(trained_checkpoint: Path, fmnist, tmp_path: Path) -> None:
+def test_portable_export_gets_no_twin(
+    trained_checkpoint: Path, portable_onnx_dir: Path, fmnist, tmp_path: Path
+) -> None:
     """With --graph portable the fp32 files are the portable graph already: no second copy is written."""
     from ae_export.deploy import export_variants
-    from ae_export.export import export_all
     from train.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(trained_checkpoint)
-    export_all(checkpoint, tmp_path, graph="portable", log=lambda _line: None)
+    folder = tmp_path / "onnx"
+    shutil.copytree(portable_onnx_dir, folder)  # export_variants writes its manifest into the folder
     lines: list[str] = []
     result = export_variants(
-        checkpoint, tmp_path, ["portable"], fmnist, parity_images=None, batch_sizes=(1,), log=lines.append
+        load_checkpoint(trained_checkpoint),
+        folder,
+        ["portable"],
+        fmnist,
+        parity_images=None,
+        batch_sizes=(1,),
+        log=lines.append,
     )
-    assert result.outcomes == [] and not list(tmp_path.glob("*.portable.onnx"))
+    assert result.outcomes == [] and not list(folder.glob("*.portable.onnx"))
     assert "portable: not written: the fp32 files already hold the portable graph" in lines
 
 
