@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ import onnxruntime as ort
 from runtimes.layout import FLOAT32
 from runtimes.metadata import MetadataError, ModelMetadata, parse_metadata
 from runtimes.sessions import InvalidModelError, Provider, open_session, physical_cores
+from runtimes.workers import SliceWorker, close_when_collected
 
 DEFAULT_MAX_BATCH = 256
 PARALLEL = ("sessions", "intra-op")
@@ -47,9 +48,10 @@ class OnnxModel:
 
     How the cores are used (CPU provider). `parallel="sessions"` (the default) opens one
     single-threaded session per thread (`threads`, default: the physical cores) and runs a batch of at
-    least 2 * MIN_SLICE data-parallel: each session gets one contiguous slice, and writes straight into
-    its slice of one preallocated output array (IO binding, so no concatenation copy). Smaller batches,
-    batch 1 above all, take one single-threaded call: no thread hand-off, no intra-op pool wake-up.
+    least 2 * MIN_SLICE data-parallel: each session gets one contiguous slice, run by this thread and
+    one `SliceWorker` thread per extra session, and its result is copied into its slice of one output
+    array (no concatenation). Smaller batches, batch 1 above all, take one single-threaded call: no
+    thread hand-off, no intra-op pool wake-up.
     `parallel="intra-op"` is the classic one session with `threads` intra-op threads.
 
     Why: ONNX Runtime runs some kernels (ConvTranspose, Col2Im, the NCHWc reorders) on one thread
@@ -57,10 +59,12 @@ class OnnxModel:
     two single-threaded sessions on halves of a batch ran 1.13-1.47x faster than one 2-thread session
     (denoiser, batch 256, 2-core x86 VM, onnxruntime 1.32, quiet machine). Batch 1 is fastest on one
     thread (47.1 us vs 50.0 us with 2 intra-op threads, see `session_options`). The split threshold
-    follows from two costs measured here: handing a slice to a pool thread costs ~10 us (submit +
-    result) and one image ~10-20 us of single-thread model time, so on idle cores splitting pays from
-    about 8 images. It is set at 2 * MIN_SLICE = 32 because the micro-batcher's batches (15-25 images at
-    32 callers) ran better unsplit: its callers' Python work needs the second core (median of 4
+    follows from two costs measured here: one image is ~10 us of single-thread model time, and handing
+    a slice to the worker and collecting it costs 10-90 us on a 2-core VM, most of it the wake-up of the
+    idle core (a pure thread round trip measured 10 us on a quiet day, 92 us on a busy one). With the
+    bare-lock `SliceWorker`, batch 32 split ran at 300 us vs 324 us unsplit, batch 64 at 478 vs 664 us
+    (same run). It is not split below 2 * MIN_SLICE = 32 because the micro-batcher's batches (15-25
+    images at 32 callers) ran better unsplit: its callers' Python work needs the second core (median of 4
     alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8).
 
     Measured by `ae-bench` (inference section; best p50 of round-robin rounds, batch 256, 2-core AVX-512
@@ -116,11 +120,9 @@ class OnnxModel:
         if per_core and self.provider == "cpu":
             for _ in range(self.threads - 1):
                 self._sessions.append(open_session(self.path, "cpu", 1, spinning)[0])
-        self._pool = (
-            ThreadPoolExecutor(len(self._sessions) - 1, thread_name_prefix="OnnxModel")
-            if len(self._sessions) > 1
-            else None
-        )
+        # One worker thread per extra session; this thread runs the first slice itself.
+        self._workers = [SliceWorker(f"OnnxModel-{i}") for i in range(1, len(self._sessions))]
+        close_when_collected(self, self._workers)
         try:
             self.metadata: ModelMetadata = parse_metadata(
                 self._session.get_modelmeta().custom_metadata_map, str(self.path)
@@ -175,7 +177,7 @@ class OnnxModel:
             # The first run allocates buffers and picks kernels; pay that at start-up, not on a request.
             warm = tuple(self.size_multiple if d is None else d for d in self.input_sample_shape)
             self.run(np.zeros((1, *warm), dtype=np.float32))
-            if self._pool is not None:  # every per-core session, at a split batch size
+            if self._workers:  # every per-core session, at a split batch size
                 self.run(np.zeros((MIN_SLICE * len(self._sessions), *warm), np.float32))
 
     def _sample_shape(
@@ -240,7 +242,7 @@ class OnnxModel:
         out_shape = self._output_sample(batch.shape)
         if n == 0:
             return np.empty((0, *out_shape), dtype=np.float32)
-        if n < 2 * MIN_SLICE or self._pool is None:
+        if n < 2 * MIN_SLICE or not self._workers:
             if n <= self.max_batch:  # the lowest-latency path: one call, no hand-off
                 if batch.size <= BOUND_MAX_ELEMENTS and self.provider == "cpu":
                     return self._run_bound(batch)
@@ -248,7 +250,7 @@ class OnnxModel:
         out = np.empty((n, *out_shape), dtype=np.float32)
         for start in range(0, n, self.max_batch):
             stop = min(start + self.max_batch, n)
-            if self._pool is None or stop - start < 2 * MIN_SLICE:
+            if not self._workers or stop - start < 2 * MIN_SLICE:
                 out[start:stop] = self._session.run(self._output_names, {self.input_name: batch[start:stop]})[
                     0
                 ]
@@ -295,31 +297,46 @@ class OnnxModel:
         return outputs.copy()
 
     def _run_split(self, batch: np.ndarray, out: np.ndarray) -> None:
-        """Run contiguous slices of `batch` on the per-core sessions at once, each into its slice of `out`."""
-        batch = np.ascontiguousarray(batch)  # IO binding reads raw memory; a view of contiguous input
+        """Run contiguous slices of `batch` on the per-core sessions at once, each into its slice of `out`.
+
+        Slices go to the workers that are idle; one that is busy with another thread's batch is not
+        waited for, its share goes to this thread (fewer, larger slices).
+        """
+        batch = np.ascontiguousarray(batch)  # slices of it are then contiguous too
         n = batch.shape[0]
-        parts = min(len(self._sessions), n // MIN_SLICE)
+        wanted = min(len(self._sessions), n // MIN_SLICE) - 1
+        claimed = [worker for worker in self._workers[:wanted] if worker.try_claim()]
+        parts = 1 + len(claimed)
         bounds = [n * i // parts for i in range(parts + 1)]
-        assert self._pool is not None
-        futures = [
-            self._pool.submit(self._run_into, self._sessions[i], batch[a:b], out[a:b])
-            for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:], strict=True), start=1)
-        ]
-        self._run_into(self._sessions[0], batch[: bounds[1]], out[: bounds[1]])  # this thread works too
-        for future in futures:
-            future.result()  # re-raises a slice's error here
+        try:
+            for i, worker in enumerate(claimed, start=1):
+                a, b = bounds[i], bounds[i + 1]
+                worker.start(partial(self._run_into, self._sessions[i], batch[a:b], out[a:b]))
+            self._run_into(self._sessions[0], batch[: bounds[1]], out[: bounds[1]])  # this thread works too
+        finally:
+            errors = []
+            for worker in claimed:  # every claimed worker is waited for, even if this slice raised
+                try:
+                    worker.finish()
+                except Exception as err:  # noqa: PERF203 - one slice's error per worker
+                    errors.append(err)
+        if errors:
+            raise errors[0]
 
     def _run_into(self, session: ort.InferenceSession, batch: np.ndarray, out: np.ndarray) -> None:
-        """session.run writing its output into `out` (a C-contiguous slice) instead of a new array."""
-        binding = session.io_binding()
-        binding.bind_cpu_input(self.input_name, batch)
-        binding.bind_output(self.output_name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        session.run_with_iobinding(binding)
+        """session.run on one slice, copied into `out` (its slice of the caller's result).
+
+        Why not IO binding straight into `out`, which saves the copy: with two sessions running at once,
+        `run_with_iobinding` measured 40-90 us slower per batch of 64-256 than `session.run` plus this
+        copy (2-core AVX-512 Xeon VM, onnxruntime 1.32; alone, the two are within a few us).
+        """
+        np.copyto(out, session.run(self._output_names, {self.input_name: batch})[0])
 
     def close(self) -> None:
-        """Stop the per-core worker threads (idle ones cost nothing; this is for tidy shutdowns)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Stop the per-core worker threads (idle ones cost nothing; this is for tidy shutdowns). They
+        also stop by themselves when the model is garbage-collected."""
+        for worker in self._workers:
+            worker.close()
 
     def __repr__(self) -> str:
         return (

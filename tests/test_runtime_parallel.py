@@ -8,6 +8,7 @@ import pytest
 from runtimes.denoiser import Denoiser
 from runtimes.layout import prepare_images
 from runtimes.onnx_model import BOUND_MAX_SHAPES, MIN_SLICE, OnnxModel
+from runtimes.workers import SliceWorker
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,60 @@ def test_split_reads_non_contiguous_input(models) -> None:
     x = np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32)
     flipped = x[:, :, :, ::-1]  # a view with negative strides
     np.testing.assert_array_equal(split.run(flipped), one.run(np.ascontiguousarray(flipped)))
+
+
+def test_concurrent_split_batches_equal_one_session(models) -> None:
+    """8 threads send split-size batches to one 2-session model at once: most find the worker busy and
+    run their batch alone, the rest split it; every result equals the single session's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one, split, _ = models
+
+    def worker(seed: int) -> int:
+        rng = np.random.default_rng(100 + seed)
+        wrong = 0
+        for _ in range(20):
+            x = rng.random((int(rng.integers(2 * MIN_SLICE, 64 * 2 + 5)), 1, 28, 28), dtype=np.float32)
+            wrong += not np.array_equal(split.run(x), one.run(x))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8))) == 0
+
+
+def test_slice_worker_hands_back_errors_and_goes_on() -> None:
+    worker = SliceWorker("test-worker")
+    ran: list[int] = []
+
+    def fail() -> None:
+        raise ArithmeticError("slice failed")
+
+    assert worker.try_claim()
+    assert not worker.try_claim()  # held until finish()
+    worker.start(fail)
+    with pytest.raises(ArithmeticError, match="slice failed"):
+        worker.finish()
+    assert worker.try_claim()  # the claim was released despite the error
+    worker.start(lambda: ran.append(1))
+    worker.finish()
+    assert ran == [1]
+    worker.close()
+    worker.close()  # idempotent
+    assert not worker.try_claim()
+    assert not worker._thread.is_alive()
+
+
+def test_workers_stop_when_the_model_is_collected(onnx_dir) -> None:
+    import gc
+
+    model = OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=2)
+    threads = [worker._thread for worker in model._workers]
+    assert len(threads) == 1 and threads[0].is_alive()
+    model.run(np.zeros((2 * MIN_SLICE, 1, 28, 28), np.float32))  # the worker has run a slice
+    del model
+    gc.collect()
+    threads[0].join(timeout=10)
+    assert not threads[0].is_alive()
 
 
 def test_parallel_choice_is_checked(onnx_dir) -> None:
