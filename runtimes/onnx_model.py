@@ -68,15 +68,15 @@ class OnnxModel:
     alternating runs at 32 callers: 1.19x one-call-per-request unsplit vs 0.84x split from 8).
 
     Measured by `ae-bench` (inference section; best p50 of round-robin rounds, batch 256, 2-core AVX-512
-    Xeon VM, onnxruntime 1.32, exported weights with tiny values flushed):
+    Xeon VM, onnxruntime 1.32, exported weights with tiny values flushed, `SliceWorker` hand-off):
 
         graph     threading                         p50 ms   images/s
-        fast      1 thread                          2.70      94,750
-        fast      2 intra-op threads                1.76     145,066
-        fast      2 per-core sessions (split)       1.59     160,877
-        fast      Denoiser defaults (denoise)       1.64     156,455
-        portable  2 intra-op threads (old default)  2.69      95,001
-        portable  2 per-core sessions (split)       1.79     142,797
+        fast      1 thread                          2.76      92,830
+        fast      2 intra-op threads                1.79     143,103
+        fast      2 per-core sessions (split)       1.61     159,003
+        fast      Denoiser defaults (denoise)       1.60     160,140
+        portable  2 intra-op threads (old default)  2.80      91,275
+        portable  2 per-core sessions (split)       1.73     148,180
 
     With other processes holding the cores (load average 16-21 on 2 cores) the same choices measured
     fast 1 thread 10.8 ms, 2 intra-op threads 21.6 ms, 2 per-core sessions 16.7 ms:
