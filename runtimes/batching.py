@@ -38,6 +38,7 @@ import numpy as np
 
 from runtimes.denoiser import Denoiser
 from runtimes.layout import ImageLayout, restore_images
+from runtimes.workers import restart_after_fork
 
 _STOP = object()
 
@@ -70,14 +71,24 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
         self._delay_s = max_queue_delay_us / 1e6
-        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # orders `closed` against enqueueing: nothing slips in after _STOP
         self._closed = False
         self.batches = 0  # model calls made; with `items`, the mean batch size (for benchmarks and tests)
         self.items = 0
         self.largest_batch = 0
+        self._begin()
+        restart_after_fork(self)
+
+    def _begin(self) -> None:
+        """A fresh queue, lock and worker thread: at construction, and in a forked child (requests queued
+        in the parent belong to the parent's threads and stay there)."""
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders `closed` against enqueueing: nothing slips in after _STOP
         self._worker = threading.Thread(target=self._serve, name="MicroBatcher", daemon=True)
         self._worker.start()
+
+    def _after_fork(self) -> None:
+        if not self._closed:
+            self._begin()
 
     def submit(self, image: np.ndarray) -> Future[np.ndarray]:
         """Queue one image ((H, W), (1, H, W) or (1, 1, H, W); float32 [0, 1] or uint8); get a Future.

@@ -17,14 +17,22 @@ slower per batch than `session.run` plus a copy into the output slice (see `Onnx
 
 A worker serves one caller at a time. A caller that finds it busy (another thread's split batch is
 running) does not queue behind it: `try_claim` says no and the caller runs that slice itself, so
-concurrent callers never wait for each other here. Standard library only.
+concurrent callers never wait for each other here.
+
+Fork: a process that forks after making a model (multiprocessing's fork start method, a pre-forking
+server that loads the app first) keeps only the forking thread in the child. Everything here that owns a
+thread (`SliceWorker`, and `MicroBatcher` through `restart_after_fork`) makes a new thread and new locks
+in the child; before, the child's first split batch or batched request waited forever. Standard library
+only.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Protocol
 
 
 class SliceWorker:
@@ -36,6 +44,17 @@ class SliceWorker:
     """
 
     def __init__(self, name: str) -> None:
+        self.name = name
+        self._closed = False
+        self._begin()
+        restart_after_fork(self)
+
+    def _after_fork(self) -> None:
+        if not self._closed:
+            self._begin()
+
+    def _begin(self) -> None:
+        """Fresh locks and a fresh thread: at construction, and in a forked child."""
         self._claim = threading.Lock()  # held by one caller from try_claim() to finish()
         self._go = threading.Lock()  # released by start(): there is a task (or None: exit)
         self._go.acquire()
@@ -43,8 +62,7 @@ class SliceWorker:
         self._done.acquire()
         self._task: Callable[[], object] | None = None
         self._error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
         self._thread.start()
 
     def try_claim(self) -> bool:
@@ -92,6 +110,33 @@ class SliceWorker:
                 self._error = err
             task = None  # drop the slice's references (its model) before waiting for the next one
             self._done.release()
+
+
+class ForkAware(Protocol):
+    """An object that owns threads and remakes them (and its locks) in a forked child."""
+
+    def _after_fork(self) -> None: ...
+
+
+# Objects that own threads, so that a forked child (multiprocessing's fork start method, a pre-forking
+# server) gets threads of its own: fork copies only the forking thread, and work handed to a thread that
+# stayed in the parent would never run. Their locks are made anew too: another parent thread may have held
+# one at the moment of the fork. Weak: a collected object needs nothing.
+_FORK_AWARE: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def restart_after_fork(owner: ForkAware) -> None:
+    """Have `owner._after_fork()` called in every child this process forks, while `owner` lives."""
+    _FORK_AWARE.add(owner)
+
+
+def _after_fork_in_child() -> None:
+    for owner in list(_FORK_AWARE):
+        owner._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def close_when_collected(owner: object, workers: list[SliceWorker]) -> None:

@@ -6,7 +6,10 @@ marked image: the only way to make onnxruntime fail on demand, and exactly what 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -186,3 +189,29 @@ def test_call_path_delivers_model_errors(onnx_dir: Path, fmnist_test: np.ndarray
                 with pytest.raises(RuntimeError, match="poisoned batch"):
                     call.result(timeout=30)
         np.testing.assert_array_equal(batcher(fmnist_test[1]), poisoned.denoise(fmnist_test[1]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_batcher_serves_in_a_forked_child(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    """A batcher made before a fork (a pre-forking server's app) must serve the child too: fork copies
+    only the forking thread, so the child needs a worker thread of its own (before, its first request
+    waited forever)."""
+    images = fmnist_test[:4]
+    with MicroBatcher(denoiser) as batcher:
+        expected = [batcher(image) for image in images]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded, use of fork()"
+            pid = os.fork()
+        if pid == 0:  # the child: exit code 0 = same results, 3 = different, killed by SIGALRM = hung
+            signal.alarm(20)
+            try:
+                pairs = zip(images, expected, strict=True)
+                same = all(np.array_equal(batcher(image), want) for image, want in pairs)
+                same = same and np.array_equal(batcher.submit(images[0]).result(timeout=10), expected[0])
+                batcher.close(timeout=10)
+                os._exit(0 if same else 3)
+            finally:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert np.array_equal(batcher(images[1]), expected[1])  # the parent's worker is untouched

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import warnings
+
 import numpy as np
 import pytest
 
@@ -136,6 +140,27 @@ def test_workers_stop_when_the_model_is_collected(onnx_dir) -> None:
     gc.collect()
     threads[0].join(timeout=10)
     assert not threads[0].is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_split_batches_run_in_a_forked_child(onnx_dir) -> None:
+    """A pre-forking server or multiprocessing's fork start method copies only the forking thread: the
+    child must get its own slice threads (before, its first split batch waited forever)."""
+    model = OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=2)
+    x = np.random.default_rng(7).random((2 * MIN_SLICE + 8, 1, 28, 28), dtype=np.float32)
+    ref = model.run(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded, use of fork()"
+        pid = os.fork()
+    if pid == 0:  # the child: exit code 0 = same result, 3 = different, killed by SIGALRM = hung
+        signal.alarm(20)
+        try:
+            os._exit(0 if np.array_equal(model.run(x), ref) and model.run(x[:5]).shape[0] == 5 else 3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    np.testing.assert_array_equal(model.run(x), ref)  # the parent's workers are untouched
 
 
 def test_parallel_choice_is_checked(onnx_dir) -> None:
