@@ -328,7 +328,7 @@ class OnnxModel:
 
         Why not IO binding straight into `out`, which saves the copy: with two sessions running at once,
         `run_with_iobinding` measured 40-90 us slower per batch of 64-256 than `session.run` plus this
-        copy (2-core AVX-512 Xeon VM, onnxruntime 1.32; alone, the two are within a few us).
+        copy (2-core AVX-512 Xeon VM, onnxruntime 1.32; on one session alone, binding was as fast or faster).
         """
         np.copyto(out, session.run(self._output_names, {self.input_name: batch})[0])
 
