@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +35,23 @@ def _run_python(argv: list[str], cwd: Path | None, timeout: float) -> subprocess
         text=True,
         timeout=timeout,
     )
+
+
+def exit_code_of_forked_child(check: Callable[[], bool], alarm_s: int = 20) -> int:
+    """Fork; in the child run `check` under an alarm and exit 0 if it returned True, 3 if False, 4 if it
+    raised. Returns the child's exit code: -14 (SIGALRM) means the child hung. For the runtime's
+    fork-safety tests: objects made before the fork must work in the child."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded, use of fork()"
+        pid = os.fork()
+    if pid == 0:
+        signal.alarm(alarm_s)
+        try:
+            os._exit(0 if check() else 3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def train_tiny_photo_model(out: Path) -> Path:

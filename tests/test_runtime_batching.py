@@ -7,9 +7,7 @@ marked image: the only way to make onnxruntime fail on demand, and exactly what 
 from __future__ import annotations
 
 import os
-import signal
 import threading
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from runtimes.batching import MicroBatcher
 from runtimes.denoiser import Denoiser
+from tests.helpers import exit_code_of_forked_child
 
 THREADS = 16
 REQUESTS = 500
@@ -199,19 +198,13 @@ def test_batcher_serves_in_a_forked_child(denoiser: Denoiser, fmnist_test: np.nd
     images = fmnist_test[:4]
     with MicroBatcher(denoiser) as batcher:
         expected = [batcher(image) for image in images]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded, use of fork()"
-            pid = os.fork()
-        if pid == 0:  # the child: exit code 0 = same results, 3 = different, killed by SIGALRM = hung
-            signal.alarm(20)
-            try:
-                pairs = zip(images, expected, strict=True)
-                same = all(np.array_equal(batcher(image), want) for image, want in pairs)
-                same = same and np.array_equal(batcher.submit(images[0]).result(timeout=10), expected[0])
-                batcher.close(timeout=10)
-                os._exit(0 if same else 3)
-            finally:
-                os._exit(4)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def check() -> bool:
+            pairs = zip(images, expected, strict=True)
+            same = all(np.array_equal(batcher(image), want) for image, want in pairs)
+            same = same and np.array_equal(batcher.submit(images[0]).result(timeout=10), expected[0])
+            batcher.close(timeout=10)
+            return bool(same)
+
+        assert exit_code_of_forked_child(check) == 0  # -14: the child hung
         assert np.array_equal(batcher(images[1]), expected[1])  # the parent's worker is untouched

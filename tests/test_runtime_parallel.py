@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from runtimes.denoiser import Denoiser
 from runtimes.layout import prepare_images
 from runtimes.onnx_model import BOUND_MAX_SHAPES, MIN_SLICE, OnnxModel
 from runtimes.workers import SliceWorker
+from tests.helpers import exit_code_of_forked_child
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +148,11 @@ def test_split_batches_run_in_a_forked_child(onnx_dir) -> None:
     model = OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=2)
     x = np.random.default_rng(7).random((2 * MIN_SLICE + 8, 1, 28, 28), dtype=np.float32)
     ref = model.run(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded, use of fork()"
-        pid = os.fork()
-    if pid == 0:  # the child: exit code 0 = same result, 3 = different, killed by SIGALRM = hung
-        signal.alarm(20)
-        try:
-            os._exit(0 if np.array_equal(model.run(x), ref) and model.run(x[:5]).shape[0] == 5 else 3)
-        finally:
-            os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def check() -> bool:
+        return bool(np.array_equal(model.run(x), ref)) and model.run(x[:5]).shape[0] == 5
+
+    assert exit_code_of_forked_child(check) == 0  # -14: the child hung
     np.testing.assert_array_equal(model.run(x), ref)  # the parent's workers are untouched
 
 
