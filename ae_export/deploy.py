@@ -4,11 +4,10 @@ Runs after the fp32 files passed parity. For each requested precision (fp16, int
 twin (the fp32 model in torch's graph, for GPUs and OpenCV, where the fp32 files hold the fast graph), it
 builds the three files, scores the denoiser and the encoder->decoder pair on the standard test against
 fp32, and rejects the variant (nothing written) when it loses more than its PSNR budget or fails parity;
-then `.ort` files
-for fp32 and every accepted precision (same gate and parity), the mobile usability report, throughput
-against fp32 in one run, and `manifest.json` listing every file. All work happens in a staging folder;
-files move into place at the end, and variant files of earlier exports that this one did not write are
-removed, so the folder never mixes exports.
+then `.ort` files for fp32 and every accepted precision (same gate and parity), the mobile usability
+report, throughput against fp32 in one run, and `manifest.json` listing every file. All work happens in
+a staging folder; files move into place at the end, and variant files of earlier exports that this one
+did not write are removed, so the folder never mixes exports.
 """
 
 from __future__ import annotations

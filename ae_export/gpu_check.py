@@ -232,14 +232,16 @@ def run(checkpoint: Path, onnx_dir: Path, out: Path) -> dict:
             step.status = "failed"
         else:
             _judge(step, work)
-        report["steps"].append(asdict(step))
-        print(f"{step.status:7} {step.seconds:7.1f} s  {step.name}  {step.detail}", flush=True)
-    step = placement_step(onnx_dir, work)
-    report["steps"].append(asdict(step))
-    print(f"{step.status:7} {step.seconds:7.1f} s  {step.name}  {step.detail}", flush=True)
+        _record(report, step)
+    _record(report, placement_step(onnx_dir, work))
     failed = [s["name"] for s in report["steps"] if s["status"] != "passed"]
     report["verdict"] = f"FAILED: {', '.join(failed)}" if failed else "PASSED: every CUDA path ran and passed"
     return report
+
+
+def _record(report: dict, step: Step) -> None:
+    report["steps"].append(asdict(step))
+    print(f"{step.status:7} {step.seconds:7.1f} s  {step.name}  {step.detail}", flush=True)
 
 
 def text_report(report: dict) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from bench.section import BenchContext
 from bench.tables import Column, Result, Table
 from bench.timing import latency_stats, time_calls
-from runtimes.manifest import PORTABLE_VARIANT, resolve_model, variants_present
+from runtimes.manifest import portable_twin
 
 NEEDS_DATA = False
 # (extra, module): OpenVINO and OpenCV come with the `compat` extra. They are imported when this section
@@ -41,8 +41,8 @@ def _consumers(ctx: BenchContext, compat: ModuleType) -> list[tuple[str, Path, C
         ("opencv dnn", path, lambda: compat.load_opencv(path, threads)),
     ]
     # OpenCV has no Col2Im: beside a fast-graph export it runs the portable twin, the file it would ship.
-    if PORTABLE_VARIANT in variants_present(path.parent):
-        twin = resolve_model(path.parent, "denoiser", PORTABLE_VARIANT)
+    twin = portable_twin(path.parent, "denoiser")
+    if twin is not None:
         consumers.append((f"opencv dnn ({twin.name})", twin, lambda: compat.load_opencv(twin, threads)))
     return consumers
 

@@ -31,7 +31,7 @@ from bench.ort_variants import bench_ort_variants
 from bench.section import BenchContext
 from bench.tables import Column, Result, Table
 from bench.timing import Budget, latency_stats, time_calls
-from runtimes.manifest import PORTABLE_VARIANT, resolve_model, variants_present
+from runtimes.manifest import portable_twin
 from runtimes.onnx_model import OnnxModel
 from runtimes.sessions import ProviderUnavailableError, open_session
 from train.model import DenoisingAutoencoder
@@ -90,10 +90,8 @@ def _cuda_rows(
     del gpu_model
     # The export's default file and, where the folder has it, its portable twin: ORT's CUDA provider
     # has no Col2Im, so the fast graph runs its interleaves on the CPU (`runtimes.Denoiser` picks the twin).
-    files = [onnx_path]
-    if PORTABLE_VARIANT in variants_present(onnx_path.parent):
-        files.append(resolve_model(onnx_path.parent, "denoiser", PORTABLE_VARIANT))
-    for path in files:
+    twin = portable_twin(onnx_path.parent, "denoiser")
+    for path in [onnx_path] if twin is None else [onnx_path, twin]:
         try:
             session, _ = open_session(path, "cuda", threads, spinning=False)
         except ProviderUnavailableError as err:

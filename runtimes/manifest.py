@@ -72,6 +72,13 @@ def variants_present(folder: str | Path, role: str = "denoiser") -> list[str]:
     return [v for v, suffix in VARIANT_SUFFIXES.items() if (folder / f"{role}{suffix}").is_file()]
 
 
+def portable_twin(folder: str | Path, role: str) -> Path | None:
+    """The folder's portable-graph file for `role` (what CUDA and OpenCV run), or None if it has none."""
+    if PORTABLE_VARIANT not in variants_present(folder, role):
+        return None
+    return resolve_model(folder, role, PORTABLE_VARIANT)
+
+
 def resolve_model(
     folder: str | Path, role: str = "denoiser", variant: str = DEFAULT_VARIANT, verify: bool = True
 ) -> Path:

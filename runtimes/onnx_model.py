@@ -314,14 +314,14 @@ class OnnxModel:
                 worker.start(partial(self._run_into, self._sessions[i], batch[a:b], out[a:b]))
             self._run_into(self._sessions[0], batch[: bounds[1]], out[: bounds[1]])  # this thread works too
         finally:
-            errors = []
+            error: Exception | None = None
             for worker in claimed:  # every claimed worker is waited for, even if this slice raised
                 try:
                     worker.finish()
-                except Exception as err:  # noqa: PERF203 - one slice's error per worker
-                    errors.append(err)
-        if errors:
-            raise errors[0]
+                except Exception as err:  # the first worker's error is raised below
+                    error = error or err
+        if error is not None:
+            raise error
 
     def _run_into(self, session: ort.InferenceSession, batch: np.ndarray, out: np.ndarray) -> None:
         """session.run on one slice, copied into `out` (its slice of the caller's result).

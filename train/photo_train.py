@@ -196,7 +196,10 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         history.append(row)
         checkpoint = Checkpoint(
             model_config=model_config,
-            model_state={k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
+            model_state={
+                k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                for k, v in model.state_dict().items()
+            },
             epoch=step,  # for photo runs the checkpoint's "epoch" counts optimizer steps
             train_config=asdict(config),
             optimizer_state=optimizer.state_dict(),
