@@ -30,6 +30,7 @@ import onnx
 import onnxruntime
 import openvino as ov
 
+from ae_export import fastgraph
 from ae_export.targets import ExportedFile, ManifestError, exported_files
 from runtimes.fileio import atomic_write_text
 from runtimes.metadata import MetadataError, parse_metadata
@@ -139,11 +140,10 @@ class CompatRow:
 
 
 def graph_kind(path: Path) -> str:
-    """ "fast" when an ONNX file uses Col2Im (the rewritten decoder), "portable" otherwise, "-" for .ort."""
+    """The ONNX file's graph ("fast" or "portable", see ae_export.fastgraph.graph_kind); "-" for .ort."""
     if path.suffix != ".onnx":
         return "-"
-    model = onnx.load(str(path), load_external_data=False)
-    return "fast" if any(node.op_type == "Col2Im" for node in model.graph.node) else "portable"
+    return fastgraph.graph_kind(onnx.load(str(path), load_external_data=False))
 
 
 def tolerance(variant: str) -> float:

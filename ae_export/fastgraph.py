@@ -44,10 +44,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ae_export.graphedit import ELEMENTWISE, GraphWalk, node_attr, static_shapes
+from ae_export.stackconv import STACK_MARK, stack_narrow_convs
+
 MIN_OPSET = 18  # Col2Im
-# Elementwise unary ops that may sit between two transposed convolutions of one chain: they act on each
-# value alone, so they give the same result on the phase layout as on the image layout.
-ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Elu", "Selu", "HardSigmoid"})
 
 
 class UnsupportedGraphError(ValueError):
@@ -125,13 +125,6 @@ def _phase_conv(
     return kernel.astype(np.float32), bias.astype(np.float32), pads, grid_out  # type: ignore[return-value]
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _read_layer(
     node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], shapes: dict[str, list[int | str]]
 ) -> _Layer:
@@ -149,16 +142,16 @@ def _read_layer(
         if len(node.input) > 2 and node.input[2]
         else np.zeros(c_out, np.float32)
     )
-    if _attr(node, "group", 1) != 1:
+    if node_attr(node, "group", 1) != 1:
         raise refuse("group != 1 is not handled")
-    if list(_attr(node, "dilations", [1, 1])) != [1, 1]:  # type: ignore[call-overload]
+    if list(node_attr(node, "dilations", [1, 1])) != [1, 1]:  # type: ignore[call-overload]
         raise refuse("dilation != 1 is not handled")
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
     if auto_pad not in (b"NOTSET", "NOTSET"):
         raise refuse(f"auto_pad={auto_pad!r} is not handled (explicit pads only)")
-    if _attr(node, "output_shape", None) is not None:
+    if node_attr(node, "output_shape", None) is not None:
         raise refuse("the output_shape attribute is not handled (explicit pads only)")
-    kernel_shape = list(_attr(node, "kernel_shape", list(weight.shape[2:])))  # type: ignore[call-overload]
+    kernel_shape = list(node_attr(node, "kernel_shape", list(weight.shape[2:])))  # type: ignore[call-overload]
     if kernel_shape != list(weight.shape[2:]):
         raise refuse(f"kernel_shape {kernel_shape} disagrees with the weight {weight.shape}")
     shape = shapes.get(node.input[0])
@@ -166,9 +159,9 @@ def _read_layer(
         raise refuse(f"input needs a static (B, C, H, W) shape from shape inference; got {shape}")
     if shape[1] != weight.shape[0]:
         raise refuse(f"input has {shape[1]} channels, the weight expects {weight.shape[0]}")
-    strides = tuple(_attr(node, "strides", [1, 1]))  # type: ignore[call-overload]
-    pads = tuple(_attr(node, "pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
-    output_padding = tuple(_attr(node, "output_padding", [0, 0]))  # type: ignore[call-overload]
+    strides = tuple(node_attr(node, "strides", [1, 1]))  # type: ignore[call-overload]
+    pads = tuple(node_attr(node, "pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
+    output_padding = tuple(node_attr(node, "output_padding", [0, 0]))  # type: ignore[call-overload]
     if min(strides) < 1 or min(pads) < 0 or min(output_padding) < 0:
         raise refuse(f"strides {strides}, pads {pads}, output_padding {output_padding} are not handled")
     layer = _Layer(
@@ -185,28 +178,9 @@ def _read_layer(
     return layer
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    shapes: dict[str, list[int | str]] = {}
-    graph = inferred.graph
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-    return shapes
-
-
 def _chains(graph: onnx.GraphProto) -> list[list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]]:
     """ConvTranspose chains: [(convT, elementwise nodes after it that lead to the next convT), ...]."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-
-    def single_next(tensor: str) -> onnx.NodeProto | None:
-        users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and tensor not in outputs else None
-
+    walk = GraphWalk(graph)
     chains, seen = [], set()
     for node in graph.node:
         if node.op_type != "ConvTranspose" or id(node) in seen:
@@ -215,11 +189,7 @@ def _chains(graph: onnx.GraphProto) -> list[list[tuple[onnx.NodeProto, list[onnx
         current: onnx.NodeProto | None = node
         while current is not None:
             seen.add(id(current))
-            between: list[onnx.NodeProto] = []
-            nxt = single_next(current.output[0])
-            while nxt is not None and nxt.op_type in ELEMENTWISE and len(nxt.output) == 1:
-                between.append(nxt)
-                nxt = single_next(nxt.output[0])
+            between, nxt = walk.elementwise_run(current.output[0])
             if (
                 nxt is not None
                 and nxt.op_type == "ConvTranspose"
@@ -246,18 +216,10 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    shapes = _shapes(model)
+    shapes = static_shapes(model)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     new_inits: list[onnx.TensorProto] = []
-    used_names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-
-    def fresh(stem: str) -> str:
-        name, i = stem, 0
-        while name in used_names:
-            i += 1
-            name = f"{stem}_{i}"
-        used_names.add(name)
-        return name
+    fresh = GraphWalk(graph).fresh
 
     for chain in _chains(graph):
         layers = [_read_layer(node, inits, shapes) for node, _ in chain]
@@ -392,6 +354,13 @@ def _hoist_activations(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> 
     return order
 
 
+def fast_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The "fast" graph: transposed convolutions rewritten (this module), then narrow strided Convs
+    stacked by phase (ae_export.stackconv). Raises UnsupportedGraphError like rewrite_conv_transpose."""
+    return stack_narrow_convs(rewrite_conv_transpose(model))
+
+
 def graph_kind(model: onnx.ModelProto) -> str:
-    """ "fast" when the graph holds Col2Im (rewritten), "portable" when it holds only standard convs."""
-    return "fast" if any(n.op_type == "Col2Im" for n in model.graph.node) else "portable"
+    """ "fast" when either pass changed the graph (a Col2Im, a stacked Conv), else "portable"."""
+    fast = any(n.op_type == "Col2Im" or n.name.endswith(STACK_MARK) for n in model.graph.node)
+    return "fast" if fast else "portable"

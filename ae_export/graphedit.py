@@ -1,0 +1,68 @@
+"""What the fast-graph passes share: attribute and shape reads, single-consumer walks, fresh names.
+
+One home for these so the ConvTranspose rewrite (ae_export.fastgraph) and the narrow-Conv stacking
+(ae_export.stackconv) read a graph the same way. Imports onnx only.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+# Elementwise unary ops that may sit between two rewritten convolutions: they act on each value alone,
+# so they give the same result on a phase (stacked) layout as on the image layout.
+ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Elu", "Selu", "HardSigmoid"})
+
+
+def node_attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    """The attribute's value, or `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Every tensor's shape from strict shape inference: ints where static, dim_param names where not."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    shapes: dict[str, list[int | str]] = {}
+    graph = inferred.graph
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    return shapes
+
+
+class GraphWalk:
+    """A graph's consumers and taken names, for passes that follow single-consumer chains and add nodes."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in graph.output}
+        self.used = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+
+    def single_next(self, tensor: str) -> onnx.NodeProto | None:
+        """The one node reading `tensor`, or None when several (or none) do or it is a graph output."""
+        users = self.consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in self.outputs else None
+
+    def elementwise_run(self, tensor: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto | None]:
+        """The elementwise ops that follow `tensor` one after another, and the node after them (if single)."""
+        between: list[onnx.NodeProto] = []
+        nxt = self.single_next(tensor)
+        while nxt is not None and nxt.op_type in ELEMENTWISE and len(nxt.output) == 1:
+            between.append(nxt)
+            nxt = self.single_next(nxt.output[0])
+        return between, nxt
+
+    def fresh(self, stem: str) -> str:
+        """A tensor or node name not yet in the graph: `stem`, else `stem_1`, `stem_2`, ..."""
+        name, i = stem, 0
+        while name in self.used:
+            i += 1
+            name = f"{stem}_{i}"
+        self.used.add(name)
+        return name
