@@ -154,9 +154,9 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     shapes = static_shapes(model)
     walk = GraphWalk(graph)
     fresh = walk.fresh
-    rewrites = 0
+    rewritten: set[int] = set()  # ids of nodes replaced already (a second pass over B would be stale)
     for node in list(graph.node):
-        a = _read_conv(node, inits, shapes)
+        a = _read_conv(node, inits, shapes) if id(node) not in rewritten else None
         if a is None or a.weight.shape[0] >= NARROW:
             continue
         between, nxt = walk.elementwise_run(node.output[0])
@@ -212,8 +212,8 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
         index = list(graph.node).index(nxt)
         graph.node.remove(nxt)
         graph.node.insert(index, coarse)
-        rewrites += 1
-    if not rewrites:
+        rewritten |= {id(node), id(nxt)}
+    if not rewritten:
         return model
     still_used = {name for n in graph.node for name in n.input}
     kept = [t for t in graph.initializer if t.name in still_used]

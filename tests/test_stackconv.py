@@ -103,6 +103,41 @@ def test_other_elementwise_ops_between() -> None:
     np.testing.assert_allclose(_run(stacked, x), _run(model, x), atol=1e-5, rtol=1e-5)
 
 
+def test_chain_of_narrow_convs_rewrites_each_node_once() -> None:
+    """Three strided Convs of 4, 8 and 16 channels: the first pair is stacked; the second Conv, replaced by
+    then, is not taken up again as the first of another pair (its input is no longer what it read)."""
+    rng = np.random.default_rng(5)
+    weights = {
+        "w1": rng.uniform(-0.5, 0.5, (4, 1, 3, 3)),
+        "w2": rng.uniform(-0.5, 0.5, (8, 4, 3, 3)),
+        "w3": rng.uniform(-0.5, 0.5, (16, 8, 3, 3)),
+    }
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", **attrs),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["ar", "w2"], ["b"], name="c2", **attrs),
+        helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("Conv", ["br", "w3"], ["y"], name="c3", **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    stacked = stack_narrow_convs(model)
+    assert [n.name for n in stacked.graph.node if n.op_type == "Conv"] == [
+        f"c1{STACK_MARK}",
+        "c2.coarse_conv",
+        "c3",
+    ]
+    x = np.random.default_rng(6).random((2, 1, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(_run(stacked, x), _run(model, x), atol=1e-5, rtol=1e-5)
+
+
 def _unchanged(model: onnx.ModelProto) -> bool:
     return not any(n.name.endswith(STACK_MARK) for n in stack_narrow_convs(model).graph.node)
 
