@@ -190,11 +190,7 @@ def _chains(graph: onnx.GraphProto) -> list[list[tuple[onnx.NodeProto, list[onnx
         while current is not None:
             seen.add(id(current))
             between, nxt = walk.elementwise_run(current.output[0])
-            if (
-                nxt is not None
-                and nxt.op_type == "ConvTranspose"
-                and nxt.input[0] == (between[-1].output[0] if between else current.output[0])
-            ):
+            if nxt is not None and nxt.op_type == "ConvTranspose":
                 chain.append((current, between))
                 current = nxt
             else:

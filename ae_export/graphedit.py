@@ -50,13 +50,15 @@ class GraphWalk:
         return users[0] if len(users) == 1 and tensor not in self.outputs else None
 
     def elementwise_run(self, tensor: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto | None]:
-        """The elementwise ops that follow `tensor` one after another, and the node after them (if single)."""
+        """The elementwise ops that follow `tensor` one after another, and the node after them: the single
+        reader of the run's last tensor, and only when it reads it as its data input (input 0)."""
         between: list[onnx.NodeProto] = []
         nxt = self.single_next(tensor)
         while nxt is not None and nxt.op_type in ELEMENTWISE and len(nxt.output) == 1:
             between.append(nxt)
             nxt = self.single_next(nxt.output[0])
-        return between, nxt
+        end = between[-1].output[0] if between else tensor
+        return between, nxt if nxt is not None and nxt.input[0] == end else None
 
     def fresh(self, stem: str) -> str:
         """A tensor or node name not yet in the graph: `stem`, else `stem_1`, `stem_2`, ..."""

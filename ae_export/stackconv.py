@@ -161,11 +161,7 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         between, nxt = walk.elementwise_run(node.output[0])
         b = _read_conv(nxt, inits, shapes) if nxt is not None else None
-        if (
-            b is None
-            or min(b.strides) < 2
-            or nxt.input[0] != (between[-1].output[0] if between else node.output[0])
-        ):
+        if b is None or min(b.strides) < 2:
             continue
         phases = b.strides
         if any(n % p for n, p in zip(a.out_hw, phases, strict=True)):
@@ -176,20 +172,18 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         (w_a, bias_a, attrs_a), (w_b, attrs_b) = first, second
         stem_a, stem_b = node.name or node.output[0], nxt.name or nxt.output[0]
-        names = {
-            k: fresh(f"{stem}.{k}")
-            for stem, k in ((stem_a, "stacked_weight"), (stem_a, "stacked_bias"), (stem_b, "coarse_weight"))
-        }
+        w_a_name, b_a_name = fresh(f"{stem_a}.stacked_weight"), fresh(f"{stem_a}.stacked_bias")
+        w_b_name = fresh(f"{stem_b}.coarse_weight")
         graph.initializer.extend(
             [
-                numpy_helper.from_array(w_a, names["stacked_weight"]),
-                numpy_helper.from_array(bias_a, names["stacked_bias"]),
-                numpy_helper.from_array(w_b, names["coarse_weight"]),
+                numpy_helper.from_array(w_a, w_a_name),
+                numpy_helper.from_array(bias_a, b_a_name),
+                numpy_helper.from_array(w_b, w_b_name),
             ]
         )
         stacked = helper.make_node(
             "Conv",
-            [node.input[0], names["stacked_weight"], names["stacked_bias"]],
+            [node.input[0], w_a_name, b_a_name],
             [fresh(f"{stem_a}.stacked")],
             name=fresh(f"{stem_a}{STACK_MARK}"),
             **attrs_a,
@@ -201,17 +195,14 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             op.output[0] = current
         coarse = helper.make_node(
             "Conv",
-            [current, names["coarse_weight"], *nxt.input[2:]],
+            [current, w_b_name, *nxt.input[2:]],
             list(nxt.output),
             name=fresh(f"{stem_b}.coarse_conv"),
             **attrs_b,
         )
-        index = list(graph.node).index(node)
-        graph.node.remove(node)
-        graph.node.insert(index, stacked)
-        index = list(graph.node).index(nxt)
-        graph.node.remove(nxt)
-        graph.node.insert(index, coarse)
+        for old, new in ((node, stacked), (nxt, coarse)):  # each in its place: the order stays topological
+            graph.node.insert(list(graph.node).index(old), new)
+            graph.node.remove(old)
         rewritten |= {id(node), id(nxt)}
     if not rewritten:
         return model

@@ -7,8 +7,13 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,3 +68,27 @@ def train_tiny_photo_model(out: Path) -> Path:
     )
     train_photos(config, log=lambda _line: None)
     return out / "checkpoint.pt"
+
+
+def conv_model(
+    nodes: Sequence[onnx.NodeProto],
+    input_shape: Sequence[int | str],
+    weights: Mapping[str, np.ndarray],
+    opset: int = 18,
+) -> onnx.ModelProto:
+    """A small float32 graph of `nodes` reading "x" of `input_shape` and writing "y", with `weights`
+    (cast to float32) as initializers: what the graph-rewrite tests build their cases from."""
+    graph = helper.make_graph(
+        list(nodes),
+        "case",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def run_model(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The model's first output for `x` fed to its (first) input, on ONNX Runtime's CPU provider."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from ae_export.export import export_all
 from ae_export.fastgraph import UnsupportedGraphError, graph_kind, rewrite_conv_transpose
 from ae_export.parity import BATCH_SIZES, run_parity
 from ae_export.specs import SPECS
 from runtimes.metadata import parse_metadata
+from tests.helpers import conv_model, run_model
 from train.checkpoint import load_checkpoint
 
 
@@ -28,21 +28,8 @@ def portable_dir(trained_checkpoint, tmp_path_factory):
 def _single_layer(
     weight: np.ndarray, bias: np.ndarray, hw: int, opset: int = 18, **attrs: object
 ) -> onnx.ModelProto:
-    cin = weight.shape[0]
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
-    graph = helper.make_graph(
-        [node],
-        "one_layer",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", cin, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
+    return conv_model([node], ["batch", weight.shape[0], hw, hw], {"w": weight, "b": bias}, opset)
 
 
 # The decoder's three layers (in, out, kernel, stride, pad, output_padding, input size), then shapes the
@@ -72,7 +59,7 @@ def test_layer_matches_torch(cin, cout, k, s, p, op, hw, batch) -> None:
     ref = torch.nn.functional.conv_transpose2d(
         torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), s, p, op
     ).numpy()
-    got = _run(fast, {"x": x})
+    got = run_model(fast, x)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
 
@@ -93,12 +80,10 @@ def test_whole_graph_unchanged(portable_dir, role, merge) -> None:
             assert after.get(node.output[0]) not in {"Relu", "Sigmoid"}, ops
     assert ops[-1] == "Col2Im" and ops.index("Sigmoid") < ops.index("Col2Im", ops.index("Sigmoid"))
     assert (graph_kind(portable), graph_kind(fast)) == ("portable", "fast")
-    shape = (SPECS[role].input_name, (1, 1, 28, 28) if role == "denoiser" else (1, 4))
+    sample = (1, 28, 28) if role == "denoiser" else (4,)
     for batch in (1, 5, 64):
-        x = np.random.default_rng(batch).random((batch, *shape[1][1:]), dtype=np.float32)
-        np.testing.assert_allclose(
-            _run(fast, {shape[0]: x}), _run(portable, {shape[0]: x}), atol=1e-5, rtol=1e-5
-        )
+        x = np.random.default_rng(batch).random((batch, *sample), dtype=np.float32)
+        np.testing.assert_allclose(run_model(fast, x), run_model(portable, x), atol=1e-5, rtol=1e-5)
     assert fast.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
@@ -140,9 +125,9 @@ def test_asymmetric_pads_and_strides() -> None:
     model = _single_layer(weight, bias, 5, strides=[2, 3], pads=[1, 0, 2, 1], output_padding=[1, 0])
     model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 6  # (batch, 3, 5, 6)
     x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
-    ref = _run(model, {"x": x})
+    ref = run_model(model, x)
     assert ref.shape == (2, 2, 9, 18)
-    np.testing.assert_allclose(_run(rewrite_conv_transpose(model), {"x": x}), ref, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(run_model(rewrite_conv_transpose(model), x), ref, atol=1e-6, rtol=1e-6)
 
 
 def test_chain_merges_through_elementwise_ops() -> None:
@@ -160,15 +145,8 @@ def test_chain_merges_through_elementwise_ops() -> None:
         helper.make_node("LeakyRelu", ["h"], ["r"], alpha=0.1),
         helper.make_node("ConvTranspose", ["r", "w2", "b2"], ["y"], **attrs),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = conv_model(nodes, ["batch", 4, 5, 5], inits)
     fast = rewrite_conv_transpose(model)
     assert [n.op_type for n in fast.graph.node] == ["Conv", "LeakyRelu", "Conv", "Reshape", "Col2Im"]
     x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
-    np.testing.assert_allclose(_run(fast, {"x": x}), _run(model, {"x": x}), atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(run_model(fast, x), run_model(model, x), atol=1e-6, rtol=1e-6)

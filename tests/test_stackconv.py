@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ae_export.fastgraph import graph_kind
 from ae_export.stackconv import STACK_MARK, stack_narrow_convs
+from tests.helpers import conv_model, run_model
 
 # (C_in, C_mid, C_out, kernel A, stride A, pads A, kernel B, stride B, pads B, input H, W). Pads are
 # ONNX's (begin_h, begin_w, end_h, end_w). The first row is the lecture encoder's first two Convs; the
@@ -44,19 +44,7 @@ def _pair(
             "Conv", ["r", "wb", "bb"], ["y"], strides=list(sb), pads=list(pb), name="conv_b", **b_attrs
         ),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "pair",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c_in, *hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v, k) for k, v in weights.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), weights
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return conv_model(nodes, ["batch", c_in, *hw], weights), weights
 
 
 def _torch_pad(pads) -> tuple[int, int, int, int]:
@@ -87,10 +75,10 @@ def test_stacked_pair_equals_torch(pair, batch: int) -> None:
             torch.from_numpy(w["bb"]),
             stride=sb,
         )
-    got = _run(stacked, x)
+    got = run_model(stacked, x)
     assert got.shape == tuple(t.shape)
     np.testing.assert_allclose(got, t.numpy(), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(got, _run(model, x), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got, run_model(model, x), atol=1e-5, rtol=1e-5)
     assert (graph_kind(model), graph_kind(stacked)) == ("portable", "fast")
 
 
@@ -100,7 +88,7 @@ def test_other_elementwise_ops_between() -> None:
     stacked = stack_narrow_convs(model)
     assert stacked.graph.node[0].name.endswith(STACK_MARK)
     x = np.random.default_rng(7).random((3, 1, 28, 28), dtype=np.float32)
-    np.testing.assert_allclose(_run(stacked, x), _run(model, x), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(run_model(stacked, x), run_model(model, x), atol=1e-5, rtol=1e-5)
 
 
 def test_chain_of_narrow_convs_rewrites_each_node_once() -> None:
@@ -120,14 +108,7 @@ def test_chain_of_narrow_convs_rewrites_each_node_once() -> None:
         helper.make_node("Relu", ["b"], ["br"]),
         helper.make_node("Conv", ["br", "w3"], ["y"], name="c3", **attrs),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 32, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = conv_model(nodes, ["batch", 1, 32, 32], weights)
     stacked = stack_narrow_convs(model)
     assert [n.name for n in stacked.graph.node if n.op_type == "Conv"] == [
         f"c1{STACK_MARK}",
@@ -135,7 +116,7 @@ def test_chain_of_narrow_convs_rewrites_each_node_once() -> None:
         "c3",
     ]
     x = np.random.default_rng(6).random((2, 1, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(_run(stacked, x), _run(model, x), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(run_model(stacked, x), run_model(model, x), atol=1e-5, rtol=1e-5)
 
 
 def _unchanged(model: onnx.ModelProto) -> bool:
