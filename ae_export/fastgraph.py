@@ -26,10 +26,27 @@ That is legal only when the previous output tiles its grid exactly (out == S*P*G
 positions, which would hold bias instead of the zeros the next layer must read); otherwise the chain
 is cut there and the earlier part gets its own Col2Im.
 
+The last layer of a merged chain reads P > 1 phases, and its phase Conv is then mostly zero taps
+(86% on this decoder's last layer: each of 16 output phases reads 2x2 cells of 32 phase channels,
+while a transposed 3x3 kernel gives each output pixel 1 to 4 taps). It takes the overlap-add form
+instead, Col2Im's own meaning: the inputs of one grid cell, x[P*g + q], reach only the outputs
+n = S*P*g + (S*q + k) - p, a footprint of E = S*(P-1) + K positions starting at S*P*g - p. So a 1x1
+Conv computes, per cell, every product x[P*g + q] * w[k] summed over the input channels and phases q
+that land on footprint offset o = S*q + k (E*E*C_out channels, no zero taps but the (q, k) pairs no
+offset has), and `Col2Im` with block E, stride S*P and begin pad p adds the overlapping footprints
+into the image: every (input, tap) product once, as the ConvTranspose sums them. The bias rides on the
+Conv where one window of S*P offsets per axis covers every output exactly once (then each output
+receives it once), else a separate Add follows; activations stay after the Col2Im (it sums, so they no
+longer commute with it). This needs every output position inside some footprint's reach or beyond it
+only by output_padding already cropped (end pad >= output_padding); otherwise the layer keeps its phase
+Conv. The first layer of a chain (P = 1) keeps the phase form: measured, its overlap form was slower
+(a 3x3 block Col2Im over 2.25x the elements, and bias + ReLU as two more nodes).
+
 For this project's decoder (ConvTranspose 32->16 on 3x3 -> 7x7, 16->8 -> 14x14, 8->1 -> 28x28, BN
 already folded into the weights by the exporter's optimizer, ReLU between) the pass gives: Conv
-(2x2 taps, 16*4 channels) + Col2Im (crop 8 -> 7) for the first layer, and the last two layers as
-two Convs on the 7x7 grid (8*4, then 1*16 channels) sharing one Col2Im with block 4.
+(2x2 taps, 16*4 channels) + Col2Im (crop 8 -> 7) for the first layer, the second layer as a Conv on
+the 7x7 grid (8*4 phase channels), and the last as a 1x1 Conv (32 -> 25 channels, bias on the 4x4
+offset window) + Col2Im (block 5, stride 4) + the sigmoid.
 
 Anything the pass does not handle (dynamic spatial size, groups, dilation, auto_pad, output_shape,
 non-constant weights, opset < 18) raises UnsupportedGraphError naming the node: the pass never leaves
@@ -38,6 +55,7 @@ a half-rewritten or wrong graph. The batch axis is untouched (the reshapes copy 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,6 +143,119 @@ def _phase_conv(
     return kernel.astype(np.float32), bias.astype(np.float32), pads, grid_out  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class _Overlap:
+    """The overlap-add form of one layer: 1x1 Conv weights, Conv bias (None: a separate Add) and Col2Im."""
+
+    weight: np.ndarray  # (C_out*Eh*Ew, C_in*Ph*Pw, 1, 1)
+    conv_bias: np.ndarray | None  # (C_out*Eh*Ew,): the bias on one window of offsets per axis
+    block: tuple[int, int]  # footprint E per axis
+    strides: tuple[int, int]  # S*P per axis
+    pads: tuple[int, int, int, int]  # Col2Im begin_h, begin_w, end_h, end_w
+
+
+def _overlap_conv(layer: _Layer, phases_in: tuple[int, int], grid_in: tuple[int, int]) -> _Overlap | None:
+    """The layer as 1x1 Conv + overlapping Col2Im (see module doc), or None where that is not exact."""
+    c_in, c_out, kh, kw = layer.weight.shape
+    spans, strides, pads_end, windows = [], [], [], []
+    for ax, kernel in enumerate((kh, kw)):
+        s, p, g = layer.strides[ax], phases_in[ax], grid_in[ax]
+        span, block, pad = s * (p - 1) + kernel, s * p, layer.pads[ax]
+        # Col2Im must find exactly g blocks: (out + pad + end - span) / block + 1 == g.
+        end = (g - 1) * block + span - pad - layer.out_hw[ax]
+        if end < 0:
+            return None  # outputs beyond every footprint (output_padding): they would need bias only
+        spans.append(span)
+        strides.append(block)
+        pads_end.append(end)
+        # Offsets [c, c + block) cover each output once iff every output's cell exists for them.
+        lo, hi = max(0, span - block - end), min(pad, span - block)
+        windows.append(lo if lo <= hi else None)
+    (eh, ew), (ph, pw) = spans, phases_in
+    kernel = np.zeros((c_out, eh, ew, c_in, ph, pw), dtype=np.float64)
+    w = layer.weight.astype(np.float64)
+    for qh in range(ph):
+        for th in range(kh):
+            for qw in range(pw):
+                for tw in range(kw):
+                    oh, ow = layer.strides[0] * qh + th, layer.strides[1] * qw + tw
+                    kernel[:, oh, ow, :, qh, qw] = w[:, :, th, tw].T
+    conv_bias = None
+    if None not in windows:
+        (ch, cw), (bh, bw) = windows, strides
+        on_window = np.zeros((c_out, eh, ew), dtype=np.float64)
+        on_window[:, ch : ch + bh, cw : cw + bw] = layer.bias.astype(np.float64)[:, None, None]
+        conv_bias = on_window.reshape(-1).astype(np.float32)
+    return _Overlap(
+        weight=kernel.reshape(c_out * eh * ew, c_in * ph * pw, 1, 1).astype(np.float32),
+        conv_bias=conv_bias,
+        block=(eh, ew),
+        strides=(strides[0], strides[1]),
+        pads=(layer.pads[0], layer.pads[1], pads_end[0], pads_end[1]),
+    )
+
+
+class _Emit:
+    """Adds nodes' initializers to one list and names everything after its layer (fresh, unique)."""
+
+    def __init__(self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], stem: str) -> None:
+        self.fresh, self.inits, self.stem = fresh, inits, stem
+        self.nodes: list[onnx.NodeProto] = []
+        self.channels = 0  # the last Conv's output channels
+
+    def const(self, key: str, value: np.ndarray) -> str:
+        name = self.fresh(f"{self.stem}.{key}")
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def conv(self, x: str, out: str, weight: np.ndarray, bias: np.ndarray, form: str, pads: list[int]) -> str:
+        """Conv writing `out` ("<node>.phases" / ".footprints": tensors no longer what the exporter named
+        them, and ORT names fused nodes after them, so profiles can attribute their time)."""
+        w, b = self.const(f"{form}_weight", weight), self.const(f"{form}_bias", bias)
+        self.channels = weight.shape[0]
+        self.nodes += [
+            helper.make_node(
+                "Conv",
+                [x, w, b],
+                [out],
+                name=self.fresh(f"{self.stem}.{form}_conv"),
+                kernel_shape=list(weight.shape[2:]),
+                pads=pads,
+                strides=[1, 1],
+            )
+        ]
+        return out
+
+    def to_image(
+        self,
+        x: str,
+        out: str,
+        grid: tuple[int, int],
+        image: tuple[int, int],
+        block: tuple[int, int],
+        strides: tuple[int, int],
+        pads: list[int],
+        kind: str,
+    ) -> None:
+        """(B, C*Bh*Bw, Gh, Gw) -> Reshape (B, C*Bh*Bw, Gh*Gw) -> Col2Im -> `out` (B, C, *image)."""
+        # 0 copies the batch axis.
+        shape = self.const("columns_shape", np.array([0, self.channels, grid[0] * grid[1]], np.int64))
+        columns = self.fresh(f"{self.stem}.columns")
+        image_name = self.const("image_shape", np.array(image, np.int64))
+        block_name = self.const("block_shape", np.array(block, np.int64))
+        self.nodes += [
+            helper.make_node("Reshape", [x, shape], [columns], name=self.fresh(f"{self.stem}.to_columns")),
+            helper.make_node(
+                "Col2Im",
+                [columns, image_name, block_name],
+                [out],
+                name=self.fresh(f"{self.stem}.{kind}"),
+                strides=list(strides),
+                pads=pads,
+            ),
+        ]
+
+
 def _read_layer(
     node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], shapes: dict[str, list[int | str]]
 ) -> _Layer:
@@ -200,11 +331,14 @@ def _chains(graph: onnx.GraphProto) -> list[list[tuple[onnx.NodeProto, list[onnx
     return chains
 
 
-def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.ModelProto:
+def rewrite_conv_transpose(
+    model: onnx.ModelProto, merge: bool = True, overlap: bool = True
+) -> onnx.ModelProto:
     """A copy of `model` with every ConvTranspose replaced by phase Conv(s) + Col2Im (see module doc).
 
-    `merge=False` gives every layer its own Conv + Col2Im (kept for measurement). Raises
-    UnsupportedGraphError, leaving `model` untouched, when any ConvTranspose cannot be rewritten exactly.
+    `merge=False` gives every layer its own Conv + Col2Im, `overlap=False` keeps a merged chain's last
+    layer in the phase form (both kept for measurement). Raises UnsupportedGraphError, leaving `model`
+    untouched, when any ConvTranspose cannot be rewritten exactly.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
@@ -225,68 +359,61 @@ def rewrite_conv_transpose(model: onnx.ModelProto, merge: bool = True) -> onnx.M
             blocks = (layer.strides[0] * phases[0], layer.strides[1] * phases[1])
             exact = all(g * b == o for g, b, o in zip(grid_out, blocks, layer.out_hw, strict=True))
             last = index == len(layers) - 1 or not merge or not exact
-            stem = node.name or node.output[0]
-            w_name, b_name = fresh(f"{stem}.phase_weight"), fresh(f"{stem}.phase_bias")
-            new_inits += [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(bias, b_name)]
-            # Tensors in phase layout are named "<node>.phases...": they are no longer what the exporter
-            # named them, and profilers (ORT names fused nodes after them) can attribute their time.
-            conv_out = fresh(f"{stem}.phases")
-            nodes = [
-                helper.make_node(
-                    "Conv",
-                    [node.input[0], w_name, b_name],
-                    [conv_out],
-                    name=fresh(f"{stem}.phase_conv"),
-                    kernel_shape=list(weight.shape[2:]),
-                    pads=pads,
-                    strides=[1, 1],
+            emit = _Emit(fresh, new_inits, node.name or node.output[0])
+            form = _overlap_conv(layer, phases, grid) if last and overlap and phases != (1, 1) else None
+            if form is not None:
+                bias = (
+                    form.conv_bias if form.conv_bias is not None else np.zeros(len(form.weight), np.float32)
                 )
-            ]
-            if last:
-                c_out = layer.weight.shape[1]
-                shape_name = fresh(f"{stem}.columns_shape")
-                channels = c_out * blocks[0] * blocks[1]
-                new_inits.append(
-                    numpy_helper.from_array(
-                        np.array([0, channels, grid_out[0] * grid_out[1]], np.int64), shape_name
+                cols = emit.conv(
+                    node.input[0], fresh(f"{emit.stem}.footprints"), form.weight, bias, "footprint", [0] * 4
+                )
+                summed = node.output[0] if form.conv_bias is not None else fresh(f"{emit.stem}.sum")
+                # Overlapping blocks: Col2Im sums the footprints into the image and crops both ends.
+                emit.to_image(
+                    cols, summed, grid, layer.out_hw, form.block, form.strides, list(form.pads), "overlap_add"
+                )
+                if form.conv_bias is None:
+                    c_out = layer.weight.shape[1]
+                    b_name = emit.const("bias", layer.bias.reshape(1, c_out, 1, 1))
+                    emit.nodes.append(
+                        helper.make_node(
+                            "Add", [summed, b_name], [node.output[0]], name=fresh(f"{emit.stem}.add_bias")
+                        )
                     )
-                )
-                image_name, block_name = fresh(f"{stem}.image_shape"), fresh(f"{stem}.block_shape")
-                new_inits += [
-                    numpy_helper.from_array(np.array(layer.out_hw, np.int64), image_name),
-                    numpy_helper.from_array(np.array(blocks, np.int64), block_name),
-                ]
-                columns = fresh(f"{stem}.columns")
-                nodes += [
-                    # (B, C*Bh*Bw, Gh, Gw) -> (B, C*Bh*Bw, Gh*Gw); 0 copies the batch axis.
-                    helper.make_node(
-                        "Reshape", [conv_out, shape_name], [columns], name=fresh(f"{stem}.to_columns")
-                    ),
-                    # Non-overlapping blocks: interleave the phases, crop the end to out_hw.
-                    helper.make_node(
-                        "Col2Im",
-                        [columns, image_name, block_name],
-                        [node.output[0]],
-                        name=fresh(f"{stem}.interleave"),
-                        strides=list(blocks),
-                        pads=[
-                            0,
-                            0,
-                            grid_out[0] * blocks[0] - layer.out_hw[0],
-                            grid_out[1] * blocks[1] - layer.out_hw[1],
-                        ],
-                    ),
-                ]
                 phases, grid = (1, 1), layer.out_hw
             else:
-                phases, grid = blocks, grid_out
-                current = conv_out
-                for op in between:  # elementwise ops now act on the phase layout: rename their outputs
-                    op.input[0] = current
-                    current = fresh(f"{stem}.phases_{op.op_type.lower()}")
-                    op.output[0] = current
-                chain[index + 1][0].input[0] = current  # the next ConvTranspose reads the phases
-            replaced[id(node)] = nodes
+                conv_out = emit.conv(
+                    node.input[0],
+                    fresh(f"{emit.stem}.phases"),
+                    weight,
+                    bias,
+                    "phase",
+                    pads,
+                )
+                if last:
+                    # Non-overlapping blocks: interleave the phases, crop the end to out_hw.
+                    crop = [g * b - o for g, b, o in zip(grid_out, blocks, layer.out_hw, strict=True)]
+                    emit.to_image(
+                        conv_out,
+                        node.output[0],
+                        grid_out,
+                        layer.out_hw,
+                        blocks,
+                        blocks,
+                        [0, 0, *crop],
+                        "interleave",
+                    )
+                    phases, grid = (1, 1), layer.out_hw
+                else:
+                    phases, grid = blocks, grid_out
+                    current = conv_out
+                    for op in between:  # elementwise ops now act on the phase layout: rename their outputs
+                        op.input[0] = current
+                        current = fresh(f"{emit.stem}.phases_{op.op_type.lower()}")
+                        op.output[0] = current
+                    chain[index + 1][0].input[0] = current  # the next ConvTranspose reads the phases
+            replaced[id(node)] = emit.nodes
     if not replaced:
         return model
     new_nodes: list[onnx.NodeProto] = []
@@ -317,8 +444,9 @@ def _hoist_activations(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> 
     Why exact: with block = stride the Col2Im copies every element to one place and crops the end, so
     it is a permutation followed by a crop; a pointwise f commutes with both, f(Col2Im(z)) = Col2Im(f(z)),
     element for element. Why faster: next to the Conv, ONNX Runtime fuses the activation into it (one
-    pass fewer over the tensor, one node fewer per run). The decoder's ReLU after its first layer and its
-    final sigmoid both move: 2 of the fast graph's 24 nodes at batch 1.
+    pass fewer over the tensor, one node fewer per run). The decoder's ReLU after its first layer moves
+    (and its sigmoid, where the last layer keeps the phase form). An overlap-add Col2Im sums, so nothing
+    moves across it: only Col2Ims named ".interleave" are considered.
     """
     producer = {out: node for node in nodes for out in node.output}
     users: dict[str, list[onnx.NodeProto]] = {}

@@ -72,13 +72,18 @@ def test_whole_graph_unchanged(portable_dir, role, merge) -> None:
     ops = [n.op_type for n in fast.graph.node]
     assert "ConvTranspose" not in ops
     assert ops.count("Col2Im") == (2 if merge else 3)
-    # The decoder's ReLUs and final sigmoid run before each Col2Im (on the Conv, which ORT fuses them
-    # into), never after it: every Col2Im feeds a Conv's input chain or the graph output directly.
+    # Interleaving Col2Ims only permute: the ReLUs (and, unmerged, the sigmoid) run before them, on the
+    # Conv that ORT fuses them into. Merged, the last layer is the overlap-add form (1x1 Conv, a summing
+    # Col2Im, its bias on the Conv), and the sigmoid must follow the sum.
     after = {n.input[0]: n.op_type for n in fast.graph.node}
     for node in fast.graph.node:
-        if node.op_type == "Col2Im":
+        if node.op_type == "Col2Im" and node.name.endswith(".interleave"):
             assert after.get(node.output[0]) not in {"Relu", "Sigmoid"}, ops
-    assert ops[-1] == "Col2Im" and ops.index("Sigmoid") < ops.index("Col2Im", ops.index("Sigmoid"))
+    if merge:
+        assert ops[-6:] == ["Conv", "Relu", "Conv", "Reshape", "Col2Im", "Sigmoid"], ops
+        assert fast.graph.node[-2].name.endswith(".overlap_add")
+    else:
+        assert ops[-1] == "Col2Im" and ops.index("Sigmoid") < ops.index("Col2Im", ops.index("Sigmoid"))
     assert (graph_kind(portable), graph_kind(fast)) == ("portable", "fast")
     sample = (1, 28, 28) if role == "denoiser" else (4,)
     for batch in (1, 5, 64):
@@ -146,7 +151,55 @@ def test_chain_merges_through_elementwise_ops() -> None:
         helper.make_node("ConvTranspose", ["r", "w2", "b2"], ["y"], **attrs),
     ]
     model = conv_model(nodes, ["batch", 4, 5, 5], inits)
-    fast = rewrite_conv_transpose(model)
-    assert [n.op_type for n in fast.graph.node] == ["Conv", "LeakyRelu", "Conv", "Reshape", "Col2Im"]
     x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
-    np.testing.assert_allclose(run_model(fast, x), run_model(model, x), atol=1e-6, rtol=1e-6)
+    for overlap in (True, False):
+        fast = rewrite_conv_transpose(model, overlap=overlap)
+        assert [n.op_type for n in fast.graph.node] == ["Conv", "LeakyRelu", "Conv", "Reshape", "Col2Im"]
+        assert fast.graph.node[2].attribute[0].ints == ([1, 1] if overlap else [2, 2])  # kernel_shape
+        np.testing.assert_allclose(run_model(fast, x), run_model(model, x), atol=1e-6, rtol=1e-6)
+
+
+# Second layers of two-layer chains (kernel, stride, pad, output_padding) after a first layer that tiles
+# its grid (3x3, stride 2, pad 1, output_padding 1), and the form each must take: the overlap form with
+# its bias on the Conv, the overlap form + Add (no window of offsets covers every output once), or the
+# phase form (output_padding beyond the footprints: those outputs hold the bias alone).
+OVERLAP = ["Conv", "Reshape", "Col2Im", "Sigmoid"]
+SECOND_LAYERS = [
+    ((3, 2, 1, 1), OVERLAP),  # the decoder's last layer
+    ((4, 2, 1, 0), OVERLAP),
+    ((2, 2, 0, 0), OVERLAP),  # footprints that do not overlap
+    ((5, 3, 2, 1), OVERLAP),  # stride 3: footprint 8, window of 6 offsets
+    ((3, 2, 0, 0), ["Conv", "Reshape", "Col2Im", "Add", "Sigmoid"]),  # no begin pad to hide a window edge
+    ((1, 2, 0, 0), ["Conv", "Reshape", "Col2Im", "Add", "Sigmoid"]),  # kernel < stride: gaps hold bias only
+    ((3, 2, 0, 1), ["Conv", "Sigmoid", "Reshape", "Col2Im"]),  # phase form, the sigmoid before the interleave
+]
+
+
+@pytest.mark.parametrize(("second", "ops"), SECOND_LAYERS)
+def test_last_layer_of_a_chain_matches_torch(second, ops) -> None:
+    """The chain's last layer (read as phases) in overlap-add form, against torch's conv_transpose2d."""
+    k, s, p, op = second
+    rng = np.random.default_rng(k * 10 + s + p + op)
+    w1, b1 = rng.uniform(-0.3, 0.3, (4, 3, 3, 3)), rng.uniform(-0.3, 0.3, 3)
+    w2, b2 = rng.uniform(-0.3, 0.3, (3, 2, k, k)), rng.uniform(-0.3, 0.3, 2)
+    nodes = [
+        helper.make_node(
+            "ConvTranspose", ["x", "w1", "b1"], ["h"], strides=[2, 2], pads=[1] * 4, output_padding=[1, 1]
+        ),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node(
+            "ConvTranspose", ["r", "w2", "b2"], ["t"], strides=[s, s], pads=[p] * 4, output_padding=[op, op]
+        ),
+        helper.make_node("Sigmoid", ["t"], ["y"]),
+    ]
+    fast = rewrite_conv_transpose(
+        conv_model(nodes, ["batch", 4, 5, 5], {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    )
+    assert [n.op_type for n in fast.graph.node] == ["Conv", "Relu", *ops]
+    last_conv = fast.graph.node[2]
+    assert last_conv.attribute[0].ints == ([1, 1] if ops[1] == "Reshape" else [2, 2])  # kernel_shape
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
+    t = torch.from_numpy
+    h = torch.relu(torch.nn.functional.conv_transpose2d(t(x), t(w1).float(), t(b1).float(), 2, 1, 1))
+    ref = torch.sigmoid(torch.nn.functional.conv_transpose2d(h, t(w2).float(), t(b2).float(), s, p, op))
+    np.testing.assert_allclose(run_model(fast, x), ref.numpy(), atol=1e-6, rtol=1e-5)
