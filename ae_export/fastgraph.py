@@ -66,6 +66,9 @@ from ae_export.graphedit import ELEMENTWISE, GraphWalk, node_attr, static_shapes
 from ae_export.stackconv import STACK_MARK, stack_narrow_convs
 
 MIN_OPSET = 18  # Col2Im
+# Names of the tensors the rewritten layers' Convs write ("<node>.phases...", "<node>.footprints"): ORT
+# names fused nodes after their outputs, so profiles (bench.flops) can tell these Convs from the rest.
+REWRITE_MARKS = (".phases", ".footprints")
 
 
 class UnsupportedGraphError(ValueError):
@@ -209,8 +212,7 @@ class _Emit:
         return name
 
     def conv(self, x: str, out: str, weight: np.ndarray, bias: np.ndarray, form: str, pads: list[int]) -> str:
-        """Conv writing `out` ("<node>.phases" / ".footprints": tensors no longer what the exporter named
-        them, and ORT names fused nodes after them, so profiles can attribute their time)."""
+        """Conv writing `out` (named with a REWRITE_MARK: no longer what the exporter named it)."""
         w, b = self.const(f"{form}_weight", weight), self.const(f"{form}_bias", bias)
         self.channels = weight.shape[0]
         self.nodes += [
@@ -366,7 +368,12 @@ def rewrite_conv_transpose(
                     form.conv_bias if form.conv_bias is not None else np.zeros(len(form.weight), np.float32)
                 )
                 cols = emit.conv(
-                    node.input[0], fresh(f"{emit.stem}.footprints"), form.weight, bias, "footprint", [0] * 4
+                    node.input[0],
+                    fresh(f"{emit.stem}{REWRITE_MARKS[1]}"),
+                    form.weight,
+                    bias,
+                    "footprint",
+                    [0] * 4,
                 )
                 summed = node.output[0] if form.conv_bias is not None else fresh(f"{emit.stem}.sum")
                 # Overlapping blocks: Col2Im sums the footprints into the image and crops both ends.
@@ -385,7 +392,7 @@ def rewrite_conv_transpose(
             else:
                 conv_out = emit.conv(
                     node.input[0],
-                    fresh(f"{emit.stem}.phases"),
+                    fresh(f"{emit.stem}{REWRITE_MARKS[0]}"),
                     weight,
                     bias,
                     "phase",
@@ -410,7 +417,7 @@ def rewrite_conv_transpose(
                     current = conv_out
                     for op in between:  # elementwise ops now act on the phase layout: rename their outputs
                         op.input[0] = current
-                        current = fresh(f"{emit.stem}.phases_{op.op_type.lower()}")
+                        current = fresh(f"{emit.stem}{REWRITE_MARKS[0]}_{op.op_type.lower()}")
                         op.output[0] = current
                     chain[index + 1][0].input[0] = current  # the next ConvTranspose reads the phases
             replaced[id(node)] = emit.nodes

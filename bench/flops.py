@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ae_export.fastgraph import REWRITE_MARKS
 from ae_export.specs import IMAGE_SAMPLE_SHAPE
 from runtimes.sessions import open_session, session_options
 
@@ -30,13 +31,13 @@ ORT_OP_KIND = {
     "MatMul": "linear",
 }
 OTHER = "elementwise/other"
-# The fast graph's rewritten transposed convolutions (ae_export.fastgraph): Convs on tensors named
-# "<node>.phases..." (ORT names fused nodes after their outputs) and the Col2Im interleave.
-PHASE_MARK = ".phases"
 
 
 def _node_kind(node_name: str, op: str) -> str:
-    if op == "Col2Im" or (PHASE_MARK in node_name and ORT_OP_KIND.get(op) == "conv"):
+    """The fast graph's rewritten transposed convolutions (ae_export.fastgraph) count as conv_transpose:
+    their Convs (by the names of the tensors they write) and their Col2Ims."""
+    rewritten = any(mark in node_name for mark in REWRITE_MARKS)
+    if op == "Col2Im" or (rewritten and ORT_OP_KIND.get(op) == "conv"):
         return "conv_transpose"
     return ORT_OP_KIND.get(op, OTHER)
 
