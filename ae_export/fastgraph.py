@@ -62,13 +62,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ae_export.graphedit import ELEMENTWISE, GraphWalk, node_attr, static_shapes
+from ae_export.graphedit import ELEMENTWISE, GraphWalk, drop_unused_and_check, node_attr, static_shapes
 from ae_export.stackconv import STACK_MARK, stack_narrow_convs
 
 MIN_OPSET = 18  # Col2Im
 # Names of the tensors the rewritten layers' Convs write ("<node>.phases...", "<node>.footprints"): ORT
 # names fused nodes after their outputs, so profiles (bench.flops) can tell these Convs from the rest.
-REWRITE_MARKS = (".phases", ".footprints")
+PHASES_MARK, FOOTPRINTS_MARK = ".phases", ".footprints"
+REWRITE_MARKS = (PHASES_MARK, FOOTPRINTS_MARK)
 
 
 class UnsupportedGraphError(ValueError):
@@ -148,10 +149,11 @@ def _phase_conv(
 
 @dataclass(frozen=True)
 class _Overlap:
-    """The overlap-add form of one layer: 1x1 Conv weights, Conv bias (None: a separate Add) and Col2Im."""
+    """The overlap-add form of one layer: 1x1 Conv weights and bias, and the Col2Im that sums them."""
 
     weight: np.ndarray  # (C_out*Eh*Ew, C_in*Ph*Pw, 1, 1)
-    conv_bias: np.ndarray | None  # (C_out*Eh*Ew,): the bias on one window of offsets per axis
+    bias: np.ndarray  # (C_out*Eh*Ew,): the layer's bias on one window of offsets per axis, else zeros
+    add_bias: bool  # no window covers every output once: a separate Add after the Col2Im carries it
     block: tuple[int, int]  # footprint E per axis
     strides: tuple[int, int]  # S*P per axis
     pads: tuple[int, int, int, int]  # Col2Im begin_h, begin_w, end_h, end_w
@@ -183,15 +185,14 @@ def _overlap_conv(layer: _Layer, phases_in: tuple[int, int], grid_in: tuple[int,
                 for tw in range(kw):
                     oh, ow = layer.strides[0] * qh + th, layer.strides[1] * qw + tw
                     kernel[:, oh, ow, :, qh, qw] = w[:, :, th, tw].T
-    conv_bias = None
+    on_window = np.zeros((c_out, eh, ew), dtype=np.float32)
     if None not in windows:
         (ch, cw), (bh, bw) = windows, strides
-        on_window = np.zeros((c_out, eh, ew), dtype=np.float64)
-        on_window[:, ch : ch + bh, cw : cw + bw] = layer.bias.astype(np.float64)[:, None, None]
-        conv_bias = on_window.reshape(-1).astype(np.float32)
+        on_window[:, ch : ch + bh, cw : cw + bw] = layer.bias[:, None, None]
     return _Overlap(
         weight=kernel.reshape(c_out * eh * ew, c_in * ph * pw, 1, 1).astype(np.float32),
-        conv_bias=conv_bias,
+        bias=on_window.reshape(-1),
+        add_bias=None in windows,
         block=(eh, ew),
         strides=(strides[0], strides[1]),
         pads=(layer.pads[0], layer.pads[1], pads_end[0], pads_end[1]),
@@ -351,7 +352,8 @@ def rewrite_conv_transpose(
     shapes = static_shapes(model)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     new_inits: list[onnx.TensorProto] = []
-    fresh = GraphWalk(graph).fresh
+    walk = GraphWalk(graph)
+    fresh = walk.fresh
 
     for chain in _chains(graph):
         layers = [_read_layer(node, inits, shapes) for node, _ in chain]
@@ -364,23 +366,20 @@ def rewrite_conv_transpose(
             emit = _Emit(fresh, new_inits, node.name or node.output[0])
             form = _overlap_conv(layer, phases, grid) if last and overlap and phases != (1, 1) else None
             if form is not None:
-                bias = (
-                    form.conv_bias if form.conv_bias is not None else np.zeros(len(form.weight), np.float32)
-                )
                 cols = emit.conv(
                     node.input[0],
-                    fresh(f"{emit.stem}{REWRITE_MARKS[1]}"),
+                    fresh(f"{emit.stem}{FOOTPRINTS_MARK}"),
                     form.weight,
-                    bias,
+                    form.bias,
                     "footprint",
                     [0] * 4,
                 )
-                summed = node.output[0] if form.conv_bias is not None else fresh(f"{emit.stem}.sum")
+                summed = fresh(f"{emit.stem}.sum") if form.add_bias else node.output[0]
                 # Overlapping blocks: Col2Im sums the footprints into the image and crops both ends.
                 emit.to_image(
                     cols, summed, grid, layer.out_hw, form.block, form.strides, list(form.pads), "overlap_add"
                 )
-                if form.conv_bias is None:
+                if form.add_bias:
                     c_out = layer.weight.shape[1]
                     b_name = emit.const("bias", layer.bias.reshape(1, c_out, 1, 1))
                     emit.nodes.append(
@@ -392,7 +391,7 @@ def rewrite_conv_transpose(
             else:
                 conv_out = emit.conv(
                     node.input[0],
-                    fresh(f"{emit.stem}{REWRITE_MARKS[0]}"),
+                    fresh(f"{emit.stem}{PHASES_MARK}"),
                     weight,
                     bias,
                     "phase",
@@ -414,12 +413,10 @@ def rewrite_conv_transpose(
                     phases, grid = (1, 1), layer.out_hw
                 else:
                     phases, grid = blocks, grid_out
-                    current = conv_out
-                    for op in between:  # elementwise ops now act on the phase layout: rename their outputs
-                        op.input[0] = current
-                        current = fresh(f"{emit.stem}{REWRITE_MARKS[0]}_{op.op_type.lower()}")
-                        op.output[0] = current
-                    chain[index + 1][0].input[0] = current  # the next ConvTranspose reads the phases
+                    # The elementwise ops now act on the phase layout; the next ConvTranspose reads it.
+                    chain[index + 1][0].input[0] = walk.relabel(
+                        between, conv_out, f"{emit.stem}{PHASES_MARK}"
+                    )
             replaced[id(node)] = emit.nodes
     if not replaced:
         return model
@@ -428,16 +425,8 @@ def rewrite_conv_transpose(
         new_nodes.extend(replaced.get(id(node), [node]))
     del graph.node[:]
     graph.node.extend(_hoist_activations(new_nodes, {o.name for o in graph.output}))
-    # ConvTranspose weights no longer used are dropped; the phase weights replace them.
-    still_used = {name for n in graph.node for name in n.input}
-    kept = [t for t in graph.initializer if t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    # Intermediate shapes changed (phase layouts): drop stale value_info and infer again.
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    graph.initializer.extend(new_inits)  # the ConvTranspose weights, now unread, are dropped below
+    return drop_unused_and_check(model)
 
 
 # Pointwise ops of one input that may move from after a Col2Im to before it (see _hoist_activations).

@@ -60,6 +60,17 @@ class GraphWalk:
         end = between[-1].output[0] if between else tensor
         return between, nxt if nxt is not None and nxt.input[0] == end else None
 
+    def relabel(self, run: list[onnx.NodeProto], start: str, stem: str) -> str:
+        """Make the elementwise `run` (from elementwise_run) read `start` and write fresh names after
+        `stem`, one after another: they now act on a rewritten layout, no longer the exporter's tensors.
+        Returns the run's last output (`start` for an empty run), which the next node must read."""
+        current = start
+        for op in run:
+            op.input[0] = current
+            current = self.fresh(f"{stem}_{op.op_type.lower()}")
+            op.output[0] = current
+        return current
+
     def fresh(self, stem: str) -> str:
         """A tensor or node name not yet in the graph: `stem`, else `stem_1`, `stem_2`, ..."""
         name, i = stem, 0
@@ -68,3 +79,16 @@ class GraphWalk:
             name = f"{stem}_{i}"
         self.used.add(name)
         return name
+
+
+def drop_unused_and_check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """After a pass: drop initializers no node reads, infer the (changed) shapes again, check the model."""
+    graph = model.graph
+    still_used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]  # stale: rewritten tensors have new shapes
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model

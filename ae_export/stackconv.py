@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ae_export.graphedit import GraphWalk, node_attr, static_shapes
+from ae_export.graphedit import GraphWalk, drop_unused_and_check, node_attr, static_shapes
 
 # One AVX-512 NCHWc block: a Conv with fewer output channels breaks ORT's blocked layout.
 NARROW = 16
@@ -188,11 +188,7 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             name=fresh(f"{stem_a}{STACK_MARK}"),
             **attrs_a,
         )
-        current = stacked.output[0]
-        for op in between:  # the elementwise ops now act on the stacked layout: rename their outputs
-            op.input[0] = current
-            current = fresh(f"{stem_a}.stacked_{op.op_type.lower()}")
-            op.output[0] = current
+        current = walk.relabel(between, stacked.output[0], f"{stem_a}.stacked")
         coarse = helper.make_node(
             "Conv",
             [current, w_b_name, *nxt.input[2:]],
@@ -204,13 +200,4 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.node.insert(list(graph.node).index(old), new)
             graph.node.remove(old)
         rewritten |= {id(node), id(nxt)}
-    if not rewritten:
-        return model
-    still_used = {name for n in graph.node for name in n.input}
-    kept = [t for t in graph.initializer if t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.value_info[:]  # the stacked tensors have new shapes: infer them again
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return drop_unused_and_check(model) if rewritten else model
