@@ -2,12 +2,13 @@
 
 Runs after the fp32 files passed parity. For each requested precision (fp16, int8), and for the portable
 twin (the fp32 model in torch's graph, for GPUs and OpenCV, where the fp32 files hold the fast graph), it
-builds the three files, scores the denoiser and the encoder->decoder pair on the standard test against
-fp32, and rejects the variant (nothing written) when it loses more than its PSNR budget or fails parity;
-then `.ort` files for fp32 and every accepted precision (same gate and parity), the mobile usability
-report, throughput against fp32 in one run, and `manifest.json` listing every file. All work happens in
-a staging folder; files move into place at the end, and variant files of earlier exports that this one
-did not write are removed, so the folder never mixes exports.
+builds the three files (fp16 from the portable graph: see `_fp16`), scores the denoiser and the
+encoder->decoder pair on the standard test against fp32, and rejects the variant (nothing written) when
+it loses more than its PSNR budget or fails parity; then `.ort` files for fp32 and every accepted
+precision (same gate and parity), the mobile usability report, throughput against fp32 in one run, and
+`manifest.json` listing every file. All work happens in a staging folder; files move into place at the
+end, and variant files of earlier exports that this one did not write are removed, so the folder never
+mixes exports.
 """
 
 from __future__ import annotations
@@ -87,11 +88,28 @@ class VariantsResult:
         return [o for o in self.outcomes if o.rejected]
 
 
-def _build(
-    precision: str, fp32: Mapping[str, Path], calibration: np.ndarray, search: EvalSet, budget: float, log
+def _fp16(
+    fp32: Mapping[str, Path], portable: Mapping[str, onnx.ModelProto] | None
+) -> dict[str, onnx.ModelProto]:
+    """fp16 files, converted from the portable graph where the fp32 files hold the fast one.
+
+    Why: float16 pays on GPUs and mobile accelerators, and neither runs the fast graph's Col2Im (ONNX
+    Runtime's CUDA provider has no kernel for it: an fp16 fast graph ran its Col2Im and a Cast on the CPU
+    with host copies, 5.6x slower than the fp16 portable graph at batch 256 on an H100). On the CPU, where
+    the fast graph wins, float16 does not pay at all (its convolutions run through Casts).
+    """
+    sources = portable or {role: onnx.load(str(fp32[role])) for role in SPECS}
+    protos = {}
+    for role, source in sources.items():
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)  # the converter edits its argument; the portable twin is written as well
+        protos[role] = to_fp16(proto)
+    return protos
+
+
+def _int8(
+    fp32: Mapping[str, Path], calibration: np.ndarray, search: EvalSet, budget: float, log
 ) -> tuple[dict[str, onnx.ModelProto], list[str], dict[str, Any]]:
-    if precision == "fp16":
-        return {role: to_fp16(onnx.load(str(fp32[role]))) for role in SPECS}, [], {}
     found = search_int8(fp32["denoiser"], calibration, search, budget, log)
     latents = run_file(fp32["encoder"], calibration)  # the decoder is calibrated on real latents
     inputs = {"encoder": calibration, "decoder": latents, "denoiser": calibration}
@@ -199,6 +217,8 @@ def export_variants(
         fast = graph_kind(onnx.load(str(fp32["denoiser"]))) == "fast"
         if PORTABLE_VARIANT.name in requested and not fast:
             log("portable: not written: the fp32 files already hold the portable graph")
+        wants_portable = {"fp16", PORTABLE_VARIANT.name} & set(requested)
+        portable = _portable(checkpoint, fp32) if fast and wants_portable else None
         for name in ("fp16", "int8", PORTABLE_VARIANT.name):
             if name not in requested or (name == PORTABLE_VARIANT.name and not fast):
                 continue
@@ -206,13 +226,13 @@ def export_variants(
             outcome = Outcome(variant, budgets.get(name, variant.psnr_budget_db))
             outcomes.append(outcome)
             if variant is PORTABLE_VARIANT:
-                protos = _portable(checkpoint, fp32)
+                protos = dict(portable)
+            elif name == "fp16":
+                protos = _fp16(fp32, portable)
             else:
-                protos, outcome.excluded, record = _build(
-                    name, fp32, calibration, search, outcome.budget_db, log
+                protos, outcome.excluded, extra_records[name] = _int8(
+                    fp32, calibration, search, outcome.budget_db, log
                 )
-                if record:
-                    extra_records[name] = record
             for role, proto in protos.items():
                 tag_variant(proto, variant, outcome.excluded)
                 onnx.save(proto, str(staged / variant.file_name(role)))

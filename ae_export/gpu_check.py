@@ -37,6 +37,7 @@ import torch
 
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_write_text
+from runtimes.manifest import DEFAULT_VARIANT, variants_present
 from runtimes.sessions import (
     CPU_EP,
     CUDA_EP,
@@ -47,6 +48,7 @@ from runtimes.sessions import (
 )
 
 BENCH_MODULE = "bench.cli"
+GPU_VARIANTS = ("fp32", "fp16")  # the precisions meant for a GPU (int8 is the CPU's)
 STEP_TIMEOUT_S = 1800
 
 
@@ -120,12 +122,18 @@ def cpu_nodes(onnx_dir: Path, work: Path) -> dict[str, list[str]]:
 
     Why: ORT moves a node without a CUDA kernel to the CPU silently, with host copies around it; parity
     still passes and only the speed shows it (the fast graph's Col2Im cost 3.9x at batch 256 on an
-    H200). One profiled run per file reads where every node really ran.
+    H200). One profiled run per file reads where every node really ran: the default files and, where
+    the export has them, the GPU precision's (`GPU_VARIANTS`).
     """
-    denoiser = Denoiser(onnx_dir, provider="cuda", warmup=False)
-    folder = denoiser.path.parent
-    files = dict.fromkeys([denoiser.path.name, *denoiser.metadata.artifacts.values()])
-    return {file: placement(folder / file, "cuda", work).get(CPU_EP, []) for file in files}
+    present = variants_present(onnx_dir)
+    files: dict[Path, None] = {}
+    for variant in [v for v in GPU_VARIANTS if v == DEFAULT_VARIANT or v in present]:
+        denoiser = Denoiser(onnx_dir, provider="cuda", warmup=False, variant=variant)
+        folder = denoiser.path.parent
+        files |= dict.fromkeys(
+            folder / f for f in [denoiser.path.name, *denoiser.metadata.artifacts.values()]
+        )
+    return {path.name: placement(path, "cuda", work).get(CPU_EP, []) for path in files}
 
 
 def placement_step(onnx_dir: Path, work: Path) -> Step:

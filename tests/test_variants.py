@@ -164,6 +164,17 @@ def test_portable_twin_holds_torchs_graph_and_the_same_function(variants_dir: Pa
     np.testing.assert_allclose(a.run(None, {name: x})[0], b.run(None, {name: x})[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("role", ["encoder", "decoder", "denoiser"])
+def test_fp16_holds_the_portable_graph(variants_dir: Path, role: str) -> None:
+    """fp16 is for GPUs and mobile accelerators, which have no Col2Im: it is converted from the twin."""
+    half = onnx.load(str(variants_dir / f"{role}.fp16.onnx"))
+    twin = onnx.load(str(variants_dir / f"{role}.portable.onnx"))
+    assert [n.op_type for n in half.graph.node if n.op_type != "Cast"] == [n.op_type for n in twin.graph.node]
+    meta = {p.key: p.value for p in half.metadata_props}
+    assert json.loads(meta["ae_export.graph"]) == "portable"
+    assert json.loads(meta["ae_export.artifacts"])[role] == f"{role}.fp16.onnx"
+
+
 @pytest.mark.parametrize(
     ("variant", "provider", "present", "expected"),
     [
@@ -210,6 +221,19 @@ def test_cuda_opens_the_portable_twin_and_warns_on_the_fast_graph(variants_dir: 
     np.testing.assert_allclose(denoiser(image), Denoiser(variants_dir, provider="cpu")(image), atol=1e-4)
     with pytest.warns(RuntimeWarning, match="no CUDA kernel"):
         OnnxModel(variants_dir / "denoiser.onnx", provider="cuda")
+
+
+@pytest.mark.gpu
+def test_every_node_of_the_gpu_files_runs_on_cuda(variants_dir: Path, tmp_path: Path) -> None:
+    """What `make gpu-check`'s placement step checks: ORT moves a node with no CUDA kernel to the CPU."""
+    from ae_export.gpu_check import cpu_nodes
+    from runtimes.sessions import CUDA_EP
+
+    if CUDA_EP not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    found = cpu_nodes(variants_dir, tmp_path)
+    assert {"denoiser.portable.onnx", "denoiser.fp16.onnx", "decoder.fp16.onnx"} <= set(found)
+    assert found == {name: [] for name in found}
 
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
