@@ -31,7 +31,7 @@ from bench.ort_variants import bench_ort_variants
 from bench.section import BenchContext
 from bench.tables import Column, Result, Table
 from bench.timing import Budget, latency_stats, time_calls
-from runtimes.manifest import portable_twin
+from runtimes.manifest import portable_twin, resolve_model, variants_present
 from runtimes.onnx_model import OnnxModel
 from runtimes.sessions import ProviderUnavailableError, open_session
 from train.model import DenoisingAutoencoder
@@ -54,6 +54,19 @@ def _row(
         "gflops": gflops,
         "peak_share": gflops / peak_gflops,
     }
+
+
+def _cuda_files(onnx_path: Path) -> list[Path]:
+    """The export's default denoiser, then, where the folder has them, its portable twin and fp16 file.
+
+    Why these: ORT's CUDA provider has no Col2Im, so the fast graph runs its interleaves on the CPU (the
+    row shows the cost); the twin is what `runtimes.Denoiser` opens on CUDA; fp16 (converted from the
+    portable graph) is the GPU's precision, and whether it pays is measured, not assumed.
+    """
+    folder = onnx_path.parent
+    twin = portable_twin(folder, "denoiser")
+    half = resolve_model(folder, "denoiser", "fp16") if "fp16" in variants_present(folder) else None
+    return [onnx_path, *(path for path in (twin, half) if path is not None)]
 
 
 def _cuda_rows(
@@ -88,10 +101,7 @@ def _cuda_rows(
 
             rows.append(_row("pytorch eager", "cuda", batch, time_calls(call, budget), flops, peak["gflops"]))
     del gpu_model
-    # The export's default file and, where the folder has it, its portable twin: ORT's CUDA provider
-    # has no Col2Im, so the fast graph runs its interleaves on the CPU (`runtimes.Denoiser` picks the twin).
-    twin = portable_twin(onnx_path.parent, "denoiser")
-    for path in [onnx_path] if twin is None else [onnx_path, twin]:
+    for path in _cuda_files(onnx_path):
         try:
             session, _ = open_session(path, "cuda", threads, spinning=False)
         except ProviderUnavailableError as err:

@@ -223,6 +223,16 @@ def test_cuda_opens_the_portable_twin_and_warns_on_the_fast_graph(variants_dir: 
         OnnxModel(variants_dir / "denoiser.onnx", provider="cuda")
 
 
+def test_the_gpu_bench_times_the_default_file_the_twin_and_fp16(variants_dir: Path, tmp_path: Path) -> None:
+    """The bench's CUDA rows cover what a GPU user may run: the default file, the twin and fp16."""
+    from bench.inference import _cuda_files
+
+    picked = [p.name for p in _cuda_files(variants_dir / "denoiser.onnx")]
+    assert picked == ["denoiser.onnx", "denoiser.portable.onnx", "denoiser.fp16.onnx"]
+    shutil.copy(variants_dir / "denoiser.onnx", tmp_path / "denoiser.onnx")  # a folder of one file
+    assert _cuda_files(tmp_path / "denoiser.onnx") == [tmp_path / "denoiser.onnx"]
+
+
 @pytest.mark.gpu
 def test_every_node_of_the_gpu_files_runs_on_cuda(variants_dir: Path, tmp_path: Path) -> None:
     """What `make gpu-check`'s placement step checks: ORT moves a node with no CUDA kernel to the CPU."""
