@@ -284,6 +284,34 @@ def test_portable_export_gets_no_twin(
     assert "portable: not written: the fp32 files already hold the portable graph" in lines
 
 
+def test_fp16_alone_is_converted_from_the_portable_graph_without_writing_it(
+    trained_checkpoint: Path, onnx_dir: Path, fmnist, tmp_path: Path
+) -> None:
+    """`--variants fp16` on a fast export: fp16 still comes from the portable graph, no twin is written."""
+    from ae_export.deploy import export_variants
+    from ae_export.fastgraph import graph_kind
+    from train.checkpoint import load_checkpoint
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    for spec in SPECS.values():
+        shutil.copy(onnx_dir / spec.file_name, folder / spec.file_name)
+    result = export_variants(
+        load_checkpoint(trained_checkpoint),
+        folder,
+        ["fp16"],
+        fmnist,
+        budgets=WIDE_BUDGETS,
+        parity_images=None,
+        batch_sizes=(1,),
+        log=lambda _line: None,
+    )
+    assert [o.variant.name for o in result.outcomes] == ["fp16"] and not result.rejected
+    assert not list(folder.glob("*.portable.onnx"))
+    assert graph_kind(onnx.load(str(folder / "denoiser.onnx"))) == "fast"
+    assert graph_kind(onnx.load(str(folder / "denoiser.fp16.onnx"))) == "portable"
+
+
 def test_denoise_cli_with_a_variant(variants_dir: Path, tmp_path: Path) -> None:
     Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "x.png")
     proc = run_cli(
