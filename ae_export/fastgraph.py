@@ -312,9 +312,10 @@ def _read_layer(
     return layer
 
 
-def _chains(graph: onnx.GraphProto) -> list[list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]]:
+def _chains(
+    graph: onnx.GraphProto, walk: GraphWalk
+) -> list[list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]]:
     """ConvTranspose chains: [(convT, elementwise nodes after it that lead to the next convT), ...]."""
-    walk = GraphWalk(graph)
     chains, seen = [], set()
     for node in graph.node:
         if node.op_type != "ConvTranspose" or id(node) in seen:
@@ -355,7 +356,7 @@ def rewrite_conv_transpose(
     walk = GraphWalk(graph)
     fresh = walk.fresh
 
-    for chain in _chains(graph):
+    for chain in _chains(graph, walk):  # read before any node is changed
         layers = [_read_layer(node, inits, shapes) for node, _ in chain]
         phases, grid = (1, 1), layers[0].in_hw
         for index, (layer, (node, between)) in enumerate(zip(layers, chain, strict=True)):
