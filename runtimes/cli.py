@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     for path, reason in plan.scan_errors:
         print(f"{PROG}: {path}: {reason}", file=sys.stderr)
+    if plan.ignored and not args.quiet:
+        print(f"{PROG}: {plan.ignored_summary()}", file=sys.stderr)
     if not plan.jobs and not args.quiet:
         print(f"{PROG}: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
 

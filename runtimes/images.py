@@ -38,8 +38,11 @@ from runtimes.fileio import atomic_save
 
 # Lower-case suffixes that `find_images` collects from folders.
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm"}
 )
+# Formats whose extra frames are content (animation frames, pages): denoising frame 0 alone would drop the
+# rest silently. Not MPO: a camera JPEG's second "frame" is a preview of the first, which is the photo.
+_MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})
 # 25 megapixels: far beyond any sensible input for a 28x28 model, far below what exhausts an edge device's
 # memory once tiled to float32 (and below Pillow's own 89 MP warning threshold, so no warning noise).
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -74,13 +77,16 @@ class BadImageError(ValueError):
 
 
 def find_images(
-    root: str | os.PathLike[str], on_error: Callable[[OSError], None] | None = None
+    root: str | os.PathLike[str],
+    on_error: Callable[[OSError], None] | None = None,
+    on_ignored: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Image files under `root`, recursively, sorted; `root` itself if it is not a folder (any suffix).
 
     Symlinked folders are not followed (no cycles); symlinked files are listed, dangling ones too, so the
     loader can report them instead of them vanishing silently. Sockets, FIFOs and devices are left out.
-    `on_error` receives folders that cannot be listed (default: raise).
+    `on_error` receives folders that cannot be listed (default: raise); `on_ignored` receives the regular
+    files left out for their suffix (hidden files aside), so a caller can say that they were.
     """
     root = Path(root)
     if not root.is_dir():
@@ -101,10 +107,12 @@ def find_images(
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 subfolders.append(Path(entry.path))
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and (
-                entry.is_symlink() or entry.is_file(follow_symlinks=False)
-            ):
-                found.append(Path(entry.path))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                    found.append(Path(entry.path))
+            elif on_ignored is not None and not entry.name.startswith("."):
+                if entry.is_file(follow_symlinks=False):
+                    on_ignored(Path(entry.path))
         pending.extend(reversed(subfolders))
     return sorted(found)
 
@@ -140,6 +148,12 @@ def _decode_gray8(handle: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
                     path,
                     f"decompression bomb guard: {width}x{height} = {width * height} pixels exceeds the limit "
                     f"of {max_pixels} (raise it with --max-pixels if the file is trusted)",
+                )
+            if image.format in _MULTI_FRAME_FORMATS and getattr(image, "n_frames", 1) > 1:
+                raise BadImageError(
+                    path,
+                    f"{image.format} file holds {image.n_frames} frames (animation or pages); only single "
+                    "images are denoised, so nothing was written (save the frames as separate files)",
                 )
             image.load()  # decode now, so truncation and corruption surface as errors here
             if _may_have_orientation(image):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtimes.images import find_images
+from runtimes.images import IMAGE_SUFFIXES, find_images
 
 OUTPUT_SUFFIX = ".png"
 NOISY_SUFFIX = ".noisy.png"
@@ -36,6 +36,19 @@ class Job:
 class Plan:
     jobs: list[Job]
     scan_errors: list[tuple[Path, str]] = field(default_factory=list)  # folders that could not be listed
+    ignored: list[Path] = field(default_factory=list)  # files in input folders without an image suffix
+
+    def ignored_summary(self) -> str:
+        """The ignored files in one line, counted by suffix, with the suffixes that are read."""
+        counts: dict[str, int] = {}
+        for path in self.ignored:
+            suffix = path.suffix.lower() or "(none)"
+            counts[suffix] = counts.get(suffix, 0) + 1
+        by_suffix = ", ".join(f"{s} {n}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return (
+            f"{len(self.ignored)} file(s) ignored for their suffix ({by_suffix}); "
+            f"image suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
 
 
 def _abspath(path: Path) -> Path:
@@ -82,6 +95,7 @@ def plan_jobs(
         raise PlanError(f"input not found: {', '.join(missing)}")
     out_dir = _abspath(Path(output)) if output is not None else None
     scan_errors: list[tuple[Path, str]] = []
+    ignored: list[Path] = []
     pairs: list[tuple[Path, Path]] = []  # (source, output)
     input_dirs: list[Path] = []
     for root in roots:
@@ -99,6 +113,7 @@ def plan_jobs(
                 on_error=lambda err: scan_errors.append(
                     (Path(err.filename or "?"), f"cannot list folder: {err.strerror or err}")
                 ),
+                on_ignored=ignored.append,
             )
             pairs.extend(zip(files, (out_root / n for n in _output_names(files, root)), strict=True))
         elif out_dir is None:
@@ -112,7 +127,7 @@ def plan_jobs(
         for i, (src, dst) in enumerate(pairs)
     ]
     _check_safety(jobs, input_dirs)
-    return Plan(jobs, scan_errors)
+    return Plan(jobs, scan_errors, ignored)
 
 
 def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
@@ -127,6 +142,7 @@ def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
         input_ids.add((st.st_dev, st.st_ino))
     problems: list[str] = []
     seen: dict[str, Path] = {}
+    inside: dict[Path, list[Path]] = {}  # input folder -> outputs under it: one message per folder
     for job in jobs:
         for out in (job.output, job.noisy_output):
             if out is None:
@@ -143,14 +159,17 @@ def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
                     problems.append(f"output {out} is a hard link to an input file")
             for folder in input_dirs:
                 if _is_within(Path(real), folder):
-                    problems.append(
-                        f"output {out} lies inside input folder {folder}; results would be read back as "
-                        "inputs (choose -o outside every input folder)"
-                    )
+                    inside.setdefault(folder, []).append(out)
                     break
             if real in seen:
                 problems.append(f"inputs {seen[real]} and {job.source} both map to output {out}")
             seen[real] = job.source
+    for folder, outs in inside.items():
+        others = f" and {len(outs) - 1} more result(s)" if len(outs) > 1 else ""
+        problems.append(
+            f"output {outs[0]}{others} would lie inside input folder {folder}, and results would be read "
+            "back as inputs (choose -o outside every input folder)"
+        )
     if problems:
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

@@ -146,6 +146,9 @@ def _make_bad(folder: Path, sample: np.ndarray) -> dict[str, Path]:
     Image.new("L", (6000, 6000)).save(paths["bomb"])  # 36 MP of zeros in ~35 kB: over the 25 MP guard
     paths["dangling_symlink"] = folder / "bad" / "dangling_symlink.png"
     paths["dangling_symlink"].symlink_to(folder / "does-not-exist.png")
+    paths["animated"] = folder / "bad" / "animated.png"
+    frames = [Image.fromarray(sample), Image.fromarray(255 - sample)]
+    frames[0].save(paths["animated"], save_all=True, append_images=frames[1:])  # APNG: 2 frames
     return paths
 
 
@@ -156,6 +159,7 @@ BAD_REASONS = {
     "zero_bytes": "empty file (0 bytes)",
     "bomb": "decompression bomb",
     "dangling_symlink": "dangling symbolic link",
+    "animated": "holds 2 frames",
 }
 
 
@@ -165,6 +169,9 @@ def mixed_run(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path_factory: pytest.
     inputs = root / "in"
     good = [save(inputs / ("nested" if i % 2 else "") / f"good_{i}.png", fmnist_test[i]) for i in range(12)]
     bad = _make_bad(inputs, fmnist_test[0])
+    (inputs / "README.txt").write_text("not an image\n")
+    (inputs / "nested" / "labels.csv").write_text("0\n")
+    (inputs / "nested" / "more.csv").write_text("1\n")
     before = snapshot(inputs)
     out = root / "out"
     args = ["--onnx", str(onnx_dir / "denoiser.onnx"), str(inputs), "-o", str(out)]
@@ -186,7 +193,9 @@ def mixed_run(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path_factory: pytest.
 def test_mixed_exit_code_and_summary(mixed_run: dict) -> None:
     first = mixed_run["first"]
     assert first.returncode == 1, first.stderr
-    assert "12 done, 6 failed, 0 skipped" in first.stderr
+    assert "12 done, 7 failed, 0 skipped" in first.stderr
+    # Files left out for their suffix are counted, not silently dropped (and are no failure).
+    assert "3 file(s) ignored for their suffix (.csv 2, .txt 1)" in first.stderr
 
 
 def test_mixed_good_files_written(mixed_run: dict, onnx_dir: Path) -> None:
@@ -216,7 +225,7 @@ def test_mixed_inputs_untouched(mixed_run: dict) -> None:
 def test_mixed_rerun_skips_existing(mixed_run: dict) -> None:
     second = mixed_run["second"]
     assert second.returncode == 1  # the bad files still fail
-    assert "0 done, 6 failed, 12 skipped" in second.stderr
+    assert "0 done, 7 failed, 12 skipped" in second.stderr
     first_stats, second_stats, _ = mixed_run["stats"]
     for path, st in first_stats.items():
         assert (second_stats[path].st_ino, second_stats[path].st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
@@ -224,7 +233,7 @@ def test_mixed_rerun_skips_existing(mixed_run: dict) -> None:
 
 def test_mixed_overwrite_rewrites(mixed_run: dict) -> None:
     third = mixed_run["third"]
-    assert third.returncode == 1 and "12 done, 6 failed, 0 skipped" in third.stderr
+    assert third.returncode == 1 and "12 done, 7 failed, 0 skipped" in third.stderr
     _, second_stats, third_stats = mixed_run["stats"]
     for path, st in second_stats.items():
         assert third_stats[path].st_ino != st.st_ino  # a new file renamed into place: written atomically
@@ -284,11 +293,11 @@ def _unsafe_case(case: str, root: Path, image: np.ndarray) -> list[str]:
 
 
 UNSAFE = {
-    "out_inside_input": "lies inside input folder",
+    "out_inside_input": "inside input folder",
     "out_is_input_folder": "is an input file",
     "output_is_input_file": "is an input file",
     "output_is_hardlink_to_input": "hard link to an input file",
-    "input_is_other_inputs_output": "lies inside input folder",
+    "input_is_other_inputs_output": "inside input folder",
     "two_inputs_same_name": "both map to output",
     "same_input_twice": "both map to output",
 }
@@ -301,6 +310,8 @@ def test_unsafe_outputs_refused(onnx_dir: Path, fmnist_test: np.ndarray, tmp_pat
     proc = run_cli(CLI, "--onnx", str(onnx_dir), *args)
     assert proc.returncode == 2, proc.stderr
     assert "refusing to write" in proc.stderr and UNSAFE[case] in proc.stderr
+    if UNSAFE[case] == "inside input folder":  # both results land there: one message names the folder once
+        assert proc.stderr.count("inside input folder") == 1 and "and 1 more result(s)" in proc.stderr
     assert snapshot(tmp_path) == before  # nothing written anywhere
 
 
@@ -422,6 +433,7 @@ FORMATS = {
     ),
     "jpeg": ("x.jpg", lambda: Image.fromarray(GRADIENT), {"quality": 95}, GRADIENT, 4),
     "bmp": ("x.bmp", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
+    "gif": ("x.gif", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
     "tiff": ("x.tiff", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
     "webp_lossless": (
         "x.webp", lambda: Image.fromarray(GRADIENT).convert("RGB"), {"lossless": True}, GRADIENT, 1,
@@ -453,16 +465,39 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert gray[:5].mean() > 200 and gray[-5:].mean() < 50  # the left edge is now on top
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".webp", ".tiff"])
+def test_multi_frame_refused(tmp_path: Path, suffix: str) -> None:
+    """Animations and multi-page files: denoising frame 0 alone would lose the others without a word."""
+    path = tmp_path / f"x{suffix}"
+    frames = [Image.fromarray(np.full((28, 28), level, np.uint8)) for level in (0, 120, 240)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(BadImageError, match="holds 3 frames"):
+        load_gray8(path)
+
+
+def test_camera_mpo_reads_its_primary_image(tmp_path: Path) -> None:
+    """A camera JPEG with an MPO preview is one photograph: frame 0 is it, so it is not refused."""
+    path = tmp_path / "camera.jpg"
+    primary, preview = Image.fromarray(GRADIENT), Image.fromarray(np.zeros((28, 28), np.uint8))
+    primary.save(path, format="MPO", save_all=True, append_images=[preview], quality=95)
+    with Image.open(path) as image:
+        assert image.format == "MPO" and image.n_frames == 2  # the case under test
+    np.testing.assert_allclose(load_gray8(path).astype(int), GRADIENT.astype(int), atol=4)
+
+
 def test_find_images_recursive_and_filtered(tmp_path: Path) -> None:
     for name in ("a.png", "b.JPG", "sub/c.tif", "sub/deeper/d.webp", "notes.txt", "e.pgm", ".hidden/f.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "link.png").symlink_to(tmp_path / "missing")
     (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)  # not followed: no cycle
-    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    ignored: list[Path] = []
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path, on_ignored=ignored.append)]
     assert found == sorted(
         [".hidden/f.png", "a.png", "b.JPG", "e.pgm", "link.png", "sub/c.tif", "sub/deeper/d.webp"]
     )
+    assert ignored == [tmp_path / "notes.txt"]  # hidden files are not reported
 
 
 def test_bad_image_error_carries_path_and_reason(tmp_path: Path) -> None:
