@@ -124,9 +124,11 @@ $(PHOTO_DENOISER): $(PHOTO_CKPT) | setup
 
 photo: setup $(PHOTO_DENOISER)
 
-# Quality table (ours vs NL-means vs BM3D at sigma 15, 25, 50) and the picture, in one run.
+# Quality table (ours vs NL-means vs BM3D at sigma 15, 25, 50) and the picture, in one run; then large
+# photographs whole vs in halo tiles (time, peak memory).
 photo-bench: setup $(PHOTO_DENOISER)
 	$(BIN)/python -m bench.photo --onnx $(PHOTO)/onnx --out $(ART)/bench/photo.json --picture $(PHOTO)/photo.png
+	$(BIN)/python -m bench.photo_tiles --onnx $(PHOTO)/onnx --out $(ART)/bench/photo_tiles.json
 
 photo-picture: setup $(PHOTO_DENOISER)
 	$(BIN)/python -m bench.photo --onnx $(PHOTO)/onnx --picture $(PHOTO)/photo.png --picture-only

@@ -40,6 +40,7 @@ from runtimes.fileio import atomic_write_bytes
 from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata
 from runtimes.noise import noise_model
 from train.checkpoint import Checkpoint
+from train.fcn import receptive_radius as fcn_receptive_radius
 from train.model import DenoisingAutoencoder, ModelConfig
 
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18 and newer
@@ -87,6 +88,12 @@ def module_for(model: torch.nn.Module, spec: ArtifactSpec) -> torch.nn.Module:
 def size_multiple(config: ModelConfig) -> int:
     """What the input height and width must be multiples of (1: fixed-size models)."""
     return 2**config.fcn_levels if config.arch == "fcn" else 1
+
+
+def receptive_radius(config: ModelConfig) -> int | None:
+    """How far an output pixel reaches into the input, for any-size models (None: fixed-size models,
+    which the runtime never tiles)."""
+    return fcn_receptive_radius(config.fcn_levels, config.fcn_depth) if config.arch == "fcn" else None
 
 
 def choose_example_batch(config: ModelConfig) -> int:
@@ -228,6 +235,7 @@ def _metadata(checkpoint: Checkpoint, spec: ArtifactSpec, opset: int, graph: str
         },
         tolerance={provider: tol.to_dict() for provider, tol in spec.tolerances.items()},
         graph=graph,
+        receptive_radius=receptive_radius(config) if spec.dynamic_size else None,
     )
     return encode_metadata(meta)
 

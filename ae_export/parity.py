@@ -25,8 +25,10 @@ from ae_export.export import module_for
 from ae_export.specs import ANY_SIZE_DENOISER, ANY_SIZE_PARITY_SIZES, SPECS, ArtifactSpec, Tolerance
 from runtimes.fileio import atomic_write_text
 from runtimes.layout import pad_to_multiple
+from runtimes.metadata import parse_metadata
 from runtimes.noise import add_noise
 from runtimes.sessions import open_session, physical_cores
+from runtimes.tiling import plan_tiles, run_tiled
 from train.fcn import denoise_any_size
 from train.model import DenoisingAutoencoder
 from train.photos import bundled_photos
@@ -295,6 +297,13 @@ def size_inputs(height: int, width: int, batch: int, seed: int) -> dict[str, np.
     }
 
 
+# The runtime's halo tiles are certified too: at this tile size (pixels), parity sizes above ~256x256 run
+# as several tiles, through the plan and stitching that `Denoiser` uses on large photographs (batches of
+# 1 and 2: one photograph, and the tiles of two in one call).
+TILED_PARITY_PIXELS = 256 * 256
+TILED_PARITY_BATCHES = (1, 2)
+
+
 def run_parity_any_size(
     model: torch.nn.Module,
     onnx_dir: str | Path,
@@ -311,6 +320,8 @@ def run_parity_any_size(
     512x512 check does not allocate 1000 photographs. Sizes that are not multiples of the model's
     `size_multiple` are padded by the runtime's own `pad_to_multiple` and cropped back, and compared with
     the PyTorch model run the same way (train.fcn.denoise_any_size): the path users really take.
+    Where the file gives a receptive radius, sizes that split into halo tiles of TILED_PARITY_PIXELS are
+    also checked as tiles ("denoiser HxW tiled"), against the same whole-image PyTorch result.
     """
     onnx_dir = Path(onnx_dir)
     spec = ANY_SIZE_DENOISER
@@ -343,11 +354,25 @@ def run_parity_any_size(
             continue
         session = open_exact(path, provider, threads)
         name = session.get_inputs()[0].name
+        radius = parse_metadata(session.get_modelmeta().custom_metadata_map, str(path)).receptive_radius
         tol = spec.tolerance(provider)
+
+        def run(windows: np.ndarray, session: ort.InferenceSession = session, name: str = name) -> np.ndarray:
+            return session.run(None, {name: windows})[0]
+
         for artifact, batch, kind, x, ref in cases:
+            padded = pad_to_multiple(x, multiple)
             started = time.perf_counter()
-            (out,) = session.run(None, {name: pad_to_multiple(x, multiple)})
+            out = run(padded)
             ms = (time.perf_counter() - started) * 1e3
             got = np.ascontiguousarray(out[..., : x.shape[2], : x.shape[3]])
             report.results.append(check(artifact, provider, batch, kind, got, ref, tol, ms))
+            if radius is None or batch not in TILED_PARITY_BATCHES:
+                continue
+            plan = plan_tiles(*padded.shape[2:], batch, radius, multiple, 1, TILED_PARITY_PIXELS)
+            if plan.count > 1:
+                started = time.perf_counter()
+                got = run_tiled(run, padded, plan, x.shape[2:], 1, max_pixels)
+                ms = (time.perf_counter() - started) * 1e3
+                report.results.append(check(f"{artifact} tiled", provider, batch, kind, got, ref, tol, ms))
     return report

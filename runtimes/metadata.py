@@ -31,6 +31,10 @@ KEY_VARIANT = PREFIX + "variant"  # variant files: {"name", "precision", "format
 # (ConvTranspose); "fast" = transposed convolutions rewritten into Conv + Col2Im (opset 18), which some
 # consumers (OpenCV DNN, some mobile execution providers) do not implement.
 KEY_GRAPH = PREFIX + "graph"
+# Optional, any-size image models only: {"radius": R}, how far in input pixels an output pixel reaches.
+# The runtime cuts large images into tiles overlapping by R (rounded up to size_multiple), whose results
+# equal the whole image's; without it, images always run whole.
+KEY_RECEPTIVE_FIELD = PREFIX + "receptive_field"
 GRAPHS = ("portable", "fast")
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ROLE, KEY_MODEL, KEY_INPUT, KEY_OUTPUT, KEY_ARTIFACTS)
 ROLES = ("encoder", "decoder", "denoiser")
@@ -95,6 +99,7 @@ class ModelMetadata:
     tolerance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     graph: str = "portable"
+    receptive_radius: int | None = None
 
 
 def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
@@ -112,6 +117,8 @@ def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
         KEY_TOLERANCE: meta.tolerance,
         KEY_GRAPH: meta.graph,
     }
+    if meta.receptive_radius is not None:
+        values[KEY_RECEPTIVE_FIELD] = {"radius": meta.receptive_radius}
     return {key: json.dumps(value, sort_keys=True, allow_nan=False) for key, value in values.items()}
 
 
@@ -141,6 +148,12 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
     graph = values.get(KEY_GRAPH, "portable")
     if graph not in GRAPHS:
         raise MetadataError(f"{source}: graph {graph!r} is not one of {', '.join(GRAPHS)}")
+    receptive = values.get(KEY_RECEPTIVE_FIELD)
+    radius = receptive.get("radius") if isinstance(receptive, dict) else None
+    if receptive is not None and (type(radius) is not int or radius < 0):
+        raise MetadataError(
+            f"{source}: metadata {KEY_RECEPTIVE_FIELD!r} must be {{'radius': int >= 0}}; got {receptive!r}"
+        )
     try:
         return ModelMetadata(
             role=values[KEY_ROLE],
@@ -154,6 +167,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             tolerance=dict(values.get(KEY_TOLERANCE) or {}),
             format_version=int(values[KEY_FORMAT]),
             graph=graph,
+            receptive_radius=radius,
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise MetadataError(f"{source}: malformed ae_export metadata: {err!r}") from err

@@ -48,10 +48,11 @@ class OnnxModel:
 
     How the cores are used (CPU provider). `parallel="sessions"` (the default) opens one
     single-threaded session per thread (`threads`, default: the physical cores) and runs a batch of at
-    least 2 * MIN_SLICE data-parallel: each session gets one contiguous slice, run by this thread and
-    one `SliceWorker` thread per extra session, and its result is copied into its slice of one output
-    array (no concatenation). Smaller batches, batch 1 above all, take one single-threaded call: no
-    thread hand-off, no intra-op pool wake-up.
+    least 2 * MIN_SLICE data-parallel (any-size models: of at least 2 samples, each costing milliseconds):
+    each session gets one contiguous slice, run by this thread and one `SliceWorker` thread per extra
+    session, and its result is copied into its slice of one output array (no concatenation). Smaller
+    batches, batch 1 above all, take one single-threaded call: no thread hand-off, no intra-op pool
+    wake-up. (One large photograph is split by `Denoiser` into halo tiles, see `runtimes.tiling`.)
     `parallel="intra-op"` is the classic one session with `threads` intra-op threads.
 
     Why: ONNX Runtime runs some kernels (ConvTranspose, Col2Im, the NCHWc reorders) on one thread
@@ -168,6 +169,9 @@ class OnnxModel:
         # shape equals `_fixed_sample`, tested in one tuple comparison; anything else takes the full checks.
         fixed = None not in self.input_sample_shape and self.provider == "cpu"
         self._fixed_sample: tuple[int | None, ...] | None = self.input_sample_shape if fixed else None
+        # Smallest slice per session. Any-size models (the photo model, ~1 us of one core per pixel) split
+        # from 2 samples: even one 28x28 sample is ~1 ms, far above the ~10-90 us hand-off.
+        self._min_slice = MIN_SLICE if None not in self.input_sample_shape else 1
         sample_size = int(np.prod([d or 1 for d in self.input_sample_shape]))
         self._bound_batch = min(2 * MIN_SLICE - 1, self.max_batch, BOUND_MAX_ELEMENTS // sample_size)
         self._local = threading.local()  # per-thread bound buffers for small batches (`_run_bound`)
@@ -211,6 +215,11 @@ class OnnxModel:
         return sample
 
     @property
+    def slots(self) -> int:
+        """How many slices of one batch run at once (the per-core sessions; 1 on a GPU or with intra-op)."""
+        return len(self._sessions)
+
+    @property
     def providers(self) -> list[str]:
         """The execution providers the session really uses, best first."""
         return list(self._session.get_providers())
@@ -242,7 +251,7 @@ class OnnxModel:
         out_shape = self._output_sample(batch.shape)
         if n == 0:
             return np.empty((0, *out_shape), dtype=np.float32)
-        if n < 2 * MIN_SLICE or not self._workers:
+        if n < 2 * self._min_slice or not self._workers:
             if n <= self.max_batch:  # the lowest-latency path: one call, no hand-off
                 if batch.size <= BOUND_MAX_ELEMENTS and self.provider == "cpu":
                     return self._run_bound(batch)
@@ -250,7 +259,7 @@ class OnnxModel:
         out = np.empty((n, *out_shape), dtype=np.float32)
         for start in range(0, n, self.max_batch):
             stop = min(start + self.max_batch, n)
-            if not self._workers or stop - start < 2 * MIN_SLICE:
+            if not self._workers or stop - start < 2 * self._min_slice:
                 out[start:stop] = self._session.run(self._output_names, {self.input_name: batch[start:stop]})[
                     0
                 ]
@@ -304,7 +313,7 @@ class OnnxModel:
         """
         batch = np.ascontiguousarray(batch)  # slices of it are then contiguous too
         n = batch.shape[0]
-        wanted = min(len(self._sessions), n // MIN_SLICE) - 1
+        wanted = min(len(self._sessions), n // self._min_slice) - 1
         claimed = [worker for worker in self._workers[:wanted] if worker.try_claim()]
         parts = 1 + len(claimed)
         bounds = [n * i // parts for i in range(parts + 1)]

@@ -93,6 +93,27 @@ def test_training_precision_keeps_an_fp32_checkpoint_that_reloads_exactly(
     assert rebuilt.shape == x.shape and torch.isfinite(rebuilt).all()
 
 
+@pytest.mark.parametrize(("levels", "depth"), [(1, 1), (2, 1), (3, 1), (2, 2)])
+def test_receptive_radius_is_exact(levels: int, depth: int) -> None:
+    """The radius the runtime's halo tiles rely on: no gradient reaches past it, at every stride phase,
+    and the gradient of a random network does reach it (so it is not a loose bound)."""
+    from train.fcn import FcnDenoiser
+
+    torch.manual_seed(0)
+    model = FcnDenoiser(4, levels, depth).double().eval()
+    radius = model.receptive_radius
+    side = 2 * radius + 4 * model.total_stride
+    side -= side % model.total_stride
+    reach = 0
+    for phase in range(model.total_stride):
+        x = (torch.rand(1, 1, side, side, dtype=torch.float64) * 0.5 + 0.25).requires_grad_(True)
+        centre = side // 2 + phase
+        model(x)[0, 0, centre, centre].backward()
+        rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)  # the input pixels that pixel depends on
+        reach = max(reach, int((rows - centre).abs().max()), int((cols - centre).abs().max()))
+    assert reach == radius
+
+
 @pytest.fixture(scope="module")
 def photo_checkpoint(tmp_path_factory) -> Path:
     """A tiny fcn model trained 3 steps on the bundled photographs."""
@@ -134,10 +155,13 @@ def test_export_has_dynamic_height_width_and_passes_parity_at_every_size(photo_o
     meta = parse_metadata({p.key: p.value for p in proto.metadata_props})
     assert meta.artifacts == {"denoiser": "denoiser.onnx"}
     assert meta.model_config["arch"] == "fcn" and meta.input.size_multiple == 4
+    assert meta.receptive_radius == 14  # width 4, 2 levels, depth 1: what the runtime's tiles overlap by
     checked = {(r.artifact, r.batch_size) for r in report.results}
     for size in ("28x28", "64x96", "37x53", "512x512"):
         assert (f"denoiser {size}", 1) in checked
     assert ("denoiser 512x512", 3) in checked  # 3 x 512 x 512 is within the parity pixel cap
+    assert ("denoiser 512x512 tiled", 1) in checked  # the runtime's halo tiles, against PyTorch too
+    assert not any(artifact.startswith("denoiser 28x28 tiled") for artifact, _ in checked)  # fits one tile
     assert report.passed
 
 
@@ -154,6 +178,61 @@ def test_runtime_denoiser_takes_any_size(photo_onnx) -> None:
         assert out.shape == images.shape and out.dtype == np.uint8
     with pytest.raises(Exception, match="encoder"):
         denoiser.encode(np.zeros((8, 8), np.float32))  # the fcn export has no encoder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("images", "height", "width"), [(1, 120, 90), (1, 257, 131), (3, 64, 200), (2, 333, 41)]
+)
+def test_halo_tiles_give_the_whole_image_result(photo_onnx, images: int, height: int, width: int) -> None:
+    from runtimes import Denoiser
+
+    rng = np.random.default_rng(height)
+    batch = rng.random((images, 1, height, width), dtype=np.float32)
+    whole = Denoiser(photo_onnx[0], provider="cpu", tile_pixels=None).denoise(batch)
+    tiled_model = Denoiser(photo_onnx[0], provider="cpu", tile_pixels=48 * 48)  # forces many tiles
+    tiled = tiled_model.denoise(batch)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+    assert tiled_model.tile_pixels == 48 * 48
+
+
+@pytest.mark.slow
+def test_halo_tiles_need_the_whole_radius(photo_onnx) -> None:
+    """The control for the test above: tiles without the overlap differ, so that test can fail. (How far
+    the overlap must reach is test_receptive_radius_is_exact's: this 3-step model's far taps are weak.)"""
+    from runtimes import Denoiser
+    from runtimes.tiling import plan_tiles, run_tiled
+
+    denoiser = Denoiser(photo_onnx[0], provider="cpu", tile_pixels=None)
+    image = np.random.default_rng(0).random((1, 1, 120, 120), dtype=np.float32)
+    whole = denoiser.denoise(image)
+    bare = plan_tiles(120, 120, 1, 0, 4, 1, 48 * 48)  # radius 0: tiles that do not overlap
+    assert bare.count > 1
+    tiled = run_tiled(denoiser.model.run, image, bare, (120, 120), 1, 1 << 20)
+    assert np.abs(tiled - whole).max() > 1e-2
+
+
+@pytest.mark.slow
+def test_tile_bench_measures_each_run_in_its_own_process(photo_onnx) -> None:
+    from bench.photo_tiles import render_result, run_tile_bench
+
+    configs = [("whole", None, None), ("tiles", 48 * 48, None), ("tiles, 1 thread", 48 * 48, 1)]
+    result = run_tile_bench(photo_onnx[0], sizes=[(160, 200)], configs=configs, timeout=300)
+    rows = result["rows"]
+    assert [r["config"] for r in rows] == ["whole", "tiles", "tiles, 1 thread"]
+    assert rows[0]["speed_vs_whole"] == 1.0 and rows[2]["threads"] == 1
+    for row in rows:
+        assert row["max_abs_diff"] <= 1e-6 and row["seconds"] > 0
+        assert 20 < row["maxrss_mb"] < 2000  # a torch-free process: model, image and runtime only
+    assert "| 160x200 | tiles |" in render_result(result)
+
+
+def test_tile_pixels_must_be_positive(photo_onnx) -> None:
+    from runtimes import Denoiser
+
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="tile_pixels must be a positive int or None"):
+            Denoiser(photo_onnx[0], provider="cpu", tile_pixels=bad)
 
 
 def _noisy_photo_folder(folder: Path) -> None:

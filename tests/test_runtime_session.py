@@ -207,6 +207,19 @@ def test_onnx_without_ae_metadata(onnx_dir: Path, tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, MetadataError)
 
 
+@pytest.mark.parametrize("value", ['{"radius": -1}', '{"radius": 2.5}', '{"radius": true}', "7", "{}"])
+def test_malformed_receptive_field_refused(onnx_dir: Path, tmp_path: Path, value: str) -> None:
+    """A radius the runtime's halo tiles would trust must be a whole number of pixels, or absent."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "ae_export.receptive_field", value
+    path = tmp_path / "denoiser.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(InvalidModelError, match=r"receptive_field.*must be \{'radius': int >= 0\}"):
+        Denoiser(path, warmup=False)
+
+
 def test_wrong_role(onnx_dir: Path) -> None:
     with pytest.raises(
         InvalidModelError, match=r"encoder\.onnx: is an ae-export encoder model; expected the denoiser"
