@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runtimes.denoiser import Denoiser
+from runtimes.denoiser import DEFAULT_TILE_PIXELS, Denoiser
 from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
 from runtimes.manifest import DEFAULT_VARIANT, ManifestError
 from runtimes.pipeline import Outcome, run_pipeline
@@ -123,7 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="exact",
         help="for fixed-size models: exact (default) refuses an image of another size (reported, exit 1, "
         "nothing written); resize: scale to the model size and back; tile: overlapping model-size tiles "
-        "blended with a smooth window. Models with dynamic height/width take every size whole",
+        "blended with a smooth window. Models with dynamic height/width take every size as it is",
+    )
+    parser.add_argument(
+        "--tile-pixels",
+        type=int_at_least(0, "an integer >= 0 (0: run every image whole)"),
+        default=DEFAULT_TILE_PIXELS,
+        help="models with dynamic height/width: run large images as exact halo tiles of at most this many "
+        f"pixels, one per core at a time (default {DEFAULT_TILE_PIXELS}; lower it to use less memory; 0: "
+        "every image whole, in one piece on one core)",
     )
     parser.add_argument(
         "--max-pixels",
@@ -147,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch=args.batch_size,
             spinning=False,
             variant=args.variant,
+            tile_pixels=args.tile_pixels or None,
         )
     except (FileNotFoundError, InvalidModelError, ProviderUnavailableError, ManifestError) as err:
         print(f"{PROG}: error: cannot use model: {err}", file=sys.stderr)

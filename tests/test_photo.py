@@ -235,6 +235,25 @@ def test_tile_pixels_must_be_positive(photo_onnx) -> None:
             Denoiser(photo_onnx[0], provider="cpu", tile_pixels=bad)
 
 
+@pytest.mark.slow
+def test_ae_denoise_tile_pixels_flag(photo_onnx, tmp_path: Path) -> None:
+    """Small tiles, one piece per image, the default: the same PNGs; a bad value names what is valid."""
+    _noisy_photo_folder(tmp_path / "in")
+    written = {}
+    for flag in ("2304", "0", None):
+        out = tmp_path / f"out_{flag}"
+        extra = [] if flag is None else ["--tile-pixels", flag]
+        proc = run_cli(CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in"), "-o", str(out), *extra)
+        assert proc.returncode == 0, proc.stderr
+        written[flag] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
+    assert len(written["0"]) == len(MIXED_SIZES)
+    for name, pixels in written["0"].items():
+        np.testing.assert_array_equal(written["2304"][name], pixels)
+        np.testing.assert_array_equal(written[None][name], pixels)
+    bad = run_cli(CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in"), "--tile-pixels", "-5")
+    assert bad.returncode == 2 and "expected an integer >= 0 (0: run every image whole)" in bad.stderr
+
+
 def _noisy_photo_folder(folder: Path) -> None:
     """Noisy crops of different sizes from the validation photographs, as PNG files."""
     from train.photos import bundled_photos, noisy_8bit
