@@ -42,8 +42,9 @@ from bench.section import DENOISER_FILE, BenchContext
 from bench.tables import Column, Result, Table, render_table
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save, atomic_write_text
+from runtimes.images import from_model, load_image8, to_model, to_uint8
 from runtimes.sessions import physical_cores
-from train.photos import PhotoSet, bundled_photos, noisy_8bit
+from train.photos import VALIDATION_PHOTOS, PhotoSet, bundled_photos, noisy_8bit, skimage_data_dir
 
 NEEDS_DATA = False
 
@@ -97,15 +98,65 @@ def tiny_photos() -> PhotoSet:
     return PhotoSet(source=val.source, names=(name,), images=(crop,))
 
 
+# The validation photographs whose files are in colour: the colour table denoises their RGB originals.
+COLOUR_PHOTOS = ("astronaut", "chelsea")
+
+
+def run_colour_rows(denoiser: Denoiser, sigmas_255: Sequence[int]) -> list[dict[str, Any]]:
+    """Rows per sigma x method on the colour originals of COLOUR_PHOTOS: the noise drawn per channel,
+    ours run the way `ae-denoise` runs a colour file (each RGB channel a sample, `runtimes.images.to_model`),
+    NL-means on all three channels at once (scikit-image's colour mode); PSNR and SSIM over RGB."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.restoration import denoise_nl_means
+
+    root = skimage_data_dir()
+    cleans = [load_image8(root / VALIDATION_PHOTOS[name]) for name in COLOUR_PHOTOS]  # (H, W, 3) uint8
+
+    def ours(noisy: np.ndarray, _sigma: float) -> np.ndarray:
+        samples, plan = to_model(to_uint8(noisy), None)  # (3, 1, H, W)
+        return from_model(denoiser.run_batch(samples), plan).astype(np.float64) / 255.0
+
+    def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
+        return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, patch_size=7, patch_distance=11,
+                                fast_mode=True, channel_axis=-1)  # fmt: skip
+
+    methods = {"noisy input": lambda noisy, _s: noisy, "NL-means (scikit-image)": nl_means, "ours": ours}
+    rows = []
+    for sigma_255 in sigmas_255:
+        sigma = sigma_255 / 255.0
+        noisy_set = [
+            noisy_8bit(rgb.astype(np.float32) / 255.0, sigma, np.random.default_rng(NOISE_SEED + 100 + i))
+            for i, rgb in enumerate(cleans)
+        ]  # (H, W, 3) each, the noise independent per channel
+        for name, method in methods.items():
+            psnrs, ssims, seconds, pixels = [], [], 0.0, 0
+            for rgb, noisy in zip(cleans, noisy_set, strict=True):
+                clean = rgb.astype(np.float64) / 255.0
+                started = time.perf_counter()
+                out = _to8(np.asarray(method(noisy, sigma), dtype=np.float64))
+                seconds += time.perf_counter() - started
+                pixels += rgb.shape[0] * rgb.shape[1]
+                psnrs.append(float(peak_signal_noise_ratio(clean, out, data_range=1.0)))
+                ssims.append(float(structural_similarity(clean, out, data_range=1.0, channel_axis=-1)))
+            rows.append({
+                "sigma_255": sigma_255, "method": name, "psnr": float(np.mean(psnrs)),
+                "ssim": float(np.mean(ssims)),
+                "ms_per_mp": 1e3 * seconds / (pixels / 1e6) if name != "noisy input" else None,
+            })  # fmt: skip
+    return rows
+
+
 def run_photo_bench(
     onnx: str | Path,
     sigmas_255: Sequence[int] = SIGMAS_255,
     threads: int | None = None,
     photos: PhotoSet | None = None,
     with_bm3d: bool = True,
+    with_colour: bool = True,
 ) -> dict[str, Any]:
     """Rows per sigma x method: mean PSNR/SSIM over the photographs (default: the validation set) and ms
-    per megapixel. `with_bm3d=False` leaves BM3D out (seconds per photograph) with a note saying so."""
+    per megapixel. `with_bm3d=False` leaves BM3D out (seconds per photograph) with a note saying so;
+    `with_colour` adds the colour table (`run_colour_rows`)."""
     photos = photos or bundled_photos("val")
     denoiser = Denoiser(onnx, provider="cpu", threads=threads or physical_cores())
     methods: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
@@ -153,12 +204,18 @@ def run_photo_bench(
                     "ms_per_mp": 1e3 * seconds / (pixels / 1e6) if name != "noisy input" else None,
                 }
             )
-    for sigma_255 in sigmas_255:
-        group = [r for r in rows if r["sigma_255"] == sigma_255]
-        base = next(r for r in group if r["method"].startswith("NL-means"))
-        for row in group:
-            row["speed_vs_nl_means"] = base["ms_per_mp"] / row["ms_per_mp"] if row["ms_per_mp"] else None
+    colour_rows = run_colour_rows(denoiser, sigmas_255) if with_colour else []
+    for table in (rows, colour_rows):
+        for sigma_255 in sigmas_255:
+            group = [r for r in table if r["sigma_255"] == sigma_255]
+            base = next((r for r in group if r["method"].startswith("NL-means")), None)
+            for row in group:
+                row["speed_vs_nl_means"] = (
+                    base["ms_per_mp"] / row["ms_per_mp"] if base is not None and row["ms_per_mp"] else None
+                )
     return {
+        "colour_photos": list(COLOUR_PHOTOS) if with_colour else [],
+        "colour_rows": colour_rows,
         "photos": list(photos.names),
         "pixels": photos.pixels(),
         "noise": f"clip(x + sigma * N(0, 1), 0, 1) rounded to 8 bits, seed {NOISE_SEED} + image index",
@@ -215,7 +272,9 @@ def run(ctx: BenchContext) -> Result:
         )
         return {"threads": ctx.threads, "rows": [{"method": "-", "status": status}], "notes": [status]}
     if ctx.budget.mode == "tiny":
-        return run_photo_bench(path, (TINY_SIGMA_255,), ctx.threads, tiny_photos(), with_bm3d=False)
+        return run_photo_bench(
+            path, (TINY_SIGMA_255,), ctx.threads, tiny_photos(), with_bm3d=False, with_colour=False
+        )
     return run_photo_bench(path, SIGMAS_255, ctx.threads)
 
 
@@ -244,6 +303,23 @@ TABLES = (
             Column("speed vs NL-means", "speed_vs_nl_means", _fixed(2, "x")),
         ),
         notes=lambda r: list(r["notes"]),
+    ),
+    Table(
+        title=lambda r: (
+            f"Colour: {', '.join(r['colour_photos'])} in RGB, noise per channel; ours denoises each channel "
+            "as a grayscale image (what `ae-denoise` does with a colour file)"
+            if r.get("colour_rows")
+            else "Colour photographs: not measured in this run (tiny mode, or no photo model)"
+        ),
+        columns=(
+            Column("sigma", "sigma_255", lambda v: "-" if v is None else f"{v}/255"),
+            Column("method", "method"),
+            Column("PSNR dB", "psnr", _fixed(2)),
+            Column("SSIM", "ssim", _fixed(3)),
+            Column("ms / MP", "ms_per_mp", _fixed(0)),
+            Column("speed vs NL-means", "speed_vs_nl_means", _fixed(2, "x")),
+        ),
+        rows=lambda r: list(r.get("colour_rows") or []),
     ),
 )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runtimes.batching import MicroBatcher
     from runtimes.denoiser import Denoiser
-    from runtimes.images import BadImageError, find_images, load_gray8, save_png
+    from runtimes.images import BadImageError, find_images, load_gray8, load_image8, save_png
     from runtimes.metadata import MetadataError, ModelMetadata, TensorContract, parse_metadata
     from runtimes.onnx_model import OnnxModel
     from runtimes.pipeline import PipelineResult, run_pipeline
@@ -30,6 +30,7 @@ _EXPORTS = {
     "BadImageError": "runtimes.images",
     "find_images": "runtimes.images",
     "load_gray8": "runtimes.images",
+    "load_image8": "runtimes.images",
     "save_png": "runtimes.images",
     "PipelineResult": "runtimes.pipeline",
     "PlanError": "runtimes.planning",
@@ -55,6 +56,7 @@ __all__ = [
     "TensorContract",
     "find_images",
     "load_gray8",
+    "load_image8",
     "open_session",
     "parse_metadata",
     "physical_cores",

@@ -20,6 +20,7 @@ from runtimes.planning import PlanError, plan_jobs
 from runtimes.sessions import PROVIDERS, InvalidModelError, ProviderUnavailableError
 
 PROG = "ae-denoise"
+COLOR_CHOICES = ("auto", "gray")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -126,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         "blended with a smooth window. Models with dynamic height/width take every size as it is",
     )
     parser.add_argument(
+        "--color",
+        choices=COLOR_CHOICES,
+        default="auto",
+        help="auto (default): with a model of dynamic height/width, colour images keep their colour (each "
+        "RGB channel denoised as a grayscale image; an RGB PNG is written); gray: convert every image to "
+        "grayscale first. Fixed-size models (grayscale Fashion-MNIST) always get grayscale",
+    )
+    parser.add_argument(
         "--tile-pixels",
         type=int_at_least(0, "an integer >= 0 (0: run every image whole)"),
         default=DEFAULT_TILE_PIXELS,
@@ -200,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_pixels=args.max_pixels,
             workers=args.workers,
             on_outcome=on_outcome,
+            color=args.color == "auto",
         )
     finally:
         if progress is not None:

@@ -3,8 +3,10 @@
 Loading turns whatever Pillow can read into one 8-bit grayscale array, the form the model was trained on:
 16-bit images are scaled (not clipped), transparency is composited onto black (Fashion-MNIST's
 background), EXIF orientation is applied, and a decompression-bomb guard runs on the header before any
-pixel is decoded. Every failure for one file is a `BadImageError` carrying the path and a reason, so a
-batch job can report it and carry on with the other files.
+pixel is decoded. `load_image8` keeps a colour image's colour instead, as 8-bit RGB (the photo model
+denoises each channel as a grayscale image); a grayscale picture stored as RGB comes back grayscale.
+Every failure for one file is a `BadImageError` carrying the path and a reason, so a batch job can report
+it and carry on with the other files.
 
 Size modes (`SizeMode`). A model with symbolic height and width (the fully convolutional photo model)
 takes every image whole, whatever the mode. For a fixed-size model (the lecture's 28x28):
@@ -50,6 +52,8 @@ SIZE_MODES = ("exact", "resize", "tile")
 SizeMode = Literal["exact", "resize", "tile"]
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Modes with one channel of values: `load_image8` gives them the grayscale path directly.
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *_SIXTEEN_BIT_MODES})
 # Where Pillow's exif_transpose finds an orientation: EXIF blocks (JPEG, PNG eXIf/zTXt, WebP) and XMP.
 _ORIENTATION_INFO_KEYS = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
 
@@ -119,7 +123,19 @@ def find_images(
 
 def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file as (H, W) uint8 grayscale; raise BadImageError(path, reason) if it cannot be."""
-    path = Path(path)
+    return _load(Path(path), max_pixels, _to_gray8)
+
+
+def load_image8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file as (H, W, 3) uint8 RGB if it has colour, else as (H, W) uint8 grayscale.
+
+    Same rules and errors as `load_gray8` (alpha composited onto black, EXIF orientation, bomb guard);
+    an RGB file whose three channels are equal everywhere is grayscale and comes back as load_gray8's.
+    """
+    return _load(Path(path), max_pixels, _to_image8)
+
+
+def _load(path: Path, max_pixels: int, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.ndarray:
     try:
         # O_NONBLOCK: a FIFO named like an image must not hang the run; it is refused below.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -135,10 +151,12 @@ def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             raise BadImageError(path, "unreadable: not a regular file")
         if info.st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")
-        return _decode_gray8(handle, path, max_pixels)
+        return _decode(handle, path, max_pixels, convert)
 
 
-def _decode_gray8(handle: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
+def _decode(
+    handle: BinaryIO, path: Path, max_pixels: int, convert: Callable[[Image.Image, Path], np.ndarray]
+) -> np.ndarray:
     try:
         with Image.open(handle) as image:
             width, height = image.size
@@ -158,7 +176,7 @@ def _decode_gray8(handle: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
             image.load()  # decode now, so truncation and corruption surface as errors here
             if _may_have_orientation(image):
                 ImageOps.exif_transpose(image, in_place=True)
-            return _to_gray8(image, path)
+            return convert(image, path)
     except BadImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -200,20 +218,41 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
         raise BadImageError(path, f"unsupported image mode {mode!r}: {err}") from err
 
 
+def _to_image8(image: Image.Image, path: Path) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB for colour pictures, (H, W) uint8 for grayscale ones."""
+    if image.mode in _GRAY_MODES:
+        return _to_gray8(image, path)
+    try:
+        if image.mode in _ALPHA_MODES or "transparency" in image.info:
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # (H, W, 4)
+            rgb = ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)  # composited onto black
+        else:
+            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    except ValueError as err:
+        raise BadImageError(path, f"unsupported image mode {image.mode!r}: {err}") from err
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if np.array_equal(red, green) and np.array_equal(green, blue):
+        return np.ascontiguousarray(red)  # grayscale stored as colour: one channel to denoise, not three
+    return rgb
+
+
 def save_png(
-    path: str | os.PathLike[str], gray8: np.ndarray, fsync: bool = True, make_parents: bool = True
+    path: str | os.PathLike[str], pixels: np.ndarray, fsync: bool = True, make_parents: bool = True
 ) -> None:
-    """Write (H, W) uint8 as an 8-bit grayscale PNG atomically (temp file + rename).
+    """Write (H, W) uint8 as an 8-bit grayscale PNG, or (H, W, 3) uint8 as RGB, atomically (temp file +
+    rename).
 
     `make_parents=False` skips the mkdir for callers that created the folders once up front (a mkdir per
     file is a measurable syscall when writing thousands of small PNGs).
     """
-    if gray8.dtype != np.uint8 or gray8.ndim != 2:
-        raise ValueError(f"save_png expects a (H, W) uint8 array; got {gray8.dtype} {gray8.shape}")
+    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
+        raise ValueError(
+            f"save_png expects a (H, W) or (H, W, 3) uint8 array; got {pixels.dtype} {pixels.shape}"
+        )
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(gray8)
+    image = Image.fromarray(pixels)
     atomic_save(path, lambda handle: image.save(handle, format="PNG"), fsync=fsync)
 
 
@@ -248,11 +287,12 @@ class FitPlan:
     stride: tuple[int, int] = (0, 0)  # tile mode: (sy, sx)
     grid: tuple[int, int] = (1, 1)  # tile mode: tiles per column and row
     padded: tuple[int, int] = (0, 0)  # tile mode: reflection-padded (Hp, Wp)
+    channels: int = 1  # 3: an RGB image, each channel its own sample (any-size models only)
 
     @property
     def count(self) -> int:
         """Model samples this image produced."""
-        return self.grid[0] * self.grid[1]
+        return self.grid[0] * self.grid[1] * self.channels
 
 
 def to_model(
@@ -260,12 +300,21 @@ def to_model(
 ) -> tuple[np.ndarray, FitPlan]:
     """(H, W) uint8 -> float32 model samples (T, 1, h, w) in [0, 1] and the plan to undo it.
 
-    `tile` None: the model takes any size, so the image goes in whole whatever the mode. "exact" with a
-    fixed-size model raises SizeMismatchError unless the image already has the model's size: silently
-    resizing a photograph to 28x28 and back destroys it.
+    `tile` None: the model takes any size, so the image goes in whole whatever the mode; an (H, W, 3)
+    RGB image then becomes three samples, one per channel. "exact" with a fixed-size model raises
+    SizeMismatchError unless the image already has the model's size: silently resizing a photograph to
+    28x28 and back destroys it.
     """
     if mode not in SIZE_MODES:
         raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {mode!r}")
+    if gray8.ndim == 3:
+        if tile is not None or gray8.shape[2] != 3:
+            raise ValueError(f"RGB images go to any-size models only, as (H, W, 3); got {gray8.shape}")
+        height, width = gray8.shape[:2]
+        planes = gray8.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)  # (3, H, W)
+        return planes.reshape(3, 1, height, width), FitPlan(
+            "exact", (height, width), (height, width), channels=3
+        )
     height, width = gray8.shape
     if tile is None or (mode == "exact" and gray8.shape == tile):
         unit = gray8.astype(np.float32) / np.float32(255.0)  # (H, W)
@@ -295,9 +344,12 @@ def _window(length: int) -> np.ndarray:
 
 
 def from_model(samples: np.ndarray, plan: FitPlan) -> np.ndarray:
-    """Model output (T, 1, h, w) float32 in [0, 1] -> (H, W) uint8 at the original size."""
+    """Model output (T, 1, h, w) float32 in [0, 1] -> (H, W) uint8 at the original size ((H, W, 3) for
+    an RGB plan)."""
     th, tw = plan.tile
     height, width = plan.size
+    if plan.channels == 3:
+        return np.ascontiguousarray(to_uint8(samples.reshape(3, height, width)).transpose(1, 2, 0))
     if plan.mode == "exact":
         return to_uint8(samples.reshape(height, width))
     if plan.mode == "resize":

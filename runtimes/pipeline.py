@@ -30,6 +30,7 @@ from runtimes.images import (
     SizeMode,
     from_model,
     load_gray8,
+    load_image8,
     save_png,
     to_model,
     to_uint8,
@@ -81,53 +82,52 @@ class _Decoded:
     job: Job
     samples: np.ndarray  # (T, 1, h, w) float32 in [0, 1]
     plan: FitPlan
-    noisy: np.ndarray | None  # (H, W) uint8: the noisy input to save beside the result
+    noisy: np.ndarray | None  # (H, W) or (H, W, 3) uint8: the noisy input to save beside the result
 
 
-def _decode(
-    job: Job,
-    tile: tuple[int, int] | None,
-    size_mode: SizeMode,
-    noise_std: float,
-    seed: int,
-    max_pixels: int,
-) -> _Decoded:
-    gray = load_gray8(job.source, max_pixels)  # (H, W) uint8
+@dataclass(frozen=True)
+class _DecodeSettings:
+    """How every file of a run becomes model samples (one value handed to the pool threads)."""
+
+    tile: tuple[int, int] | None  # the model's (h, w); None: it takes any size
+    size_mode: SizeMode
+    noise_std: float
+    seed: int
+    max_pixels: int
+    color: bool  # keep colour images' colour (any-size models): each RGB channel is its own sample
+
+
+def _decode(job: Job, settings: _DecodeSettings) -> _Decoded:
+    load = load_image8 if settings.color else load_gray8
+    pixels = load(job.source, settings.max_pixels)  # (H, W) uint8, or (H, W, 3) for colour
     noisy = None
-    if noise_std > 0:
+    if settings.noise_std > 0:
         # One generator per file, keyed by (seed, file index): reproducible whatever the thread timing.
-        rng = np.random.default_rng([seed, job.index])
-        clean = gray.astype(np.float32) / np.float32(255.0)
-        noisy = to_uint8(add_noise(clean, noise_std, rng))
-        gray = noisy  # denoise exactly what is saved as <stem>.noisy.png
+        rng = np.random.default_rng([settings.seed, job.index])
+        clean = pixels.astype(np.float32) / np.float32(255.0)
+        noisy = to_uint8(add_noise(clean, settings.noise_std, rng))
+        pixels = noisy  # denoise exactly what is saved as <stem>.noisy.png
     try:
-        samples, plan = to_model(gray, tile, size_mode)
+        samples, plan = to_model(pixels, settings.tile, settings.size_mode)
     except SizeMismatchError as err:
         raise BadImageError(job.source, str(err)) from err
     return _Decoded(job, samples, plan, noisy)
 
 
 def _encode(item: _Decoded, output: np.ndarray, fsync: bool) -> None:
-    result = from_model(output, item.plan)  # (H, W) uint8
+    result = from_model(output, item.plan)  # (H, W) or (H, W, 3) uint8
     if item.noisy is not None and item.job.noisy_output is not None:
         save_png(item.job.noisy_output, item.noisy, fsync=fsync, make_parents=False)
     # Written last: its existence is what marks the job as done for a re-run.
     save_png(item.job.output, result, fsync=fsync, make_parents=False)
 
 
-def _decode_chunk(
-    jobs: Sequence[Job],
-    tile: tuple[int, int] | None,
-    size_mode: SizeMode,
-    noise_std: float,
-    seed: int,
-    max_pixels: int,
-) -> list[_Decoded | Outcome]:
+def _decode_chunk(jobs: Sequence[Job], settings: _DecodeSettings) -> list[_Decoded | Outcome]:
     """Decode several files on one pool thread; a file that fails becomes an Outcome, never an exception."""
     results: list[_Decoded | Outcome] = []
     for job in jobs:
         try:
-            results.append(_decode(job, tile, size_mode, noise_std, seed, max_pixels))
+            results.append(_decode(job, settings))
         except BadImageError as err:
             results.append(Outcome(job, "failed", err.reason))
         except Exception as err:  # e.g. MemoryError on a huge image: this file fails, the rest go on
@@ -163,13 +163,16 @@ def run_pipeline(
     workers: int | None = None,
     fsync: bool = True,
     on_outcome: Callable[[Outcome], None] | None = None,
+    color: bool = True,
 ) -> PipelineResult:
     """Denoise every job; a bad file fails alone (reported via `on_outcome` and in the result).
 
     Existing outputs are skipped unless `overwrite`. `batch_size` counts model samples (tiles in tile
-    mode); with an any-size model, images of equal size are run together and a batch also closes at
-    MAX_BATCH_PIXELS. `workers` threads (default: physical cores, at least 2) decode and encode while
-    this thread runs the model.
+    mode, channels of colour images); with an any-size model, images of equal size are run together and
+    a batch also closes at MAX_BATCH_PIXELS. `workers` threads (default: physical cores, at least 2)
+    decode and encode while this thread runs the model. `color`: with an any-size model, colour images
+    keep their colour (each RGB channel denoised as a grayscale image, an RGB PNG written); a fixed-size
+    model (trained on grayscale Fashion-MNIST) always gets grayscale.
     """
     if size_mode not in SIZE_MODES:
         raise ValueError(f"size mode must be one of {', '.join(SIZE_MODES)}; got {size_mode!r}")
@@ -220,6 +223,7 @@ def run_pipeline(
     chunk = max(1, min(CHUNK_FILES, len(todo) // (2 * workers)))
     chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
     tile = denoiser.image_shape
+    settings = _DecodeSettings(tile, size_mode, noise_std, seed, max_pixels, color and tile is None)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ae-denoise") as pool:
         decoding: deque[Future[list[_Decoded | Outcome]]] = deque()
@@ -231,9 +235,7 @@ def run_pipeline(
                 files = next(upcoming, None)
                 if files is None:
                     return
-                decoding.append(
-                    pool.submit(_decode_chunk, files, tile, size_mode, noise_std, seed, max_pixels)
-                )
+                decoding.append(pool.submit(_decode_chunk, files, settings))
 
         def collect(limit: int) -> None:
             """Report finished encodes; block while more than `limit` encode tasks are outstanding."""

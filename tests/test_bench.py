@@ -308,3 +308,16 @@ def test_photo_section_tiny_measures_the_real_model_against_nl_means(tiny_photo_
             assert row["ms_per_mp"] > 0 and row["speed_vs_nl_means"] > 0, row
     markdown = render("photo", result)
     assert "| 25/255 | ours (ONNX Runtime) |" in markdown and "BM3D skipped" in markdown
+
+
+@pytest.mark.slow
+def test_photo_colour_rows_run_the_ae_denoise_path(tiny_photo_onnx: Path) -> None:
+    from runtimes import Denoiser
+
+    rows = photo.run_colour_rows(Denoiser(tiny_photo_onnx, provider="cpu"), (25,))
+    assert [r["method"] for r in rows] == ["noisy input", "NL-means (scikit-image)", "ours"]
+    for row in rows:
+        assert 0 < row["psnr"] < 100 and 0 < row["ssim"] <= 1, row
+    result = {"colour_photos": list(photo.COLOUR_PHOTOS), "colour_rows": rows}
+    title = photo.TABLES[1].title
+    assert title is not None and title(result).startswith("Colour: astronaut, chelsea in RGB")

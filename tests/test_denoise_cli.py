@@ -19,6 +19,8 @@ from runtimes.images import (
     find_images,
     from_model,
     load_gray8,
+    load_image8,
+    save_png,
     to_model,
     to_uint8,
 )
@@ -451,6 +453,53 @@ def test_load_formats_as_gray8(tmp_path: Path, case: str) -> None:
     gray = load_gray8(path)
     assert gray.dtype == np.uint8 and gray.shape == expected.shape
     np.testing.assert_allclose(gray.astype(int), expected.astype(int), atol=tolerance)
+
+
+RGB = np.stack([GRADIENT, GRADIENT[::-1], np.full((28, 28), 77, np.uint8)], axis=-1)  # (28, 28, 3)
+HALF_ALPHA = np.where(np.arange(28)[None, :] < 14, 0, 128).astype(np.uint8).repeat(28, 0)  # (28, 28)
+RGB_ON_BLACK = ((RGB.astype(int) * HALF_ALPHA[..., None].astype(int) + 127) // 255).astype(np.uint8)
+
+
+COLOUR = {  # name: (file, make image, save kwargs, expected load_image8, tolerance)
+    "png_rgb": ("x.png", lambda: Image.fromarray(RGB), {}, RGB, 0),
+    "png_rgba": ("x.png", lambda: Image.fromarray(np.dstack([RGB, HALF_ALPHA]), "RGBA"), {}, RGB_ON_BLACK, 0),
+    "palette": ("x.png", lambda: Image.fromarray(RGB).quantize(64), {}, None, 0),
+    "cmyk_jpeg": ("x.jpg", lambda: Image.fromarray(RGB).convert("CMYK"), {"quality": 95}, RGB, 12),
+    "webp_lossless": ("x.webp", lambda: Image.fromarray(RGB), {"lossless": True}, RGB, 0),
+    "gray_as_rgb": ("x.png", lambda: Image.fromarray(np.dstack([GRADIENT] * 3)), {}, GRADIENT, 0),
+    "gray_l": ("x.png", lambda: Image.fromarray(GRADIENT), {}, GRADIENT, 0),
+    "gray_16bit": ("x.png", lambda: Image.fromarray(GRADIENT.astype(np.uint16) * 257), {}, GRADIENT, 0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(COLOUR))
+def test_load_image8_keeps_colour_and_gives_gray_as_gray(tmp_path: Path, case: str) -> None:
+    name, make, save_kwargs, expected, tolerance = COLOUR[case]
+    image = make()
+    path = tmp_path / name
+    image.save(path, **save_kwargs)
+    loaded = load_image8(path)
+    if expected is None:  # a palette image: whatever its palette holds, in RGB
+        expected = np.asarray(image.convert("RGB"))
+    assert loaded.dtype == np.uint8 and loaded.shape == expected.shape
+    np.testing.assert_allclose(loaded.astype(int), expected.astype(int), atol=tolerance)
+    if loaded.ndim == 2:  # grayscale files load exactly as load_gray8 loads them
+        np.testing.assert_array_equal(loaded, load_gray8(path))
+
+
+def test_rgb_samples_round_trip_and_png(tmp_path: Path) -> None:
+    samples, plan = to_model(RGB, None)  # any-size model: one sample per channel
+    assert samples.shape == (3, 1, 28, 28) and plan.count == 3
+    np.testing.assert_array_equal(samples[1, 0], GRADIENT[::-1] / np.float32(255))
+    np.testing.assert_array_equal(from_model(samples, plan), RGB)
+    save_png(tmp_path / "c.png", RGB)
+    with Image.open(tmp_path / "c.png") as written:
+        assert written.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(written), RGB)
+    with pytest.raises(ValueError, match="any-size models only"):
+        to_model(RGB, (28, 28))  # a fixed-size model is given grayscale
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, 3\) uint8"):
+        save_png(tmp_path / "d.png", np.zeros((4, 4, 4), np.uint8))
 
 
 def test_exif_orientation_applied(tmp_path: Path) -> None:

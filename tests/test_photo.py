@@ -254,6 +254,52 @@ def test_ae_denoise_tile_pixels_flag(photo_onnx, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "expected an integer >= 0 (0: run every image whole)" in bad.stderr
 
 
+@pytest.mark.slow
+def test_ae_denoise_keeps_colour_per_channel(photo_onnx, tmp_path: Path) -> None:
+    """A colour photograph comes back in colour, each channel denoised as the grayscale image it is."""
+    from skimage import data
+
+    from runtimes import Denoiser
+
+    rng = np.random.default_rng(3)
+    clean = data.astronaut()[100:197, 150:290].astype(np.float32) / 255  # (97, 140, 3)
+    noisy = np.rint(np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(noisy).save(tmp_path / "in" / "astronaut.png")
+    proc = run_cli(CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "out" / "astronaut.png") as result:
+        assert result.mode == "RGB" and result.size == (140, 97)
+        rgb = np.asarray(result)
+    denoiser = Denoiser(photo_onnx[0], provider="cpu")
+    for channel in range(3):  # red is red: no channel swapped or transposed on the way
+        alone = denoiser.denoise(np.ascontiguousarray(noisy[..., channel]))  # uint8 in, uint8 out
+        assert np.abs(rgb[..., channel].astype(int) - alone.astype(int)).max() <= 1
+
+    gray = run_cli(CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in"), "-o", str(tmp_path / "gray"),
+                   "--color", "gray")  # fmt: skip
+    assert gray.returncode == 0, gray.stderr
+    with Image.open(tmp_path / "gray" / "astronaut.png") as result:
+        assert result.mode == "L" and result.size == (140, 97)
+
+    demo = run_cli(CLI, "--onnx", str(photo_onnx[0]), str(tmp_path / "in"), "-o", str(tmp_path / "demo"),
+                   "--add-noise", "0.05")  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    with Image.open(tmp_path / "demo" / "astronaut.noisy.png") as saved:
+        assert saved.mode == "RGB"  # noise added per channel, saved in colour
+
+
+def test_fixed_size_model_gets_grayscale_from_colour(onnx_dir: Path, tmp_path: Path) -> None:
+    """The lecture's model was trained on grayscale Fashion-MNIST: colour input is converted, as before."""
+    (tmp_path / "in").mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in" / "c.png")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "out" / "c.png") as result:
+        assert result.mode == "L" and result.size == (28, 28)
+
+
 def _noisy_photo_folder(folder: Path) -> None:
     """Noisy crops of different sizes from the validation photographs, as PNG files."""
     from train.photos import bundled_photos, noisy_8bit
