@@ -9,7 +9,8 @@ Every failure for one file is a `BadImageError` carrying the path and a reason, 
 it and carry on with the other files.
 
 Size modes (`SizeMode`). A model with symbolic height and width (the fully convolutional photo model)
-takes every image whole, whatever the mode. For a fixed-size model (the lecture's 28x28):
+takes every image at its own size, whatever the mode (`Denoiser` may run it as exact halo tiles). For a
+fixed-size model (the lecture's 28x28):
 
 * "exact" (default): the image must already have the model's size; any other is refused with
   SizeMismatchError, which names both sizes and the two flags below. Never a silent resize: a photograph
