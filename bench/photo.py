@@ -79,12 +79,43 @@ def _to8(values: np.ndarray) -> np.ndarray:
 
 
 def _scores(denoised: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM (data range 1) of (H, W) or, over its channels, (H, W, 3) images."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+    channel_axis = -1 if clean.ndim == 3 else None
     return (
         float(peak_signal_noise_ratio(clean, denoised, data_range=1.0)),
-        float(structural_similarity(clean, denoised, data_range=1.0)),
+        float(structural_similarity(clean, denoised, data_range=1.0, channel_axis=channel_axis)),
     )
+
+
+Method = Callable[[np.ndarray, float], np.ndarray]
+
+
+def _measure(
+    methods: dict[str, Method], cleans: Sequence[np.ndarray], noisy_set: Sequence[np.ndarray], sigma_255: int
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """One row per method at one sigma (mean PSNR/SSIM of its 8-bit outputs, ms per megapixel of image),
+    and each method's per-image PSNRs. `cleans` are uint8, (H, W) or (H, W, 3)."""
+    sigma = sigma_255 / 255.0
+    rows, per_image = [], {}
+    for name, method in methods.items():
+        psnrs, ssims, seconds, pixels = [], [], 0.0, 0
+        for image, noisy in zip(cleans, noisy_set, strict=True):
+            started = time.perf_counter()
+            out = method(noisy, sigma)
+            seconds += time.perf_counter() - started
+            pixels += image.shape[0] * image.shape[1]
+            psnr, ssim = _scores(_to8(np.asarray(out, dtype=np.float64)), image.astype(np.float64) / 255.0)
+            psnrs.append(psnr)
+            ssims.append(ssim)
+        per_image[name] = psnrs
+        rows.append({
+            "sigma_255": sigma_255, "method": name, "psnr": float(np.mean(psnrs)),
+            "ssim": float(np.mean(ssims)),
+            "ms_per_mp": 1e3 * seconds / (pixels / 1e6) if name != "noisy input" else None,
+        })  # fmt: skip
+    return rows, per_image
 
 
 def tiny_photos() -> PhotoSet:
@@ -106,7 +137,6 @@ def run_colour_rows(denoiser: Denoiser, sigmas_255: Sequence[int]) -> list[dict[
     """Rows per sigma x method on the colour originals of COLOUR_PHOTOS: the noise drawn per channel,
     ours run the way `ae-denoise` runs a colour file (each RGB channel a sample, `runtimes.images.to_model`),
     NL-means on all three channels at once (scikit-image's colour mode); PSNR and SSIM over RGB."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     from skimage.restoration import denoise_nl_means
 
     root = skimage_data_dir()
@@ -120,29 +150,18 @@ def run_colour_rows(denoiser: Denoiser, sigmas_255: Sequence[int]) -> list[dict[
         return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, patch_size=7, patch_distance=11,
                                 fast_mode=True, channel_axis=-1)  # fmt: skip
 
-    methods = {"noisy input": lambda noisy, _s: noisy, "NL-means (scikit-image)": nl_means, "ours": ours}
+    methods: dict[str, Method] = {
+        "noisy input": lambda noisy, _s: noisy, "NL-means (scikit-image)": nl_means, "ours": ours,
+    }  # fmt: skip
     rows = []
     for sigma_255 in sigmas_255:
-        sigma = sigma_255 / 255.0
         noisy_set = [
-            noisy_8bit(rgb.astype(np.float32) / 255.0, sigma, np.random.default_rng(NOISE_SEED + 100 + i))
+            noisy_8bit(
+                rgb / np.float32(255.0), sigma_255 / 255.0, np.random.default_rng(NOISE_SEED + 100 + i)
+            )
             for i, rgb in enumerate(cleans)
         ]  # (H, W, 3) each, the noise independent per channel
-        for name, method in methods.items():
-            psnrs, ssims, seconds, pixels = [], [], 0.0, 0
-            for rgb, noisy in zip(cleans, noisy_set, strict=True):
-                clean = rgb.astype(np.float64) / 255.0
-                started = time.perf_counter()
-                out = _to8(np.asarray(method(noisy, sigma), dtype=np.float64))
-                seconds += time.perf_counter() - started
-                pixels += rgb.shape[0] * rgb.shape[1]
-                psnrs.append(float(peak_signal_noise_ratio(clean, out, data_range=1.0)))
-                ssims.append(float(structural_similarity(clean, out, data_range=1.0, channel_axis=-1)))
-            rows.append({
-                "sigma_255": sigma_255, "method": name, "psnr": float(np.mean(psnrs)),
-                "ssim": float(np.mean(ssims)),
-                "ms_per_mp": 1e3 * seconds / (pixels / 1e6) if name != "noisy input" else None,
-            })  # fmt: skip
+        rows += _measure(methods, cleans, noisy_set, sigma_255)[0]
     return rows
 
 
@@ -159,7 +178,7 @@ def run_photo_bench(
     `with_colour` adds the colour table (`run_colour_rows`)."""
     photos = photos or bundled_photos("val")
     denoiser = Denoiser(onnx, provider="cpu", threads=threads or physical_cores())
-    methods: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    methods: dict[str, Method] = {
         "noisy input": lambda noisy, _s: noisy,
         "NL-means (scikit-image)": _nl_means,
         "ours (ONNX Runtime)": lambda noisy, _s: denoiser.denoise(noisy.astype(np.float32)),
@@ -183,27 +202,9 @@ def run_photo_bench(
             )[0, 0]
             for i, image in enumerate(photos.images)
         ]
-        for name, method in methods.items():
-            psnrs, ssims, seconds, pixels = [], [], 0.0, 0
-            for image, noisy in zip(photos.images, noisy_set, strict=True):
-                clean = image.astype(np.float64) / 255.0
-                started = time.perf_counter()
-                out = method(noisy, sigma)
-                seconds += time.perf_counter() - started
-                pixels += image.size
-                psnr, ssim = _scores(_to8(np.asarray(out, dtype=np.float64)), clean)
-                psnrs.append(psnr)
-                ssims.append(ssim)
-            per_image.setdefault(f"{sigma_255}", {})[name] = [round(v, 3) for v in psnrs]
-            rows.append(
-                {
-                    "sigma_255": sigma_255,
-                    "method": name,
-                    "psnr": float(np.mean(psnrs)),
-                    "ssim": float(np.mean(ssims)),
-                    "ms_per_mp": 1e3 * seconds / (pixels / 1e6) if name != "noisy input" else None,
-                }
-            )
+        sigma_rows, psnrs = _measure(methods, photos.images, noisy_set, sigma_255)
+        rows += sigma_rows
+        per_image[f"{sigma_255}"] = {name: [round(v, 3) for v in values] for name, values in psnrs.items()}
     colour_rows = run_colour_rows(denoiser, sigmas_255) if with_colour else []
     for table in (rows, colour_rows):
         for sigma_255 in sigmas_255:
@@ -292,18 +293,16 @@ def _fixed(digits: int, suffix: str = "") -> Callable[[Any], str]:
     return lambda v: "-" if v is None else f"{v:.{digits}f}{suffix}"
 
 
+COLUMNS = (
+    Column("sigma", "sigma_255", lambda v: "-" if v is None else f"{v}/255"),
+    Column("method", "method"),
+    Column("PSNR dB", "psnr", _fixed(2)),
+    Column("SSIM", "ssim", _fixed(3)),
+    Column("ms / MP", "ms_per_mp", _fixed(0)),
+    Column("speed vs NL-means", "speed_vs_nl_means", _fixed(2, "x")),
+)
 TABLES = (
-    Table(
-        columns=(
-            Column("sigma", "sigma_255", lambda v: "-" if v is None else f"{v}/255"),
-            Column("method", "method"),
-            Column("PSNR dB", "psnr", _fixed(2)),
-            Column("SSIM", "ssim", _fixed(3)),
-            Column("ms / MP", "ms_per_mp", _fixed(0)),
-            Column("speed vs NL-means", "speed_vs_nl_means", _fixed(2, "x")),
-        ),
-        notes=lambda r: list(r["notes"]),
-    ),
+    Table(columns=COLUMNS, notes=lambda r: list(r["notes"])),
     Table(
         title=lambda r: (
             f"Colour: {', '.join(r['colour_photos'])} in RGB, noise per channel; ours denoises each channel "
@@ -311,14 +310,7 @@ TABLES = (
             if r.get("colour_rows")
             else "Colour photographs: not measured in this run (tiny mode, or no photo model)"
         ),
-        columns=(
-            Column("sigma", "sigma_255", lambda v: "-" if v is None else f"{v}/255"),
-            Column("method", "method"),
-            Column("PSNR dB", "psnr", _fixed(2)),
-            Column("SSIM", "ssim", _fixed(3)),
-            Column("ms / MP", "ms_per_mp", _fixed(0)),
-            Column("speed vs NL-means", "speed_vs_nl_means", _fixed(2, "x")),
-        ),
+        columns=COLUMNS,
         rows=lambda r: list(r.get("colour_rows") or []),
     ),
 )
