@@ -101,7 +101,8 @@ class MicroBatcher:
         sample, layout = self.denoiser.prepare(image)  # (N, 1, H, W); raises ValueError for this caller
         if layout.count != 1:
             raise ValueError(
-                f"submit takes one image; got {layout.count} (use Denoiser.denoise for a ready batch)"
+                f"submit takes one grayscale image; got {layout.count} model samples (a batch, or a colour "
+                "image's channels; use Denoiser.denoise for those)"
             )
         if layout.kind == "float32" and np.may_share_memory(sample, image):
             sample = sample.copy()  # the caller may reuse its buffer before the batch runs
@@ -126,7 +127,8 @@ class MicroBatcher:
         sample, layout = self.denoiser.prepare(image)  # (1, 1, H, W); raises ValueError for this caller
         if layout.count != 1:
             raise ValueError(
-                f"a MicroBatcher call takes one image; got {layout.count} (use Denoiser.denoise for a batch)"
+                f"a MicroBatcher call takes one grayscale image; got {layout.count} model samples (a batch, "
+                "or a colour image's channels; use Denoiser.denoise for those)"
             )
         done = threading.Lock()
         done.acquire()

@@ -2,7 +2,9 @@
 
 People have images as (N, 1, H, W), (N, H, W) or one (H, W); float32 in [0, 1] or uint8 0-255. These
 functions turn any of them into the model's float32 (N, 1, H, W) batch in one cheap pass, and turn the
-model's output back into the caller's own layout and kind.
+model's output back into the caller's own layout and kind. For a model of any height and width (the
+photo model), colour images are accepted channels-last too, one (H, W, 3) or (N, H, W, 3): each channel
+is a sample, denoised as the grayscale image it is (as `ae-denoise` does with colour files).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-ImageForm = Literal["nchw", "nhw", "hw"]
+ImageForm = Literal["nchw", "nhw", "hw", "nhwc", "hwc"]
+COLOUR_FORMS = ("nhwc", "hwc")  # channels-last RGB: any-size models only
 ImageKind = Literal["float32", "uint8"]
 
 
@@ -21,9 +24,9 @@ class ImageLayout(NamedTuple):
     A NamedTuple rather than a frozen dataclass: it is built on every call, and at batch 1 the frozen
     dataclass's __init__ (0.5 us) was a fifth of the wrapper's whole cost."""
 
-    form: ImageForm  # "nchw": (N, 1, H, W); "nhw": (N, H, W); "hw": one (H, W) image
+    form: ImageForm  # "nchw": (N, 1, H, W); "nhw": (N, H, W); "hw": one (H, W); "nhwc"/"hwc": RGB
     kind: ImageKind  # "float32" in [0, 1] or "uint8" 0-255
-    count: int
+    count: int  # model samples: images, times 3 for colour forms
 
 
 def describe(images: object) -> str:
@@ -41,8 +44,10 @@ FLOAT32 = np.dtype(np.float32)  # numpy's native float32 dtype is a singleton: `
 
 def _expected(image_shape: tuple[int, int] | None) -> str:
     h, w = image_shape if image_shape is not None else ("H", "W")
+    colour = " (or colour (N, H, W, 3), (H, W, 3))" if image_shape is None else ""
     return (
-        f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array, float32 in [0, 1] or uint8 0-255"
+        f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array{colour}, float32 in [0, 1] or "
+        "uint8 0-255"
     )
 
 
@@ -86,10 +91,12 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
             f"(convert with .astype(np.float32) / 255 or .astype(np.uint8) first)"
         )
     shape = images.shape
+    ndim = len(shape)
+    if image_shape is None and shape[-1:] == (3,) and (ndim == 3 or (ndim == 4 and shape[1] != 1)):
+        return _prepare_colour(images, kind)  # (H, W, 3) or (N, H, W, 3): a 3-pixel-wide batch is not meant
     if image_shape is None:  # any size: (H, W) are the last two axes, if there are two
         image_shape = (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 and min(shape[-2:]) > 0 else (0, 0)
     h, w = image_shape
-    ndim = len(shape)
     form: ImageForm
     if ndim == 4 and shape[1:] == (1, h, w):
         form = "nchw"
@@ -106,6 +113,23 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     check_unit_range(batch)
     if not batch.flags.c_contiguous:
         batch = np.ascontiguousarray(batch)
+    return batch, ImageLayout(form, kind, batch.shape[0])
+
+
+def _prepare_colour(images: np.ndarray, kind: ImageKind) -> tuple[np.ndarray, ImageLayout]:
+    """(H, W, 3) or (N, H, W, 3) -> (N * 3, 1, H, W) float32, channel by channel (a copy: the channels
+    are interleaved in the caller's array)."""
+    form: ImageForm = "hwc" if images.ndim == 3 else "nhwc"
+    height, width = images.shape[-3:-1]
+    if min(height, width) < 1:
+        raise ValueError(f"expected colour images with height and width >= 1; got shape {images.shape}")
+    planes = np.moveaxis(images.reshape(-1, height, width, 3), 3, 1)  # (N, 3, H, W) view
+    batch = np.empty((planes.shape[0] * 3, 1, height, width), dtype=np.float32)
+    if kind == "uint8":
+        np.divide(planes, np.float32(255.0), out=batch.reshape(-1, 3, height, width), dtype=np.float32)
+    else:
+        batch.reshape(-1, 3, height, width)[...] = planes
+        check_unit_range(batch)
     return batch, ImageLayout(form, kind, batch.shape[0])
 
 
@@ -134,6 +158,9 @@ def restore_images(output: np.ndarray, layout: ImageLayout) -> np.ndarray:
         return output
     if layout.form == "nhw":
         return output.reshape(n, h, w)
+    if layout.form in COLOUR_FORMS:
+        rgb = np.ascontiguousarray(np.moveaxis(output.reshape(n // 3, 3, h, w), 1, 3))  # (N, H, W, 3)
+        return rgb[0] if layout.form == "hwc" else rgb
     return output.reshape(h, w)
 
 

@@ -289,6 +289,31 @@ def test_ae_denoise_keeps_colour_per_channel(photo_onnx, tmp_path: Path) -> None
         assert saved.mode == "RGB"  # noise added per channel, saved in colour
 
 
+@pytest.mark.slow
+def test_denoiser_takes_colour_arrays_channels_last(photo_onnx) -> None:
+    """(H, W, 3) and (N, H, W, 3), uint8 or float32: the same layout back, each channel denoised alone."""
+    from runtimes import Denoiser, MicroBatcher
+
+    denoiser = Denoiser(photo_onnx[0], provider="cpu")
+    rng = np.random.default_rng(5)
+    batch = rng.integers(0, 256, (2, 37, 45, 3), dtype=np.uint8)
+    out = denoiser.denoise(batch)
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    one = denoiser.denoise(batch[1])
+    np.testing.assert_array_equal(one, out[1])
+    for channel in range(3):
+        np.testing.assert_array_equal(
+            out[1][..., channel], denoiser.denoise(np.ascontiguousarray(batch[1][..., channel]))
+        )
+    floats = denoiser.denoise(batch[0].astype(np.float32) / 255)
+    assert floats.shape == (37, 45, 3) and floats.dtype == np.float32
+    assert np.abs(np.rint(floats * 255) - out[0]).max() <= 1
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        denoiser.denoise(np.full((8, 8, 3), 2.0, np.float32))
+    with MicroBatcher(denoiser) as batcher, pytest.raises(ValueError, match="colour image's channels"):
+        batcher(batch[0])
+
+
 def test_fixed_size_model_gets_grayscale_from_colour(onnx_dir: Path, tmp_path: Path) -> None:
     """The lecture's model was trained on grayscale Fashion-MNIST: colour input is converted, as before."""
     (tmp_path / "in").mkdir()

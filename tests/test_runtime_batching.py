@@ -137,7 +137,7 @@ def test_context_manager_and_call(denoiser: Denoiser, fmnist_test: np.ndarray) -
 @pytest.mark.parametrize(
     "image, pattern",
     [
-        (np.zeros((2, 28, 28), np.uint8), "one image; got 2"),
+        (np.zeros((2, 28, 28), np.uint8), "one grayscale image; got 2 model samples"),
         (np.zeros((28, 28), np.float64), "float32"),
         (np.full((28, 28), 2.0, np.float32), r"\[0, 1\]"),
         (np.zeros((27, 28), np.uint8), "shape"),
