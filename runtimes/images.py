@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtimes.fileio import atomic_save
+from runtimes.layout import ImageLayout, prepare_images, restore_images
 
 # Lower-case suffixes that `find_images` collects from folders.
 IMAGE_SUFFIXES = frozenset(
@@ -312,10 +313,8 @@ def to_model(
         if tile is not None or gray8.shape[2] != 3:
             raise ValueError(f"RGB images go to any-size models only, as (H, W, 3); got {gray8.shape}")
         height, width = gray8.shape[:2]
-        planes = gray8.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)  # (3, H, W)
-        return planes.reshape(3, 1, height, width), FitPlan(
-            "exact", (height, width), (height, width), channels=3
-        )
+        samples, _layout = prepare_images(gray8, None)  # (3, 1, H, W): the runtime's one colour split
+        return samples, FitPlan("exact", (height, width), (height, width), channels=3)
     height, width = gray8.shape
     if tile is None or (mode == "exact" and gray8.shape == tile):
         unit = gray8.astype(np.float32) / np.float32(255.0)  # (H, W)
@@ -350,7 +349,7 @@ def from_model(samples: np.ndarray, plan: FitPlan) -> np.ndarray:
     th, tw = plan.tile
     height, width = plan.size
     if plan.channels == 3:
-        return np.ascontiguousarray(to_uint8(samples.reshape(3, height, width)).transpose(1, 2, 0))
+        return restore_images(samples, ImageLayout("hwc", "uint8", 3))  # (H, W, 3), rounded like to_uint8
     if plan.mode == "exact":
         return to_uint8(samples.reshape(height, width))
     if plan.mode == "resize":
