@@ -113,7 +113,8 @@ def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list
     return values
 
 
-def _sizes(text: str) -> list[tuple[int, int]]:
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'64x96,512x512' -> [(64, 96), (512, 512)]; ValueError names the entry that is not HxW."""
     sizes = []
     for item in _csv(text, str, "sizes"):
         height, _, width = item.lower().partition("x")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         providers = _csv(args.providers, str, "providers", PROVIDERS)
         batch_sizes = _csv(args.batch_sizes, int, "batch-sizes")
         checkpoint = load_checkpoint(args.checkpoint)
-        sizes = _sizes(args.sizes)
+        sizes = parse_sizes(args.sizes)
         model = checkpoint.build_model()
         any_size = checkpoint.model_config.arch == "fcn"
         # The photo model's parity uses its own sizes and inputs; Fashion-MNIST is no data of its.

@@ -176,25 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'1024x1536,3000x4000' -> [(1024, 1536), (3000, 4000)]; ValueError names the bad entry."""
-    sizes = []
-    for part in text.split(","):
-        try:
-            height, width = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"size {part!r}: expected HxW, e.g. 1024x1536") from None
-        if height < 1 or width < 1:
-            raise ValueError(f"size {part!r}: height and width must be positive")
-        sizes.append((height, width))
-    return sizes
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.child:
         _child(args.onnx, args.image, args.result, args.tile_pixels or None, args.threads or None)
         return 0
+    from ae_export.cli import parse_sizes  # here, not at the top: a child process imports no torch
+
     try:
         result = run_tile_bench(args.onnx, parse_sizes(args.sizes))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
