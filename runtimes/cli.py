@@ -17,7 +17,13 @@ from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
 from runtimes.manifest import DEFAULT_VARIANT, ManifestError
 from runtimes.pipeline import Outcome, run_pipeline
 from runtimes.planning import PlanError, plan_jobs
-from runtimes.sessions import PROVIDERS, InvalidModelError, ProviderUnavailableError
+from runtimes.sessions import (
+    CONV_SEARCHES,
+    DEFAULT_CONV_SEARCH,
+    PROVIDERS,
+    InvalidModelError,
+    ProviderUnavailableError,
+)
 
 PROG = "ae-denoise"
 COLOR_CHOICES = ("auto", "gray")
@@ -143,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "every image whole, in one piece on one core)",
     )
     parser.add_argument(
+        "--cuda-conv-search",
+        choices=CONV_SEARCHES,
+        default=DEFAULT_CONV_SEARCH,
+        help=f"with --provider cuda/auto on a GPU: how cuDNN picks convolution algorithms at each new image "
+        f"size (default {DEFAULT_CONV_SEARCH}: cheap for folders of mixed sizes; exhaustive: times every "
+        "algorithm once per size, for many images of one size)",
+    )
+    parser.add_argument(
         "--max-pixels",
         type=positive_int,
         default=DEFAULT_MAX_PIXELS,
@@ -165,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spinning=False,
             variant=args.variant,
             tile_pixels=args.tile_pixels or None,
+            conv_search=args.cuda_conv_search,
         )
     except (FileNotFoundError, InvalidModelError, ProviderUnavailableError, ManifestError) as err:
         print(f"{PROG}: error: cannot use model: {err}", file=sys.stderr)

@@ -25,7 +25,7 @@ from runtimes.layout import (
 from runtimes.manifest import DEFAULT_VARIANT, PORTABLE_VARIANT, resolve_model, variants_present
 from runtimes.metadata import ModelMetadata
 from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
-from runtimes.sessions import InvalidModelError, Provider, wants_cuda
+from runtimes.sessions import DEFAULT_CONV_SEARCH, ConvSearch, InvalidModelError, Provider, wants_cuda
 from runtimes.tiling import plan_tiles, run_tiled
 
 DENOISER_FILE = "denoiser.onnx"
@@ -57,6 +57,11 @@ class Denoiser:
     pixels, so that memory stays bounded and every core works on one photograph; the result equals the
     whole-image run's (see `runtimes.tiling`). `tile_pixels=None` runs every image whole.
 
+    On CUDA, `conv_search` is how cuDNN picks each convolution's algorithm at a new input shape:
+    "heuristic" (default; cheap at every new photograph size or batch size) or "exhaustive" (times
+    them all once per shape, for a server that sees one shape for a long time); see
+    `runtimes.sessions.DEFAULT_CONV_SEARCH` for the measurements.
+
     Construction fails fast, before any work, with FileNotFoundError (a missing variant names those
     present) or InvalidModelError (a ValueError) naming the path, and with ProviderUnavailableError when
     provider="cuda" cannot really start.
@@ -73,6 +78,7 @@ class Denoiser:
         parallel: Parallel = "sessions",
         variant: str = DEFAULT_VARIANT,
         tile_pixels: int | None = DEFAULT_TILE_PIXELS,
+        conv_search: ConvSearch = DEFAULT_CONV_SEARCH,
     ) -> None:
         if tile_pixels is not None and (type(tile_pixels) is not int or tile_pixels < 1):
             raise ValueError(f"tile_pixels must be a positive int or None (never tile); got {tile_pixels!r}")
@@ -96,6 +102,7 @@ class Denoiser:
                 role="denoiser",
                 spinning=spinning,
                 parallel=parallel,
+                conv_search=conv_search,
             )
 
         if folder is not None:
@@ -211,6 +218,7 @@ class Denoiser:
                 warmup=self._warmup,
                 spinning=self.model.spinning,
                 parallel=self.model.parallel,
+                conv_search=self.model.conv_search,
                 role=role,
             )
             if role == "encoder":

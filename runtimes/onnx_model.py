@@ -19,7 +19,14 @@ import onnxruntime as ort
 
 from runtimes.layout import FLOAT32
 from runtimes.metadata import MetadataError, ModelMetadata, parse_metadata
-from runtimes.sessions import InvalidModelError, Provider, open_session, physical_cores
+from runtimes.sessions import (
+    DEFAULT_CONV_SEARCH,
+    ConvSearch,
+    InvalidModelError,
+    Provider,
+    open_session,
+    physical_cores,
+)
 from runtimes.workers import SliceWorker, close_when_collected
 
 DEFAULT_MAX_BATCH = 256
@@ -53,7 +60,9 @@ class OnnxModel:
     session, and its result is copied into its slice of one output array (no concatenation). Smaller
     batches, batch 1 above all, take one single-threaded call: no thread hand-off, no intra-op pool
     wake-up. (One large photograph is split by `Denoiser` into halo tiles, see `runtimes.tiling`.)
-    `parallel="intra-op"` is the classic one session with `threads` intra-op threads.
+    `parallel="intra-op"` is the classic one session with `threads` intra-op threads. On CUDA the batch
+    runs whole on the GPU, and `conv_search` says how cuDNN picks convolution algorithms (see
+    `runtimes.sessions.DEFAULT_CONV_SEARCH`).
 
     Why: ONNX Runtime runs some kernels (ConvTranspose, Col2Im, the NCHWc reorders) on one thread
     whatever intra_op_num_threads says, so a second intra-op thread adds only 10-20% on this model, while
@@ -96,6 +105,7 @@ class OnnxModel:
         role: str | None = None,
         spinning: bool = True,
         parallel: Parallel = "sessions",
+        conv_search: ConvSearch = DEFAULT_CONV_SEARCH,
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -113,8 +123,9 @@ class OnnxModel:
         self.parallel: Parallel = parallel
         per_core = parallel == "sessions" and self.threads > 1
         self._session, self.provider = open_session(
-            self.path, provider, 1 if per_core else self.threads, spinning
+            self.path, provider, 1 if per_core else self.threads, spinning, conv_search=conv_search
         )
+        self.conv_search: ConvSearch = conv_search
         self.spinning = spinning
         # One more single-threaded session per extra core (CPU only: a GPU runs the batch whole).
         self._sessions: list[ort.InferenceSession] = [self._session]

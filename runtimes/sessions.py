@@ -19,6 +19,8 @@ CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
 Provider = Literal["auto", "cpu", "cuda"]
+ConvSearch = Literal["heuristic", "exhaustive", "default"]
+CONV_SEARCHES: tuple[ConvSearch, ...] = ("heuristic", "exhaustive", "default")
 
 
 class InvalidModelError(ValueError):
@@ -99,6 +101,22 @@ def session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
 # CUDA float32 must mean float32: TF32 would trade ~1e-3 relative error for speed behind the caller's
 # back, and parity certifies these exact options.
 CUDA_OPTIONS: dict[str, str] = {"use_tf32": "0"}
+# How cuDNN picks each convolution's algorithm, once per new input shape. ONNX Runtime's own default,
+# "exhaustive", times every algorithm: the first call at each new shape cost 80-415 ms on an H100 (a
+# photograph of a new size, a new batch size from the micro-batcher), against 9-39 ms with cuDNN's
+# "heuristic" pick, which ran the photo model's tiles within 6% of exhaustive's and the 28x28 model
+# no slower (`python -m bench.cuda_conv_search`; README, GPU check). Like PyTorch, whose cuDNN
+# autotuner (`cudnn.benchmark`) is off by default, the runtime takes the heuristic and offers the search
+# to a caller that serves one shape for a long time (`conv_search="exhaustive"`); "default" is cuDNN's
+# implicit-GEMM algorithm, the least memory.
+DEFAULT_CONV_SEARCH: ConvSearch = "heuristic"
+
+
+def cuda_options(conv_search: ConvSearch = DEFAULT_CONV_SEARCH) -> dict[str, str]:
+    """The CUDA execution provider's options for `conv_search` (one of CONV_SEARCHES)."""
+    if conv_search not in CONV_SEARCHES:
+        raise ValueError(f"conv_search must be one of {', '.join(CONV_SEARCHES)}; got {conv_search!r}")
+    return {**CUDA_OPTIONS, "cudnn_conv_algo_search": conv_search.upper()}
 
 
 def _cuda_unavailable_message(reason: str) -> str:
@@ -120,6 +138,7 @@ def open_session(
     threads: int | None = None,
     spinning: bool = True,
     options: ort.SessionOptions | None = None,
+    conv_search: ConvSearch = DEFAULT_CONV_SEARCH,
 ) -> tuple[ort.InferenceSession, Literal["cpu", "cuda"]]:
     """An InferenceSession on the requested provider, and the provider that really runs it.
 
@@ -127,18 +146,18 @@ def open_session(
     load, so the session's own provider list is checked and ProviderUnavailableError raised. "auto" takes
     CUDA where it really starts, else the CPU. `options` replaces `session_options(threads, spinning)`
     (the benchmark varies one knob at a time); a file onnxruntime cannot load is an InvalidModelError.
+    `conv_search` applies on CUDA only (see DEFAULT_CONV_SEARCH).
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}; got {provider!r}")
+    cuda = cuda_options(conv_search)  # validated on every machine, not only where CUDA is
     available = ort.get_available_providers()
     want_cuda = wants_cuda(provider)
     if provider == "cuda" and CUDA_EP not in available:
         raise ProviderUnavailableError(
             _cuda_unavailable_message(f"this onnxruntime build offers only {', '.join(available)}")
         )
-    providers: list[str | tuple[str, dict[str, str]]] = (
-        [(CUDA_EP, CUDA_OPTIONS), CPU_EP] if want_cuda else [CPU_EP]
-    )
+    providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_EP, cuda), CPU_EP] if want_cuda else [CPU_EP]
     if options is None:
         options = session_options(threads if threads is not None else physical_cores(), spinning)
     try:

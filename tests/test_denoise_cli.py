@@ -355,11 +355,12 @@ def test_cuda_unavailable_exits_2(onnx_dir: Path, fmnist_test: np.ndarray, tmp_p
     [
         (["--provider", "gpu"], "choose from 'auto', 'cpu', 'cuda'"),
         (["--size-mode", "crop"], "choose from 'exact', 'resize', 'tile'"),
+        (["--cuda-conv-search", "fast"], "choose from 'heuristic', 'exhaustive', 'default'"),
         (["--batch-size", "0"], "positive integer"),
         (["--add-noise", "-1"], "number >= 0"),
         (["--add-noise", "nan"], "number >= 0"),
     ],
-    ids=["provider", "size_mode", "batch_size", "negative_noise", "nan_noise"],
+    ids=["provider", "size_mode", "conv_search", "batch_size", "negative_noise", "nan_noise"],
 )
 def test_bad_arguments_name_valid_choices(
     onnx_dir: Path, tmp_path: Path, args: list[str], pattern: str

@@ -238,6 +238,18 @@ def test_unknown_provider_names_choices(onnx_dir: Path, provider: str) -> None:
         Denoiser(onnx_dir, provider=provider)  # type: ignore[arg-type]
 
 
+def test_conv_search_names_choices_and_reaches_the_cuda_options(onnx_dir: Path) -> None:
+    """Checked on every machine (not only where CUDA starts), and mapped onto ORT's CUDA option."""
+    from runtimes.sessions import DEFAULT_CONV_SEARCH, cuda_options
+
+    with pytest.raises(ValueError, match=r"one of heuristic, exhaustive, default; got 'fast'"):
+        Denoiser(onnx_dir, provider="cpu", conv_search="fast")  # type: ignore[arg-type]
+    assert cuda_options("exhaustive") == {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+    assert cuda_options()["cudnn_conv_algo_search"] == DEFAULT_CONV_SEARCH.upper() == "HEURISTIC"
+    denoiser = Denoiser(onnx_dir, provider="cpu", conv_search="exhaustive", warmup=False)
+    assert denoiser.model.conv_search == "exhaustive"
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_bad_threads_and_max_batch(onnx_dir: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="threads"):
