@@ -6,7 +6,10 @@
 Why one command: the CUDA paths (training on `cuda`, parity on CUDAExecutionProvider with TF32 off, the
 runtime's `cuda` provider, the benchmark's CUDA rows, the `gpu`-marked tests) each skip cleanly on a
 CPU-only machine, so they can rot unseen. This runs them all, each as the user would (a subprocess of
-the project's own CLI), and records what ran, how long, and its output's tail.
+the project's own CLI), and records what ran, how long, and its output's tail. The photo model's CUDA
+path (training, export, parity with its halo tiles, `ae-denoise` on colour and 12 MP photographs) runs
+on a short model trained here, so it needs no `make photo` first; its `ae-denoise` output on CUDA must
+equal the CPU's within one 8-bit level.
 
 Honesty rules: without a usable GPU it says so, writes a report that says nothing ran, and exits 0;
 it never reports a CPU fallback as a GPU result (the CUDA probe opens a real session with the
@@ -50,6 +53,10 @@ from runtimes.sessions import (
 BENCH_MODULE = "bench.cli"
 GPU_VARIANTS = ("fp32", "fp16")  # the precisions meant for a GPU (int8 is the CPU's)
 STEP_TIMEOUT_S = 1800
+PHOTO_TRAIN_STEPS = 100  # a short photo model: the check is of the CUDA path, not of its quality
+# The 12 MP photograph (a camera's frame) that makes the runtime cut halo tiles; the others run whole.
+LARGE_PHOTO = (3000, 4000)
+PHOTO_NOISE = 0.1  # ae-denoise --add-noise: the same seeded noise on both providers
 
 
 @dataclass
@@ -104,7 +111,8 @@ def placement(path: Path, provider: str, work: Path) -> dict[str, list[str]]:
     options.profile_file_prefix = str(work / "placement")
     session, _ = open_session(path, provider, options=options)
     tensor = session.get_inputs()[0]
-    shape = [2 if not isinstance(d, int) else d for d in tensor.shape]
+    # Batch 2; any-size models get 64x64 (a symbolic height or width of 2 is below their stride).
+    shape = [d if isinstance(d, int) else 2 if i == 0 else 64 for i, d in enumerate(tensor.shape)]
     session.run(None, {tensor.name: np.random.default_rng(0).random(shape, dtype=np.float32)})
     profile = Path(session.end_profiling())
     events = json.loads(profile.read_text())
@@ -136,11 +144,16 @@ def cpu_nodes(onnx_dir: Path, work: Path) -> dict[str, list[str]]:
     return {path.name: placement(path, "cuda", work).get(CPU_EP, []) for path in files}
 
 
-def placement_step(onnx_dir: Path, work: Path) -> Step:
+def placement_step(onnx_dirs: dict[str, Path], work: Path) -> Step:
+    """`onnx_dirs`: a label for the report ("" for the default model) -> export folder."""
     step = Step("every node of the files Denoiser opens runs on CUDA", ["(in process) profiled runs"])
     start = time.perf_counter()
     try:
-        found = cpu_nodes(onnx_dir, work)
+        found = {
+            f"{label} {name}".strip(): ops
+            for label, folder in onnx_dirs.items()
+            for name, ops in cpu_nodes(folder, work).items()
+        }
     except (ProviderUnavailableError, InvalidModelError, FileNotFoundError, ValueError) as err:
         step.status, step.detail = "failed", str(err)
     else:
@@ -183,10 +196,114 @@ def steps(checkpoint: Path, onnx_dir: Path, work: Path) -> list[Step]:
             "runtime: ae-denoise --provider cuda", [*py, *denoise, "--add-noise", "0.3", "--overwrite", "-q"]
         ),
         Step("bench: inference section with its CUDA rows", [*py, *bench, "--out", str(work / "bench.json")]),
+        *photo_steps(work),
+        Step(
+            "bench: cuDNN algorithm search, heuristic vs exhaustive",
+            [
+                *py,
+                "bench.cuda_conv_search",
+                "--onnx-dir",
+                onnx,
+                "--photo-onnx",
+                str(work / "photo" / "onnx"),
+                "--out",
+                str(work / "conv_search.json"),
+            ],
+        ),  # fmt: skip
         Step(
             "pytest -m gpu", [*py, "pytest", "-m", "gpu", "-q", "-rs", f"--junitxml={work / 'gpu-tests.xml'}"]
         ),
     ]
+
+
+def photo_steps(work: Path) -> list[Step]:
+    """The photo model's CUDA path: train briefly on cuda, export, parity on CUDA (halo tiles included),
+    then ae-denoise the same photographs on both providers (compared by `photo_compare_step`)."""
+    py = [sys.executable, "-m"]
+    photo = work / "photo"
+    ckpt, onnx, photos = str(photo / "checkpoint.pt"), str(photo / "onnx"), str(work / "photos")
+    train = ["train.cli", "--preset", "photo", "--device", "cuda", "--steps", str(PHOTO_TRAIN_STEPS)]
+    parity = ["ae_export.cli", "parity", "--checkpoint", ckpt, "--onnx-dir", onnx, "--providers", "cpu,cuda"]
+    noise = ["--add-noise", str(PHOTO_NOISE), "--seed", "0", "--overwrite", "-q"]
+    return [
+        Step(
+            f"photo model: training on cuda ({PHOTO_TRAIN_STEPS} steps)",
+            [*py, *train, "--out", str(photo), "--quiet"],
+        ),
+        Step("photo model: ae-export", [*py, "ae_export.cli", "--checkpoint", ckpt, "--out", onnx]),
+        Step("photo model: parity on CUDAExecutionProvider (tiles too)", [*py, *parity]),
+        *(
+            Step(
+                f"photo model: ae-denoise --provider {provider} on colour and 12 MP photographs",
+                [
+                    *py,
+                    "runtimes.cli",
+                    "--onnx",
+                    onnx,
+                    photos,
+                    "-o",
+                    str(work / f"photos-{provider}"),
+                    "--provider",
+                    provider,
+                    *noise,
+                ],
+            )  # fmt: skip
+            for provider in ("cpu", "cuda")
+        ),
+    ]
+
+
+def write_photos(folder: Path) -> list[str]:
+    """Real photographs for the photo steps: scikit-image's colour `astronaut` and `chelsea` as they ship,
+    and `camera` scaled up to a 12 MP frame (bicubic) so that the runtime cuts it into halo tiles."""
+    from PIL import Image
+
+    from runtimes.fileio import atomic_save
+    from train.photos import skimage_data_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = skimage_data_dir()
+    for name in ("astronaut.png", "chelsea.png"):
+        shutil.copyfile(data / name, folder / name)
+    height, width = LARGE_PHOTO
+    with Image.open(data / "camera.png") as camera:
+        large = camera.convert("L").resize((width, height), Image.Resampling.BICUBIC)
+    atomic_save(folder / "camera_12mp.png", lambda handle: large.save(handle, format="PNG"), fsync=False)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def photo_compare_step(work: Path) -> Step:
+    """ae-denoise's photo outputs on CUDA against the CPU's: every file, same size and mode, within one
+    8-bit level (float32 sums in another order may round a pixel the other way, no more)."""
+    from PIL import Image
+
+    step = Step("photo model: ae-denoise on cuda equals cpu within 1/255", ["(in process) PNG comparison"])
+    start = time.perf_counter()
+    cpu_dir, cuda_dir = work / "photos-cpu", work / "photos-cuda"
+    names = sorted(p.name for p in cpu_dir.glob("*.png") if not p.name.endswith(".noisy.png"))
+    worst: list[str] = []
+    faults: list[str] = []
+    for name in names:
+        if not (cuda_dir / name).is_file():
+            faults.append(f"{name}: no CUDA output")
+            continue
+        with Image.open(cpu_dir / name) as a, Image.open(cuda_dir / name) as b:
+            if (a.mode, a.size) != (b.mode, b.size):
+                faults.append(f"{name}: {a.mode} {a.size} on cpu, {b.mode} {b.size} on cuda")
+                continue
+            diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        worst.append(
+            f"{name} {a.mode} {a.size[1]}x{a.size[0]}: max {int(diff.max())}, mean {diff.mean():.1e}"
+        )
+        if diff.max() > 1:
+            faults.append(f"{name}: differs by {int(diff.max())} levels")
+    if not names:
+        faults.append(f"no outputs in {cpu_dir}")
+    step.status = "failed" if faults else "passed"
+    step.detail = "; ".join(faults or worst)
+    step.returncode = 1 if faults else 0
+    step.seconds = round(time.perf_counter() - start, 1)
+    return step
 
 
 def _judge(step: Step, work: Path) -> None:
@@ -199,7 +316,7 @@ def _judge(step: Step, work: Path) -> None:
         step.detail = f"{total - skipped} ran, {skipped} skipped"
         if total == skipped:
             step.status, step.detail = "failed", f"every gpu test skipped ({skipped}): nothing ran on the GPU"
-    if step.name.startswith("bench") and step.returncode == 0:
+    if step.name.startswith("bench: inference") and step.returncode == 0:
         inference = json.loads((work / "bench.json").read_text())["sections"]["inference"]
         cuda_rows = sum(1 for row in inference["rows"] if row.get("device") == "cuda")
         step.detail = f"{cuda_rows} CUDA rows in bench.json"
@@ -224,6 +341,7 @@ def run(checkpoint: Path, onnx_dir: Path, out: Path) -> dict:
         return report
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
+    write_photos(work / "photos")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for step in steps(checkpoint, onnx_dir, work):
         start = time.perf_counter()
@@ -241,7 +359,8 @@ def run(checkpoint: Path, onnx_dir: Path, out: Path) -> dict:
         else:
             _judge(step, work)
         _record(report, step)
-    _record(report, placement_step(onnx_dir, work))
+    _record(report, photo_compare_step(work))
+    _record(report, placement_step({"": onnx_dir, "photo": work / "photo" / "onnx"}, work))
     failed = [s["name"] for s in report["steps"] if s["status"] != "passed"]
     report["verdict"] = f"FAILED: {', '.join(failed)}" if failed else "PASSED: every CUDA path ran and passed"
     return report

@@ -48,3 +48,55 @@ def test_placement_reads_where_each_node_ran(onnx_dir, portable_onnx_dir, tmp_pa
     portable = placement(portable_onnx_dir / "denoiser.onnx", "cpu", tmp_path)["CPUExecutionProvider"]
     assert "ConvTranspose" in portable and "Col2Im" not in portable
     assert not list(tmp_path.glob("placement*"))
+
+
+def test_photo_comparison_allows_one_level_and_names_what_differs(tmp_path) -> None:
+    """The photo step's judge, on real PNGs: CUDA output within one 8-bit level of the CPU's passes; two
+    levels, a missing file or another size fails and names the file."""
+    import numpy as np
+    from PIL import Image
+
+    from ae_export.gpu_check import photo_compare_step
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, 254, size=(40, 30, 3), dtype=np.uint8)
+    (tmp_path / "photos-cpu").mkdir()
+    (tmp_path / "photos-cuda").mkdir()
+    Image.fromarray(base).save(tmp_path / "photos-cpu" / "a.png")
+    Image.fromarray(base).save(tmp_path / "photos-cpu" / "a.noisy.png")  # inputs are not compared
+    Image.fromarray(base + 1).save(tmp_path / "photos-cuda" / "a.png")
+    step = photo_compare_step(tmp_path)
+    assert step.status == "passed" and "a.png RGB 40x30: max 1" in step.detail
+
+    Image.fromarray(base + 2).save(tmp_path / "photos-cuda" / "a.png")
+    Image.fromarray(base[:, :, 0]).save(tmp_path / "photos-cpu" / "b.png")
+    Image.fromarray(base[:20, :, 0]).save(tmp_path / "photos-cuda" / "b.png")
+    Image.fromarray(base).save(tmp_path / "photos-cpu" / "c.png")
+    step = photo_compare_step(tmp_path)
+    assert step.status == "failed" and step.returncode == 1
+    assert "a.png: differs by 2 levels" in step.detail
+    assert "b.png: L (30, 40) on cpu, L (30, 20) on cuda" in step.detail
+    assert "c.png: no CUDA output" in step.detail
+
+
+def test_photo_inputs_are_real_photographs_and_one_is_tiled(tmp_path) -> None:
+    from PIL import Image
+
+    from ae_export.gpu_check import LARGE_PHOTO, write_photos
+    from runtimes.denoiser import DEFAULT_TILE_PIXELS
+
+    names = write_photos(tmp_path)
+    assert names == ["astronaut.png", "camera_12mp.png", "chelsea.png"]
+    with Image.open(tmp_path / "astronaut.png") as im:
+        assert im.mode == "RGB"
+    with Image.open(tmp_path / "camera_12mp.png") as im:
+        assert (im.height, im.width) == LARGE_PHOTO and im.height * im.width > DEFAULT_TILE_PIXELS
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA may start here: the bench runs"
+)
+def test_conv_search_bench_without_cuda_says_why(onnx_dir, tmp_path) -> None:
+    result = run_cli("bench.cuda_conv_search", "--onnx-dir", str(onnx_dir), "--photo-onnx", str(onnx_dir))
+    assert result.returncode == 2
+    assert "this bench needs CUDA: CUDA execution provider not available" in result.stderr

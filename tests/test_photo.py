@@ -406,3 +406,51 @@ def test_ae_export_cli_writes_the_photo_model_fp32_only(photo_checkpoint: Path, 
     assert not (out / "manifest.json").exists() and "no real images" not in proc.stderr
     refused = run_cli(*args, "--variants", "int8")
     assert refused.returncode == 2 and "export it with --variants none" in refused.stderr
+
+
+def _cuda_photo_denoiser(folder: Path, tile_pixels: int | None):
+    """A CUDA `Denoiser` of the photo export, or a skip that says why CUDA does not start here."""
+    from runtimes import Denoiser
+    from runtimes.sessions import ProviderUnavailableError
+
+    try:
+        return Denoiser(folder, provider="cuda", tile_pixels=tile_pixels)
+    except ProviderUnavailableError as err:
+        pytest.skip(str(err))  # "CUDA execution provider not available: <why>"
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_parity_at_every_size_and_tiled(photo_onnx, photo_checkpoint) -> None:
+    from ae_export.parity import run_parity_any_size
+    from train.checkpoint import load_checkpoint
+
+    _cuda_photo_denoiser(photo_onnx[0], None)
+    model = load_checkpoint(photo_checkpoint).build_model()
+    report = run_parity_any_size(model, photo_onnx[0], batch_sizes=(1, 3), providers=("cuda",))
+    assert {r.provider for r in report.results} == {"cuda"}
+    assert any(r.artifact.endswith("tiled") for r in report.results)
+    assert report.passed, report.failure_summary()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_matches_cpu_whole_tiled_and_in_colour(photo_onnx) -> None:
+    """The runtime's CUDA path for photographs: halo tiles on one CUDA slot give the whole-image result,
+    either cuDNN algorithm search gives the CPU's, and colour (H, W, 3) arrays come back as the CPU's."""
+    from runtimes import Denoiser
+
+    tiled = _cuda_photo_denoiser(photo_onnx[0], 48 * 48)  # forces many tiles
+    whole = _cuda_photo_denoiser(photo_onnx[0], None)
+    searched = Denoiser(photo_onnx[0], provider="cuda", tile_pixels=None, conv_search="exhaustive")
+    cpu = Denoiser(photo_onnx[0], provider="cpu", tile_pixels=None)
+    assert tiled.provider == whole.provider == searched.provider == "cuda"
+    rng = np.random.default_rng(5)
+    gray = rng.random((2, 1, 257, 131), dtype=np.float32)
+    np.testing.assert_allclose(tiled(gray), whole(gray), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(whole(gray), cpu(gray), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(searched(gray), cpu(gray), rtol=0, atol=1e-4)  # cuDNN's other algorithms
+    colour = rng.integers(0, 256, size=(150, 130, 3), dtype=np.uint8)
+    out = tiled(colour)
+    assert out.shape == colour.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(np.int16) - cpu(colour)).max() <= 1  # rounding may flip one level
