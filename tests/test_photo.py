@@ -227,6 +227,18 @@ def test_tile_bench_measures_each_run_in_its_own_process(photo_onnx) -> None:
     assert "| 160x200 | tiles |" in render_result(result)
 
 
+@pytest.mark.slow
+def test_tile_bench_peak_memory_is_the_childs_not_the_parents(photo_onnx) -> None:
+    """A child started with vfork + exec inherits its parent's `ru_maxrss`; the bench reads the child's
+    own peak. With 600 MB held here, a child running a small image must still report well under it."""
+    from bench.photo_tiles import run_tile_bench
+
+    held = np.ones(600 * 2**20 // 8)  # 600 MB, touched: resident in this (the parent) process
+    result = run_tile_bench(photo_onnx[0], sizes=[(64, 64)], configs=[("whole", None, 1)], timeout=300)
+    assert held.sum() > 0
+    assert result["rows"][0]["maxrss_mb"] < 400
+
+
 def test_tile_pixels_must_be_positive(photo_onnx) -> None:
     from runtimes import Denoiser
 
