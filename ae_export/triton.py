@@ -22,7 +22,9 @@ Variants: where the export folder holds a `manifest.json` (fp16/int8/.ort varian
 `.onnx` variant becomes one more model, `<role>_<variant>` (e.g. `denoiser_fp16`). `.ort` files are
 left out: Triton's ONNX Runtime backend loads ONNX protobuf files only. With `--kind gpu` the models
 `encoder`, `decoder` and `denoiser` hold the export's portable twins where it has them: ONNX Runtime's
-CUDA provider has no Col2Im, so the fast graph would run part of every request on the CPU.
+CUDA provider has no Col2Im, so the fast graph would run part of every request on the CPU; and their
+configs carry the runtime's CUDA provider options (`runtimes.sessions.cuda_options`: TF32 off, cuDNN's
+heuristic algorithm choice) as a "cuda" execution accelerator, so Triton computes what parity checked.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from runtimes.batching import MicroBatcher
 from runtimes.fileio import atomic_write_bytes, atomic_write_text
 from runtimes.manifest import PORTABLE_VARIANT
 from runtimes.metadata import MetadataError, TensorContract, parse_metadata
+from runtimes.sessions import cuda_options
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
@@ -155,6 +158,13 @@ def derive_config(path: Path, name: str, options: Options) -> mc.ModelConfig:
         field.add(name=value.name, data_type=dtype, dims=dims)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     config.instance_group.add(count=1, kind=KINDS[options.kind])
+    if options.kind == "gpu":
+        # The runtime's CUDA provider options, which parity certifies: TF32 off (ONNX Runtime turns it on
+        # by default, ~1e-3 relative error in float32) and cuDNN's heuristic algorithm choice. Triton's
+        # ONNX Runtime backend hands a "cuda" accelerator's parameters to the CUDA provider as they are.
+        cuda = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="cuda")
+        for key, value in cuda_options().items():
+            cuda.parameters[key] = value
     if options.warmup:
         # Triton runs these before it marks the model ready: the first real request then meets warm
         # kernels and allocated arenas, at the smallest and the largest batch the batcher forms.

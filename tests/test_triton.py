@@ -127,8 +127,16 @@ def test_gpu_kind_and_missing_export(onnx_dir, tmp_path) -> None:
         "ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(out), "--kind", "gpu"
     )
     assert result.returncode == 0, result.stderr
-    assert _config(out, "denoiser").instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    config = _config(out, "denoiser")
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    (cuda,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cuda.name == "cuda"  # the runtime's CUDA options: what parity certified
+    assert dict(cuda.parameters) == {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
     assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
+    config_text = (out / "denoiser" / "config.pbtxt").read_text()
+    (out / "denoiser" / "config.pbtxt").write_text(config_text.replace('"0"', '"1"'))  # TF32 back on
+    result = run_cli("ae_export.cli", "triton", "--check", str(out))
+    assert result.returncode == 1 and "use_tf32" in result.stdout + result.stderr
     result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(tmp_path / "none"), "--out", str(out))
     assert result.returncode == 2 and "not exported yet" in result.stderr
 
