@@ -102,8 +102,9 @@ frontier: setup $(foreach p,$(PRESETS),$(PRESET_DIR)/$(p)/onnx/denoiser.onnx)
 	$(BIN)/python -m bench.frontier_cli --presets-dir $(PRESET_DIR) --presets $(subst $(eval) ,$(comma),$(PRESETS)) \
 	  --out $(ART)/frontier --picture docs/frontier.png --readme README.md $(FRONTIER_ARGS)
 
-# Every CUDA path (training, parity on CUDA, ae-denoise --provider cuda, the bench's CUDA rows,
-# pytest -m gpu) in one run; report in $(ART)/gpu_check/. Without a GPU it says so and exits 0 (and
+# Every CUDA path (training, parity on CUDA, ae-denoise --provider cuda, the bench's CUDA rows, the photo
+# model's CUDA path on a short model trained there, cuDNN's algorithm search, pytest -m gpu) in one run;
+# report in $(ART)/gpu_check/. Without a GPU it says so and exits 0 (and
 # trains or exports nothing); with one it first swaps in onnxruntime-gpu and brings the export up to date.
 gpu-check: setup
 	@if nvidia-smi -L >/dev/null 2>&1; then \
