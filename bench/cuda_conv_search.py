@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.tables import Column, Result, Table, render_table
+from bench.tables import Column, Result, Table, print_and_write, render_table
 from runtimes.denoiser import Denoiser
-from runtimes.fileio import atomic_write_text
 from runtimes.sessions import ProviderUnavailableError
 
 SETTINGS = ("exhaustive", "heuristic")
@@ -181,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"bench.cuda_conv_search: error: {err}", file=sys.stderr)
         return 2
-    print(render_result(result))
-    if args.out:
-        atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    print_and_write(render_result(result), result, args.out)
     return 0
 
 

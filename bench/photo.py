@@ -27,7 +27,6 @@ minutes; the numbers mean nothing). Standalone, for the Makefile's photo-bench a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,9 +38,9 @@ from PIL import Image, ImageDraw
 
 from bench.machine import cpu_flags
 from bench.section import DENOISER_FILE, BenchContext
-from bench.tables import Column, Result, Table, render_table
+from bench.tables import Column, Result, Table, print_and_write, render_table
 from runtimes.denoiser import Denoiser
-from runtimes.fileio import atomic_save, atomic_write_text
+from runtimes.fileio import atomic_save
 from runtimes.images import from_model, load_image8, to_model, to_uint8
 from runtimes.sessions import physical_cores
 from train.photos import VALIDATION_PHOTOS, PhotoSet, bundled_photos, noisy_8bit, skimage_data_dir
@@ -356,11 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"bench.photo: error: {err}", file=sys.stderr)
         return 2
-    print(render_result(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print_and_write(render_result(result), result, args.out)
     return 0
 
 

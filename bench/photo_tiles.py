@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.tables import Column, Result, Table, render_table
+from bench.tables import Column, Result, Table, print_and_write, render_table
 from runtimes.denoiser import DEFAULT_TILE_PIXELS, Denoiser
-from runtimes.fileio import atomic_write_text
 from runtimes.sessions import physical_cores
 
 # This module's top level imports no torch (bench.machine and train do, inside the functions that need
@@ -248,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"bench.photo_tiles: error: {err}", file=sys.stderr)
         return 2
-    print(render_result(result))
-    if args.out:
-        atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    print_and_write(render_result(result), result, args.out)
     return 0
 
 

@@ -7,9 +7,13 @@ section's result, and notes printed under it. Missing values print as "-".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from runtimes.fileio import atomic_write_text
 
 Row = dict[str, Any]
 Result = dict[str, Any]
@@ -93,3 +97,14 @@ def render_table(table: Table, result: Result) -> str:
 def render_section(number: int, heading: str, tables: Sequence[Table], result: Result) -> str:
     """`### N. heading` followed by each of the section's tables."""
     return "\n\n".join([f"### {number}. {heading}", *(render_table(t, result) for t in tables)])
+
+
+def print_and_write(rendered: str, result: Result, out: str | Path | None) -> None:
+    """A standalone bench's ending: print its tables and, where `out` is given, write its JSON there
+    (atomically, parent folders made)."""
+    print(rendered)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
