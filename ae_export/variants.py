@@ -221,9 +221,16 @@ def _quiet_quantizer():
 
 
 def quantize_int8(
-    fp32_path: Path, role: str, calibration: np.ndarray, excluded: Sequence[str], workdir: Path
+    fp32_path: Path,
+    role: str,
+    calibration: np.ndarray,
+    excluded: Sequence[str],
+    workdir: Path,
+    calibration_batch: int = 128,
 ) -> onnx.ModelProto:
-    """Static QDQ int8 (per-channel weights, MinMax calibration on `calibration`), `excluded` kept float."""
+    """Static QDQ int8 (per-channel weights, MinMax calibration on `calibration`), `excluded` kept float.
+
+    The calibrator keeps every intermediate tensor of a batch: photographs go one at a time."""
     proto = onnx.load(str(fp32_path))
     layers = weighted_layers(proto, role)
     out = workdir / f"{role}.int8.tmp.onnx"
@@ -231,7 +238,7 @@ def quantize_int8(
         quantize_static(
             str(fp32_path),
             str(out),
-            _Batches(proto.graph.input[0].name, calibration),
+            _Batches(proto.graph.input[0].name, calibration, calibration_batch),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,

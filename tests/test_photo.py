@@ -408,16 +408,46 @@ def test_lecture_model_refuses_a_photograph_and_writes_nothing_for_it(onnx_dir: 
 
 
 @pytest.mark.slow
-def test_ae_export_cli_writes_the_photo_model_fp32_only(photo_checkpoint: Path, tmp_path: Path) -> None:
-    """`make photo`'s export: default flags give the any-size denoiser alone, no Fashion-MNIST variants."""
+def test_ae_export_cli_writes_the_photo_model_and_its_judged_int8(
+    photo_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`make photo`'s export: the any-size denoiser, its int8 twin judged on the validation photographs,
+    and a manifest; no Fashion-MNIST variants; a rejected or unwanted int8 leaves no file behind."""
+    import json
+
+    from runtimes import Denoiser
+
     out = tmp_path / "onnx"
     args = ("ae_export.cli", "--checkpoint", str(photo_checkpoint), "--out", str(out), "--batch-sizes", "1,2")
-    proc = run_cli(*args, "--sizes", "28x28,37x53")
+    proc = run_cli(*args, "--sizes", "28x28,37x53", "--psnr-budget", "int8=100")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.glob("*.onnx")) == ["denoiser.onnx"]
-    assert not (out / "manifest.json").exists() and "no real images" not in proc.stderr
-    refused = run_cli(*args, "--variants", "int8")
-    assert refused.returncode == 2 and "export it with --variants none" in refused.stderr
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["denoiser.int8.onnx", "denoiser.onnx"]
+    assert "int8: denoiser.int8.onnx:" in proc.stdout and "kept in float: tail" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = next(e for e in manifest["files"] if e["variant"] == "int8")
+    assert set(int8["quality"]["loss_db_by_sigma_255"]) == {"15", "25", "50"}
+    assert int8["excluded_layers"] == ["tail"] and int8["worst_photo"]["photo"]
+
+    whole = Denoiser(out, provider="cpu", variant="int8", tile_pixels=None)
+    tiled = Denoiser(out, provider="cpu", variant="int8", tile_pixels=48 * 48)
+    assert whole.path.name == "denoiser.int8.onnx" and whole.metadata.receptive_radius == 14
+    image = np.random.default_rng(3).random((120, 90), dtype=np.float32)
+    np.testing.assert_allclose(tiled(image), whole(image), rtol=0, atol=1e-5)  # halo tiles stay exact
+    fp32 = Denoiser(out, provider="cpu")(image)
+    assert 1e-6 < np.abs(whole(image) - fp32).max() < 0.1  # really quantized, and close
+
+    rejected = run_cli(*args, "--no-parity", "--psnr-budget", "int8=-1")
+    assert rejected.returncode == 1 and "int8: NOT written: loses" in rejected.stdout
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "denoiser.onnx",
+        "parity.json",
+    ]
+    run_cli(*args, "--no-parity", "--psnr-budget", "int8=100")
+    plain = run_cli(*args, "--no-parity", "--variants", "none")
+    assert plain.returncode == 0, plain.stderr
+    assert not (out / "denoiser.int8.onnx").exists() and not (out / "manifest.json").exists()
+    refused = run_cli(*args, "--variants", "fp16")
+    assert refused.returncode == 2 and "the photo model offers int8 (or none)" in refused.stderr
 
 
 def _cuda_photo_denoiser(folder: Path, tile_pixels: int | None):
