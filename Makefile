@@ -120,6 +120,7 @@ PHOTO_DENOISER := $(PHOTO)/onnx/denoiser.onnx
 $(PHOTO_CKPT): | setup
 	$(BIN)/ae-train --preset photo --out $(PHOTO) $(TRAIN_ARGS)
 
+# denoiser.onnx, and its int8 twin where it keeps its quality on the validation photographs (exit 1 if not).
 $(PHOTO_DENOISER): $(PHOTO_CKPT) | setup
 	$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(EXPORT_ARGS)
 

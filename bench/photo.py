@@ -6,7 +6,8 @@ coins, astronaut, clock, chelsea; never trained on) with 8-bit clipped Gaussian 
 SSIM as scikit-image computes them (data range 1), averaged per image; and wall time per megapixel.
 
 * ours: the exported denoiser run by the torch-free runtime (`runtimes.Denoiser`), the path
-  `ae-denoise` takes. One model for every sigma (it was trained on a range and is told nothing).
+  `ae-denoise` takes. One model for every sigma (it was trained on a range and is told nothing). Where
+  the export folder holds the int8 twin (`ae_export.photo_variants`), it gets a row of its own.
 * NL-means: scikit-image's `denoise_nl_means` told the true sigma, h = 0.8 sigma, 7x7 patches within
   23x23 (patch_distance 11), fast mode: the parameters scikit-image's own documentation recommends.
 * BM3D: the `bm3d` package (`bm3d.bm3d(noisy, sigma_psd=sigma)`), told the true sigma; skipped with a
@@ -42,6 +43,7 @@ from bench.tables import Column, Result, Table, print_and_write, render_table
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save
 from runtimes.images import from_model, load_image8, to_model, to_uint8
+from runtimes.manifest import variants_present
 from runtimes.sessions import physical_cores
 from train.photos import VALIDATION_PHOTOS, PhotoSet, bundled_photos, noisy_8bit, skimage_data_dir
 
@@ -182,6 +184,11 @@ def run_photo_bench(
         "NL-means (scikit-image)": _nl_means,
         "ours (ONNX Runtime)": lambda noisy, _s: denoiser.denoise(noisy.astype(np.float32)),
     }
+    folder = Path(onnx) if Path(onnx).is_dir() else Path(onnx).parent
+    if "int8" in variants_present(folder):  # the export's int8 twin (ae_export.photo_variants)
+        int8 = Denoiser(folder, provider="cpu", threads=threads or physical_cores(), variant="int8")
+        int8.denoise(np.zeros((64, 64), dtype=np.float32))
+        methods["ours int8 (ONNX Runtime)"] = lambda noisy, _s: int8.denoise(noisy.astype(np.float32))
     notes = []
     bm3d = _bm3d() if with_bm3d else None
     if not with_bm3d:

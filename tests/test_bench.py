@@ -321,3 +321,22 @@ def test_photo_colour_rows_run_the_ae_denoise_path(tiny_photo_onnx: Path) -> Non
     result = {"colour_photos": list(photo.COLOUR_PHOTOS), "colour_rows": rows}
     title = photo.TABLES[1].title
     assert title is not None and title(result).startswith("Colour: astronaut, chelsea in RGB")
+
+
+@pytest.mark.slow
+def test_photo_section_adds_the_int8_twin_where_the_export_has_one(
+    tiny_photo_onnx: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from ae_export.photo_variants import export_photo_int8
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(tiny_photo_onnx, folder)
+    checkpoint = load_checkpoint(tiny_photo_onnx.parent / "checkpoint.pt")
+    assert export_photo_int8(checkpoint, folder, budget_db=100.0, log=lambda _line: None).rejected is None
+    result = sanitize(photo.run(_photo_context(folder)))
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[-2:] == ["ours (ONNX Runtime)", "ours int8 (ONNX Runtime)"]
+    int8_row = result["rows"][-1]
+    assert 0 < int8_row["psnr"] < 100 and int8_row["ms_per_mp"] > 0
