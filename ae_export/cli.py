@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             int8 = export_photo_int8(
                 checkpoint, out, budgets.get("int8", PHOTO_INT8_BUDGET_DB), args.data_dir
             )
-            return 1 if int8.rejected else 0
+            if int8.rejected:
+                print(f"ae-export: variant int8 not written: {int8.rejected}", file=sys.stderr)
+                return 1
+            return 0
         result = export_variants(
             checkpoint, out, variants, data, budgets, images, batch_sizes, parity=not args.no_parity
         )

@@ -438,6 +438,7 @@ def test_ae_export_cli_writes_the_photo_model_and_its_judged_int8(
 
     rejected = run_cli(*args, "--no-parity", "--psnr-budget", "int8=-1")
     assert rejected.returncode == 1 and "int8: NOT written: loses" in rejected.stdout
+    assert "ae-export: variant int8 not written: loses" in rejected.stderr
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "denoiser.onnx",
         "parity.json",
