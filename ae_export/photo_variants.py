@@ -23,7 +23,6 @@ variant="int8")` and `ae-denoise --variant int8` find the file and verify it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +33,10 @@ import onnx
 
 from ae_export.export import staging_dir
 from ae_export.manifest import cpu_int8_support, file_entry, write_manifest
-from ae_export.variants import quantize_int8, weighted_layers
+from ae_export.specs import VARIANTS
+from ae_export.variants import layer_key, quantize_int8, tag_variant
 from runtimes.denoiser import Denoiser
 from runtimes.manifest import MANIFEST_FILE
-from runtimes.metadata import KEY_ARTIFACTS, KEY_VARIANT
 from train.checkpoint import Checkpoint
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
 
@@ -82,15 +81,15 @@ def calibration_crops(photos: PhotoSet, sigma_min: float, sigma_max: float) -> n
 
 def output_conv(proto: onnx.ModelProto) -> str:
     """The layer key ("tail") of the graph's last Conv: the noise estimate the model subtracts."""
-    layers = weighted_layers(proto, "denoiser")  # layer key -> node name, in graph order
-    convs = [key for key, name in layers.items() if _op(proto, name) == "Conv"]
+    inits = {init.name for init in proto.graph.initializer}
+    convs = [
+        layer_key(node.input[1], "denoiser")
+        for node in proto.graph.node
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits
+    ]
     if not convs:
         raise ValueError("the photo model's graph has no Conv with a weight")
     return convs[-1]
-
-
-def _op(proto: onnx.ModelProto, node_name: str) -> str:
-    return next(node.op_type for node in proto.graph.node if node.name == node_name)
 
 
 def photo_psnr(
@@ -110,20 +109,6 @@ def photo_psnr(
             scores.append(10.0 * np.log10(1.0 / max(mse, 1e-12)))
         table[str(sigma_255)] = scores
     return table
-
-
-def _tag(proto: onnx.ModelProto, fp32: onnx.ModelProto, excluded_layers: Sequence[str]) -> None:
-    """The fp32 file's metadata (receptive radius, input contract, provenance) with this file's identity:
-    quantize_static writes a new model without it."""
-    values = {p.key: p.value for p in fp32.metadata_props}
-    values[KEY_ARTIFACTS] = json.dumps({"denoiser": INT8_FILE}, sort_keys=True)
-    values[KEY_VARIANT] = json.dumps(
-        {"name": "int8", "precision": "int8", "format": "onnx", "excluded_layers": list(excluded_layers)},
-        sort_keys=True,
-    )
-    del proto.metadata_props[:]
-    for key, value in values.items():
-        proto.metadata_props.add(key=key, value=value)
 
 
 def drop_photo_variants(out_dir: Path) -> None:
@@ -155,7 +140,7 @@ def export_photo_int8(
     result = PhotoInt8Result(budget_db=budget_db, excluded_layers=excluded)
     with staging_dir(out_dir) as staged:
         proto = quantize_int8(fp32_path, "denoiser", calibration, excluded, staged, calibration_batch=1)
-        _tag(proto, fp32, excluded)
+        tag_variant(proto, VARIANTS["int8"], excluded, roles=("denoiser",))  # keeps fp32's metadata
         onnx.save(proto, str(staged / INT8_FILE))
         scores = {
             "fp32": photo_psnr(fp32_path, val_photos),

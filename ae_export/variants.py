@@ -123,10 +123,17 @@ def score_pair(encoder: Path, decoder: Path, test: EvalSet, threads: int | None 
 # ------------------------------------------------------------------------------------------ file tagging
 
 
-def tag_variant(proto: onnx.ModelProto, variant: VariantSpec, excluded: Sequence[str] = ()) -> None:
-    """Point the `artifacts` metadata at this variant's siblings and record the variant in the file."""
+def tag_variant(
+    proto: onnx.ModelProto,
+    variant: VariantSpec,
+    excluded: Sequence[str] = (),
+    roles: Sequence[str] = tuple(SPECS),
+) -> None:
+    """Point the `artifacts` metadata at this variant's siblings and record the variant in the file.
+
+    `roles`: the files of the export (the photo model has only the denoiser)."""
     values = {
-        KEY_ARTIFACTS: json.dumps({role: variant.file_name(role) for role in SPECS}, sort_keys=True),
+        KEY_ARTIFACTS: json.dumps({role: variant.file_name(role) for role in roles}, sort_keys=True),
         KEY_VARIANT: json.dumps(
             {
                 "name": variant.name,

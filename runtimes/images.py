@@ -195,6 +195,11 @@ def _may_have_orientation(image: Image.Image) -> bool:
     return hasattr(image, "tag_v2") or not _ORIENTATION_INFO_KEYS.isdisjoint(image.info)
 
 
+def _onto_black(values: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint16 8-bit values composited onto black by their uint16 8-bit alpha, rounded, as uint8."""
+    return ((values * alpha + 127) // 255).astype(np.uint8)
+
+
 def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
     """Any Pillow mode -> (H, W) uint8, the way the model expects it (white object on black)."""
     mode = image.mode
@@ -214,7 +219,7 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
             rgba = image.convert("RGBA")  # also resolves palette / tRNS transparency into an alpha channel
             gray = np.asarray(rgba.convert("L"), dtype=np.uint16)  # (H, W) luminance, alpha ignored
             alpha = np.asarray(rgba.getchannel("A"), dtype=np.uint16)  # (H, W)
-            return ((gray * alpha + 127) // 255).astype(np.uint8)  # composited onto black
+            return _onto_black(gray, alpha)
         return np.asarray(image if mode == "L" else image.convert("L"), dtype=np.uint8)
     except ValueError as err:
         raise BadImageError(path, f"unsupported image mode {mode!r}: {err}") from err
@@ -227,7 +232,7 @@ def _to_image8(image: Image.Image, path: Path) -> np.ndarray:
     try:
         if image.mode in _ALPHA_MODES or "transparency" in image.info:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # (H, W, 4)
-            rgb = ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)  # composited onto black
+            rgb = _onto_black(rgba[..., :3], rgba[..., 3:])
         else:
             rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     except ValueError as err:
