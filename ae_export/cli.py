@@ -33,10 +33,16 @@ from ae_export.parity import (
 from ae_export.photo_variants import (
     PHOTO_INT8_BUDGET_DB,
     PHOTO_VARIANTS,
-    drop_photo_variants,
     export_photo_int8,
 )
-from ae_export.specs import ANY_SIZE_PARITY_SIZES, DEFAULT_OPSET, DEFAULT_VARIANTS, VARIANT_CHOICES
+from ae_export.specs import (
+    ANY_SIZE_PARITY_SIZES,
+    DEFAULT_OPSET,
+    DEFAULT_VARIANTS,
+    PARITY_JSON,
+    REJECTED_JSON,
+    VARIANT_CHOICES,
+)
 from ae_export.variant_parity import check_variant_files, integrity_problems, manifest_files
 from runtimes.manifest import ManifestError
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -46,8 +52,6 @@ COMMANDS = ("export", "parity", "triton", "compat")
 # Subcommands with a parser of their own, imported when called: each needs an extra (`triton`, `compat`)
 # that exporting does not, so a missing extra fails only the subcommand that needs it, naming the extra.
 TOOLS = {"triton": ("ae_export.triton", "triton"), "compat": ("ae_export.compat", "compat")}
-PARITY_JSON = "parity.json"
-REJECTED_JSON = "parity.rejected.json"
 PARITY_IMAGES = 1000
 
 
@@ -225,11 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.no_parity:
             report.write_json(out / PARITY_JSON)
-            (out / REJECTED_JSON).unlink(missing_ok=True)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
         if any_size:  # int8 judged on the validation photographs (ae_export.photo_variants)
             if not variants:
-                drop_photo_variants(out)
                 return 0
             int8 = export_photo_int8(
                 checkpoint, out, budgets.get("int8", PHOTO_INT8_BUDGET_DB), args.data_dir

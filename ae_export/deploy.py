@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ae_export.export import export_artifact, staging_dir
+from ae_export.export import drop_derived_files, export_artifact, staging_dir
 from ae_export.fastgraph import graph_kind
 from ae_export.manifest import (
     cpu_int8_support,
@@ -32,9 +32,19 @@ from ae_export.manifest import (
     parity_summary,
     write_manifest,
 )
-from ae_export.ort_format import REQUIRED_OPERATORS, USABILITY_REPORT, to_ort, usability_report
+from ae_export.ort_format import to_ort, usability_report
 from ae_export.parity import BATCH_SIZES, ParityReport
-from ae_export.specs import FP32_VARIANT, PORTABLE_VARIANT, SPECS, VARIANTS, VariantSpec, variant_for
+from ae_export.specs import (
+    FP32_VARIANT,
+    PARITY_JSON,
+    PORTABLE_VARIANT,
+    REQUIRED_OPERATORS,
+    SPECS,
+    USABILITY_REPORT,
+    VARIANTS,
+    VariantSpec,
+    variant_for,
+)
 from ae_export.variant_parity import VariantFile, check_variant_files
 from ae_export.variants import (
     EvalSet,
@@ -51,12 +61,9 @@ from ae_export.variants import (
     to_fp16,
     weighted_layers,
 )
-from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
 from runtimes.sessions import physical_cores
 from train.checkpoint import Checkpoint
 from train.data import Dataset
-
-PARITY_JSON = "parity.json"
 
 
 @dataclass
@@ -170,17 +177,6 @@ def _parity(
     return report
 
 
-def _drop_earlier_variants(out_dir: Path) -> None:
-    """The fp32 files were just replaced: variant files, extras and the manifest of an earlier export no
-    longer describe them, so they go first (a crash later then leaves the fp32 files alone, not a mix)."""
-    for name, suffix in VARIANT_SUFFIXES.items():
-        if name != FP32_VARIANT.name:
-            for role in SPECS:
-                (out_dir / f"{role}{suffix}").unlink(missing_ok=True)
-    for extra in (REQUIRED_OPERATORS, USABILITY_REPORT, MANIFEST_FILE):
-        (out_dir / extra).unlink(missing_ok=True)
-
-
 def _remove(folder: Path, variant: VariantSpec) -> None:
     for role in SPECS:
         (folder / variant.file_name(role)).unlink(missing_ok=True)
@@ -199,7 +195,7 @@ def export_variants(
 ) -> VariantsResult:
     """Write the requested variants of the fp32 files in out_dir (see the module docstring)."""
     budgets = dict(budgets or {})
-    _drop_earlier_variants(out_dir)
+    drop_derived_files(out_dir, keep=(PARITY_JSON,))  # an earlier export's, if the caller left any
     noise_std = float(checkpoint.train_config.get("noise_factor", 0.3))
     model = checkpoint.build_model()
     fp32 = {role: out_dir / FP32_VARIANT.file_name(role) for role in SPECS}

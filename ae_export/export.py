@@ -14,7 +14,7 @@ import datetime as dt
 import io
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,22 @@ from onnx import numpy_helper
 import ae_export
 from ae_export.fastgraph import UnsupportedGraphError, fast_graph, graph_kind
 from ae_export.specs import (
+    ARCH_SPECS,
     BATCH_AXIS,
     DEFAULT_OPSET,
     HEIGHT_AXIS,
     IMAGE_RANGE,
+    PARITY_JSON,
+    REJECTED_JSON,
+    REQUIRED_OPERATORS,
+    USABILITY_REPORT,
     WIDTH_AXIS,
     ArtifactSpec,
     specs_for,
 )
 from ae_export.subnormals import flush_tiny_weights
 from runtimes.fileio import atomic_write_bytes
+from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
 from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata
 from runtimes.noise import noise_model
 from train.checkpoint import Checkpoint
@@ -301,6 +307,41 @@ def staging_dir(out_dir: Path):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def drop_derived_files(
+    out_dir: Path, log: Callable[[str], None] | None = None, keep: Collection[str] = ()
+) -> list[str]:
+    """Remove what an earlier export derived from its fp32 files: every variant file of every role any
+    architecture exports, the manifest, parity's reports and the .ort extras, except the names in `keep`
+    (the variant writers keep the `parity.json` just written for these fp32 files). Returns the names
+    removed.
+
+    Why all of them, whatever this export will write: new fp32 files make every derived file describe
+    another model. Left behind, a lecture export's `denoiser.fp16.onnx` or `denoiser.portable.onnx` in a
+    folder that now holds the photo model was picked up by `Denoiser(folder, variant="fp16")` (and, on
+    CUDA, as the folder's portable twin by default), and a `parity.json` from an earlier model stood
+    beside files it never checked.
+    """
+    roles = sorted({role for specs in ARCH_SPECS.values() for role in specs})
+    names = [
+        f"{role}{suffix}" for role in roles for name, suffix in VARIANT_SUFFIXES.items() if name != "fp32"
+    ]
+    names += [MANIFEST_FILE, PARITY_JSON, REJECTED_JSON, REQUIRED_OPERATORS, USABILITY_REPORT]
+    removed = []
+    for name in names:
+        path = out_dir / name
+        if name in keep:
+            continue
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    if removed and log is not None:
+        log(
+            f"removed {len(removed)} file(s) an earlier export derived from its own fp32 files: "
+            + ", ".join(removed)
+        )
+    return removed
+
+
 def export_all(
     checkpoint: Checkpoint,
     out_dir: str | Path,
@@ -312,6 +353,8 @@ def export_all(
     """Export every artifact; `verify(staged_dir)` (parity) must pass before the files are moved in place.
 
     `verify` raises to reject the export; the previous files in `out_dir`, if any, are then left as they were.
+    Before the new files go in, whatever an earlier export derived from its own (variants, manifest,
+    parity reports) is removed (`drop_derived_files`); the caller writes this export's.
     """
     out_dir = Path(out_dir)
     check_opset(opset)
@@ -331,6 +374,8 @@ def export_all(
                 )
             if verify is not None:
                 verify(staged)
+            # Before the new files go in: a crash in between leaves the old fp32 files alone, not a mix.
+            drop_derived_files(out_dir, log)
             paths = {}
             for role, spec in specs.items():
                 paths[role] = out_dir / spec.file_name

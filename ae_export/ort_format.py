@@ -23,12 +23,9 @@ import onnx
 from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 from onnxruntime.tools.mobile_helpers import usability_checker
 
-from ae_export.specs import VariantSpec, variant_for
+from ae_export.specs import REQUIRED_OPERATORS, VariantSpec, variant_for
 from ae_export.variants import tag_variant
 from runtimes.metadata import KEY_VARIANT
-
-REQUIRED_OPERATORS = "required_operators.config"
-USABILITY_REPORT = "mobile_usability.txt"
 
 
 def to_ort(onnx_files: Sequence[Path], out_dir: Path) -> dict[Path, Path]:

@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ae_export.export import staging_dir
+from ae_export.export import drop_derived_files, staging_dir
 from ae_export.manifest import cpu_int8_support, file_entry, write_manifest
-from ae_export.specs import VARIANTS
+from ae_export.specs import PARITY_JSON, VARIANTS
 from ae_export.variants import layer_key, quantize_int8, tag_variant
 from runtimes.denoiser import Denoiser
-from runtimes.manifest import MANIFEST_FILE
 from train.checkpoint import Checkpoint
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
 
@@ -111,12 +110,6 @@ def photo_psnr(
     return table
 
 
-def drop_photo_variants(out_dir: Path) -> None:
-    """Remove an earlier export's int8 file and manifest, so the folder never mixes two exports."""
-    (out_dir / INT8_FILE).unlink(missing_ok=True)
-    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-
-
 def export_photo_int8(
     checkpoint: Checkpoint,
     out_dir: str | Path,
@@ -127,7 +120,7 @@ def export_photo_int8(
     """Build, judge and (if within `budget_db`) write `denoiser.int8.onnx` and `manifest.json` beside the
     fp32 `denoiser.onnx` in `out_dir`; a rejected variant leaves no file (see the module docstring)."""
     out_dir = Path(out_dir)
-    drop_photo_variants(out_dir)
+    drop_derived_files(out_dir, keep=(PARITY_JSON,))  # an earlier export's, if the caller left any
     fp32_path = out_dir / FP32_FILE
     fp32 = onnx.load(str(fp32_path))
     train = dict(checkpoint.train_config)

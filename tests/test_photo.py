@@ -114,6 +114,20 @@ def test_receptive_radius_is_exact(levels: int, depth: int) -> None:
     assert reach == radius
 
 
+EARLIER_DERIVED_FILES = (
+    "denoiser.portable.onnx",
+    "denoiser.fp16.onnx",
+    "denoiser.int8.ort",
+    "decoder.fp16.onnx",
+    "encoder.ort",
+    "manifest.json",
+    "parity.json",
+    "parity.rejected.json",
+    "required_operators.config",
+    "mobile_usability.txt",
+)
+
+
 @pytest.fixture(scope="module")
 def photo_checkpoint(tmp_path_factory) -> Path:
     """A tiny fcn model trained 3 steps on the bundled photographs."""
@@ -131,6 +145,8 @@ def photo_onnx(photo_checkpoint, tmp_path_factory) -> tuple[Path, object]:
     model = checkpoint.build_model()
     out = tmp_path_factory.mktemp("photo_onnx")
     (out / "encoder.onnx").write_bytes(b"left by an earlier export of another model")
+    for name in EARLIER_DERIVED_FILES:  # an earlier lecture export's variants and reports
+        (out / name).write_bytes(b"derived from an earlier export's fp32 files")
     reports = []
 
     def verify(staged: Path) -> None:
@@ -140,6 +156,17 @@ def photo_onnx(photo_checkpoint, tmp_path_factory) -> tuple[Path, object]:
 
     export_all(checkpoint, out, verify=verify, log=lambda _line: None)
     return out, reports[0]
+
+
+def test_export_over_another_models_folder_leaves_none_of_its_files(photo_onnx) -> None:
+    """A lecture export's variants left beside the photo model were served as its own: `variant="fp16"`
+    opened the 28x28 lecture model, and on CUDA the lecture's portable file was the default twin."""
+    from runtimes import Denoiser
+
+    folder, _ = photo_onnx
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["denoiser.onnx"]
+    with pytest.raises(FileNotFoundError, match="fp16"):
+        Denoiser(folder, provider="cpu", variant="fp16")
 
 
 @pytest.mark.slow
@@ -439,10 +466,8 @@ def test_ae_export_cli_writes_the_photo_model_and_its_judged_int8(
     rejected = run_cli(*args, "--no-parity", "--psnr-budget", "int8=-1")
     assert rejected.returncode == 1 and "int8: NOT written: loses" in rejected.stdout
     assert "ae-export: variant int8 not written: loses" in rejected.stderr
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "denoiser.onnx",
-        "parity.json",
-    ]
+    # --no-parity: the earlier run's parity.json went with the files it checked
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["denoiser.onnx"]
     run_cli(*args, "--no-parity", "--psnr-budget", "int8=100")
     plain = run_cli(*args, "--no-parity", "--variants", "none")
     assert plain.returncode == 0, plain.stderr
