@@ -62,7 +62,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ae_export.graphedit import ELEMENTWISE, GraphWalk, drop_unused_and_check, node_attr, static_shapes
+from ae_export.graphedit import (
+    ELEMENTWISE,
+    GraphWalk,
+    drop_unused_and_check,
+    node_attr,
+    rewritten_weight,
+    static_shapes,
+)
 from ae_export.stackconv import STACK_MARK, stack_narrow_convs
 
 MIN_OPSET = 18  # Col2Im
@@ -200,21 +207,29 @@ def _overlap_conv(layer: _Layer, phases_in: tuple[int, int], grid_in: tuple[int,
 
 
 class _Emit:
-    """Adds nodes' initializers to one list and names everything after its layer (fresh, unique)."""
+    """Adds nodes' initializers to one list and names everything after its layer (fresh, unique).
 
-    def __init__(self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], stem: str) -> None:
-        self.fresh, self.inits, self.stem = fresh, inits, stem
+    Nodes and helper constants are named after the replaced node (`stem`); the new weights and biases after
+    the replaced weight (`weight`: "decoder.cnn.0.weight" -> "decoder.cnn.0.phase_weight"), so the layer
+    keeps its name in every file and graph (see `ae_export.graphedit.rewritten_weight`).
+    """
+
+    def __init__(
+        self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], stem: str, weight: str
+    ) -> None:
+        self.fresh, self.inits, self.stem, self.weight = fresh, inits, stem, weight
         self.nodes: list[onnx.NodeProto] = []
         self.channels = 0  # the last Conv's output channels
 
-    def const(self, key: str, value: np.ndarray) -> str:
-        name = self.fresh(f"{self.stem}.{key}")
+    def const(self, key: str, value: np.ndarray, layer: bool = False) -> str:
+        """A new initializer named after the node, or (`layer`) after the replaced weight's layer."""
+        name = self.fresh(rewritten_weight(self.weight, key) if layer else f"{self.stem}.{key}")
         self.inits.append(numpy_helper.from_array(value, name))
         return name
 
     def conv(self, x: str, out: str, weight: np.ndarray, bias: np.ndarray, form: str, pads: list[int]) -> str:
         """Conv writing `out` (named with a REWRITE_MARK: no longer what the exporter named it)."""
-        w, b = self.const(f"{form}_weight", weight), self.const(f"{form}_bias", bias)
+        w, b = self.const(f"{form}_weight", weight, True), self.const(f"{form}_bias", bias, True)
         self.channels = weight.shape[0]
         self.nodes += [
             helper.make_node(
@@ -364,7 +379,7 @@ def rewrite_conv_transpose(
             blocks = (layer.strides[0] * phases[0], layer.strides[1] * phases[1])
             exact = all(g * b == o for g, b, o in zip(grid_out, blocks, layer.out_hw, strict=True))
             last = index == len(layers) - 1 or not merge or not exact
-            emit = _Emit(fresh, new_inits, node.name or node.output[0])
+            emit = _Emit(fresh, new_inits, node.name or node.output[0], node.input[1])
             form = _overlap_conv(layer, phases, grid) if last and overlap and phases != (1, 1) else None
             if form is not None:
                 cols = emit.conv(

@@ -92,3 +92,15 @@ def drop_unused_and_check(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def rewritten_weight(original: str, part: str) -> str:
+    """The name of a weight (or bias) a rewrite makes in place of the weight `original`:
+    "decoder.cnn.0.weight" -> "decoder.cnn.0.phase_weight".
+
+    Why: int8's per-layer choices (`ae_export.variants.layer_key`) name a layer by its weight. Named
+    after the replaced node instead, the same decoder layer was "node_ConvTranspose_38.phase_weight" in
+    the denoiser and "decoder.node_ConvTranspose_24.phase_weight" in the decoder file, so a layer the
+    search kept in float in the denoiser was quantized in the decoder file.
+    """
+    return f"{original.removesuffix('.weight')}.{part}"

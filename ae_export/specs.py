@@ -152,7 +152,15 @@ VARIANTS: dict[str, VariantSpec] = {
         PORTABLE_VARIANT,
         VariantSpec("fp16", "fp16", "onnx", ".fp16.onnx", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),
         VariantSpec(
-            "int8", "int8", "onnx", ".int8.onnx", INT8_TOLERANCE, INT8_TOLERANCE, 0.10, INT8_PARITY_INPUTS
+            "int8",
+            "int8",
+            "onnx",
+            ".int8.onnx",
+            INT8_TOLERANCE,
+            INT8_TOLERANCE,
+            0.10,
+            INT8_PARITY_INPUTS,
+            INT8_MEAN_ABS,
         ),
         VariantSpec("fp32.ort", "fp32", "ort", ".ort", CPU_TOLERANCE, CPU_TOLERANCE, ORT_FP32_BUDGET_DB),
         VariantSpec("fp16.ort", "fp16", "ort", ".fp16.ort", FP16_TOLERANCE, FP16_TOLERANCE, 0.02),

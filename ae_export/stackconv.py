@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ae_export.graphedit import GraphWalk, drop_unused_and_check, node_attr, static_shapes
+from ae_export.graphedit import GraphWalk, drop_unused_and_check, node_attr, rewritten_weight, static_shapes
 
 # One AVX-512 NCHWc block: a Conv with fewer output channels breaks ORT's blocked layout.
 NARROW = 16
@@ -172,8 +172,10 @@ def stack_narrow_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         (w_a, bias_a, attrs_a), (w_b, attrs_b) = first, second
         stem_a, stem_b = node.name or node.output[0], nxt.name or nxt.output[0]
-        w_a_name, b_a_name = fresh(f"{stem_a}.stacked_weight"), fresh(f"{stem_a}.stacked_bias")
-        w_b_name = fresh(f"{stem_b}.coarse_weight")
+        # Weights named after the layers they replace, so the layer keeps its name (see rewritten_weight).
+        w_a_name = fresh(rewritten_weight(node.input[1], "stacked_weight"))
+        b_a_name = fresh(rewritten_weight(node.input[1], "stacked_bias"))
+        w_b_name = fresh(rewritten_weight(nxt.input[1], "coarse_weight"))
         graph.initializer.extend(
             [
                 numpy_helper.from_array(w_a, w_a_name),

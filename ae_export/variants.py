@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -187,13 +188,15 @@ def topological_sort(graph: onnx.GraphProto) -> None:
 
 
 def layer_key(initializer: str, role: str) -> str:
-    """A weight's module path as the denoiser names it ("encoder.cnn.0"), whichever file it is in.
+    """A weight's module path as the denoiser names it ("encoder.cnn.0"), whichever file and graph it is in.
 
     The exporter names initializers by parameter path, relative to the exported module: the encoder file
     says "cnn.0.weight" where the denoiser says "encoder.cnn.0.weight"; layers are named the denoiser's
-    way so one exclusion list applies to all three files.
+    way so one exclusion list applies to all three files. The fast graph's rewrites name their weights
+    after the weight they replace ("cnn.0.phase_weight", `ae_export.graphedit.rewritten_weight`), so a
+    layer has one key in the fast and the portable graph too.
     """
-    stem = initializer.removesuffix(".weight")
+    stem = re.sub(r"\.(?:[a-z]+_)?weight$", "", initializer)
     return stem if role == "denoiser" else f"{role}.{stem}"
 
 

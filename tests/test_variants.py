@@ -57,6 +57,34 @@ def variants_dir(trained_checkpoint, onnx_dir, fmnist, tmp_path_factory) -> Path
     return out
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_a_precisions_onnx_and_ort_files_are_judged_alike(precision: str) -> None:
+    """The .ort file holds the same graph: the same parity bounds (int8.onnx once lacked the mean-abs
+    bound that catches a sign-flipped weight tensor, which only int8.ort had)."""
+    onnx_file, ort_file = VARIANTS[precision], VARIANTS[f"{precision}.ort"]
+    for attribute in ("vs_torch", "vs_fp32", "parity_inputs", "mean_abs_bound"):
+        assert getattr(onnx_file, attribute) == getattr(ort_file, attribute), attribute
+    if precision == "int8":
+        assert onnx_file.mean_abs_bound is not None
+
+
+def test_a_layer_has_one_name_in_every_file_and_graph(onnx_dir: Path, portable_onnx_dir: Path) -> None:
+    """int8's exclusion list names layers by `layer_key`; the fast graph's rewritten weights once took
+    their node's name, so a layer the search kept in float in the denoiser was quantized in the decoder."""
+    from ae_export.variants import weighted_layers
+
+    keys = {
+        (folder.name, role): set(weighted_layers(onnx.load(str(folder / spec.file_name)), role))
+        for folder in (onnx_dir, portable_onnx_dir)
+        for role, spec in SPECS.items()
+    }
+    for folder in (onnx_dir, portable_onnx_dir):
+        denoiser = keys[folder.name, "denoiser"]
+        assert keys[folder.name, "encoder"] | keys[folder.name, "decoder"] == denoiser
+        assert all(key.startswith(("encoder.", "decoder.")) for key in denoiser)
+    assert keys[onnx_dir.name, "denoiser"] == keys[portable_onnx_dir.name, "denoiser"]
+
+
 def test_suffix_tables_agree() -> None:
     """The runtime's file-name table (torch-free) is the exporter's, variant for variant."""
     assert VARIANT_SUFFIXES == {name: spec.suffix for name, spec in VARIANTS.items()}
