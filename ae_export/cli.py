@@ -44,6 +44,7 @@ from ae_export.specs import (
     VARIANT_CHOICES,
 )
 from ae_export.variant_parity import check_variant_files, integrity_problems, manifest_files
+from ae_export.variants import check_standard_test
 from runtimes.manifest import ManifestError
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from train.data import DataError, Dataset, load_dataset
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 "the variants and manifest need the checkpoint's real images (calibration and the quality "
                 "gate); pass --data-dir"
             )
+        if data is not None:
+            check_standard_test(data)  # before export_all replaces anything
         paths = export_all(
             checkpoint, out, args.opset, verify=None if args.no_parity else verify, graph=args.graph
         )

@@ -60,6 +60,7 @@ from ae_export.variants import (
     tag_variant,
     to_fp16,
     weighted_layers,
+    within_budget,
 )
 from runtimes.sessions import physical_cores
 from train.checkpoint import Checkpoint
@@ -145,8 +146,7 @@ def _score(outcome: Outcome, folder: Path, test: EvalSet, fp32_q: Quality, fp32_
     v = outcome.variant
     outcome.quality = score_denoiser(folder / v.file_name("denoiser"), test)
     outcome.pair = score_pair(folder / v.file_name("encoder"), folder / v.file_name("decoder"), test)
-    worst = max(outcome.loss_db(fp32_q), outcome.pair_loss_db(fp32_pair))
-    if worst > outcome.budget_db:
+    if not within_budget((outcome.loss_db(fp32_q), outcome.pair_loss_db(fp32_pair)), outcome.budget_db):
         outcome.rejected = (
             f"loses {outcome.loss_db(fp32_q):.3f} dB (denoiser) / {outcome.pair_loss_db(fp32_pair):.3f} dB "
             f"(encoder->decoder) on the standard test; budget {outcome.budget_db:.3f} dB"

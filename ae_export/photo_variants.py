@@ -23,6 +23,7 @@ variant="int8")` and `ae-denoise --variant int8` find the file and verify it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import onnx
 from ae_export.export import drop_derived_files, staging_dir
 from ae_export.manifest import cpu_int8_support, file_entry, write_manifest
 from ae_export.specs import PARITY_JSON, VARIANTS
-from ae_export.variants import layer_key, quantize_int8, tag_variant
+from ae_export.variants import layer_key, quantize_int8, tag_variant, within_budget
 from runtimes.denoiser import Denoiser
 from train.checkpoint import Checkpoint
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
@@ -63,10 +64,6 @@ class PhotoInt8Result:
     loss_db: dict[str, float] = field(default_factory=dict)  # sigma -> fp32 minus int8, mean dB
     worst_photo: dict[str, Any] = field(default_factory=dict)  # {"photo", "sigma_255", "loss_db"}
     rejected: str | None = None
-
-    @property
-    def max_loss_db(self) -> float:
-        return max(self.loss_db.values())
 
 
 def calibration_crops(photos: PhotoSet, sigma_min: float, sigma_max: float) -> np.ndarray:
@@ -150,10 +147,13 @@ def export_photo_int8(
             key=lambda item: item[2],
         )
         result.worst_photo = {"photo": photo, "sigma_255": int(sigma_key), "loss_db": float(worst)}
-        if result.max_loss_db > budget_db:
+        if not within_budget(list(result.loss_db.values()), budget_db):
+            worst_sigma = max(
+                result.loss_db, key=lambda s: (not math.isfinite(result.loss_db[s]), result.loss_db[s])
+            )
             result.rejected = (
-                f"loses {result.max_loss_db:.3f} dB mean PSNR at sigma "
-                f"{max(result.loss_db, key=result.loss_db.get)}/255, budget {budget_db:.3f} dB"
+                f"loses {result.loss_db[worst_sigma]:.3f} dB mean PSNR at sigma {worst_sigma}/255, budget "
+                f"{budget_db:.3f} dB"
             )
             log(f"int8: NOT written: {result.rejected}")
             return result

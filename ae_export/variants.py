@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -68,16 +69,26 @@ class Quality:
 
 
 def standard_test(data: Dataset, noise_std: float) -> EvalSet:
+    """The gate's images: the first STANDARD_IMAGES held-out images (all of them where a folder dataset
+    holds fewer; the name says how many), with fixed noise. Why not refuse a small set: the gate compares
+    the variant with the fp32 file image by image on the same noisy inputs, and a folder dataset is a
+    documented way to train; refusing left no way to export one with its manifest."""
+    check_standard_test(data)
     images = data.val.images[:STANDARD_IMAGES]
-    if len(images) < STANDARD_IMAGES:
-        raise ValueError(
-            f"the standard test needs {STANDARD_IMAGES} test images; the dataset has {len(images)}"
-        )
     return EvalSet(
-        f"test[:{STANDARD_IMAGES}] noise {noise_std} seed {STANDARD_SEED}",
+        f"test[:{len(images)}] noise {noise_std} seed {STANDARD_SEED}",
         to_float(images).numpy(),
         fixed_noisy(images, noise_std, STANDARD_SEED).numpy(),
     )
+
+
+def check_standard_test(data: Dataset) -> None:
+    """Raise ValueError, before anything is written, when the dataset has no held-out image to judge on."""
+    if len(data.val.images) == 0:
+        raise ValueError(
+            "the variants' quality gate and the manifest need held-out images of the checkpoint's dataset; "
+            "it has none (a folder dataset needs enough images for its validation split)"
+        )
 
 
 def search_set(data: Dataset, noise_std: float) -> EvalSet:
@@ -119,6 +130,12 @@ def score_denoiser(path: Path, test: EvalSet, threads: int | None = None) -> Qua
 def score_pair(encoder: Path, decoder: Path, test: EvalSet, threads: int | None = None) -> Quality:
     """decoder(encoder(noisy)): how the `encode`/`decode` files of a variant denoise together."""
     return quality(run_file(decoder, run_file(encoder, test.noisy, threads), threads), test.clean)
+
+
+def within_budget(losses_db: Sequence[float], budget_db: float) -> bool:
+    """True when every loss is a number within the budget. Why not `max(losses) > budget`: a variant whose
+    outputs hold NaN scores a NaN loss, and NaN > budget is False, so the gate passed it."""
+    return all(math.isfinite(loss) and loss <= budget_db for loss in losses_db)
 
 
 # ------------------------------------------------------------------------------------------ file tagging

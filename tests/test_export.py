@@ -171,3 +171,32 @@ def test_checkpoint_sha_changes_with_weights(trained_checkpoint, tmp_path) -> No
     checkpoint.model_state["encoder.lin.2.bias"] += 1
     save_checkpoint(checkpoint, copy)
     assert load_checkpoint(copy).sha256 != load_checkpoint(trained_checkpoint).sha256
+
+
+@pytest.mark.slow
+def test_folder_dataset_checkpoint_exports_with_its_variants_and_manifest(fmnist, tmp_path) -> None:
+    """A folder dataset holds out fewer than the standard test's 2000 images: the gate judges on what it
+    has (and says how many) instead of failing after the fp32 files were already replaced."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(300):
+        Image.fromarray(fmnist.train.images[i].numpy()).save(images / f"{i}.png")
+    train = run_cli(
+        "train.cli",
+        *("--dataset", "folder", "--data-dir", str(images), "--epochs", "1", "--hidden-dim", "16"),
+        *("--out", str(tmp_path / "run"), "--quiet"),
+    )
+    assert train.returncode == 0, train.stderr
+    out = tmp_path / "onnx"
+    proc = run_cli(
+        "ae_export.cli",
+        *("--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(out)),
+        *("--variants", "fp16", "--psnr-budget", "fp16=1", "--batch-sizes", "1,7", "--providers", "cpu"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    held_out = manifest["standard_test"]["images"]
+    assert 0 < held_out < 2000 and manifest["standard_test"]["description"].startswith(f"test[:{held_out}]")
+    assert (out / "denoiser.fp16.onnx").is_file()

@@ -85,6 +85,31 @@ def test_a_layer_has_one_name_in_every_file_and_graph(onnx_dir: Path, portable_o
     assert keys[onnx_dir.name, "denoiser"] == keys[portable_onnx_dir.name, "denoiser"]
 
 
+def test_quality_gate_rejects_a_variant_whose_outputs_are_nan(onnx_dir: Path, fmnist, tmp_path: Path) -> None:
+    """A NaN loss once passed the gate (NaN > budget is False); with --no-parity the gate is all there is."""
+    from onnx import helper, numpy_helper
+
+    from ae_export.deploy import Outcome, _score
+    from ae_export.variants import score_denoiser, score_pair, standard_test
+
+    fp16 = VARIANTS["fp16"]
+    for role, spec in SPECS.items():
+        proto = onnx.load(str(onnx_dir / spec.file_name))
+        if role == "denoiser":  # the output times NaN
+            out = proto.graph.output[0].name
+            for node in proto.graph.node:
+                node.output[:] = [f"{out}.pre" if name == out else name for name in node.output]
+            proto.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+            proto.graph.node.append(helper.make_node("Mul", [f"{out}.pre", "nan"], [out]))
+        onnx.save(proto, str(tmp_path / fp16.file_name(role)))
+    test = standard_test(fmnist, 0.3)
+    fp32_q = score_denoiser(onnx_dir / "denoiser.onnx", test)
+    fp32_pair = score_pair(onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx", test)
+    outcome = Outcome(fp16, budget_db=100.0)
+    _score(outcome, tmp_path, test, fp32_q, fp32_pair)
+    assert outcome.rejected and "nan dB (denoiser)" in outcome.rejected
+
+
 def test_suffix_tables_agree() -> None:
     """The runtime's file-name table (torch-free) is the exporter's, variant for variant."""
     assert VARIANT_SUFFIXES == {name: spec.suffix for name, spec in VARIANTS.items()}
