@@ -16,12 +16,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ae_export.deploy import export_variants
-from ae_export.export import DEFAULT_GRAPH, GRAPHS, ExportError, export_all, max_supported_opset
+from ae_export.export import (
+    DEFAULT_GRAPH,
+    GRAPHS,
+    ExportError,
+    check_folder_holds,
+    drop_derived_files,
+    export_all,
+    max_supported_opset,
+)
 from ae_export.parity import (
     BATCH_SIZES,
     PROVIDERS,
@@ -43,7 +52,7 @@ from ae_export.specs import (
     REJECTED_JSON,
     VARIANT_CHOICES,
 )
-from ae_export.variant_parity import check_variant_files, integrity_problems, manifest_files
+from ae_export.variant_parity import check_manifest_files, integrity_problems
 from ae_export.variants import check_standard_test
 from runtimes.manifest import ManifestError
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -209,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             return report
 
         if args.command == "parity":
-            return _parity_command(Path(args.onnx_dir), model, images, batch_sizes, verify)
+            warning = check_folder_holds(checkpoint, Path(args.onnx_dir))
+            if warning:
+                print(warning, file=sys.stderr)
+            variant_sizes = sizes if any_size else None
+            return _parity_command(
+                Path(args.onnx_dir),
+                verify,
+                lambda folder: check_manifest_files(model, folder, images, batch_sizes, variant_sizes),
+            )
         out = Path(args.out)
         default = PHOTO_VARIANTS if any_size else DEFAULT_VARIANTS
         variants = _variants(args.variants if args.variants is not None else ",".join(default))
@@ -242,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             if int8.rejected:
                 print(f"ae-export: variant int8 not written: {int8.rejected}", file=sys.stderr)
                 return 1
+            if not args.no_parity:  # the int8 file vs PyTorch and fp32 at the parity sizes
+                checked = check_manifest_files(model, out, None, batch_sizes, sizes)
+                print(checked.table())
+                report.results.extend(checked.results)
+                report.write_json(out / PARITY_JSON)
+                if not checked.passed:
+                    drop_derived_files(out, keep=(PARITY_JSON,))
+                    print(
+                        f"ae-export: variant int8 not written: {checked.failure_summary()}", file=sys.stderr
+                    )
+                    return 1
             return 0
         result = export_variants(
             checkpoint, out, variants, data, budgets, images, batch_sizes, parity=not args.no_parity
@@ -266,15 +294,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _parity_command(folder: Path, model, images, batch_sizes, verify) -> int:
+def _parity_command(
+    folder: Path,
+    verify: Callable[[Path], ParityReport],
+    check_variants: Callable[[Path], ParityReport],
+) -> int:
     """fp32 files vs PyTorch (raises ParityError), then every other file the manifest lists."""
     report = verify(folder)
     problems = integrity_problems(folder)
-    files = manifest_files(folder)
-    if files:
-        variants = check_variant_files(model, files, folder, images, batch_sizes)
-        print(variants.table())
-        report.results.extend(variants.results)
+    checked = check_variants(folder)
+    if checked.results:
+        print(checked.table())
+        report.results.extend(checked.results)
     report.write_json(folder / PARITY_JSON)
     print(f"wrote {folder / PARITY_JSON}")
     for line in problems:

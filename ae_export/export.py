@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 import ae_export
@@ -43,7 +44,7 @@ from ae_export.specs import (
 from ae_export.subnormals import flush_tiny_weights
 from runtimes.fileio import atomic_write_bytes
 from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
-from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata
+from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata, parse_metadata
 from runtimes.noise import noise_model
 from train.checkpoint import Checkpoint
 from train.fcn import receptive_radius as fcn_receptive_radius
@@ -305,6 +306,40 @@ def staging_dir(out_dir: Path):
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_folder_holds(checkpoint: Checkpoint, out_dir: Path) -> str | None:
+    """Raise ValueError unless the folder's denoiser is an export of this checkpoint's model (the same
+    model_config); return a warning when it came from another checkpoint of that shape (other weights:
+    parity will tell), else None.
+
+    Why before parity: a folder of a latent-7 model checked against a latent-4 checkpoint ended in an
+    anonymous "shape mismatch", and the photo checkpoint against a lecture folder in an ONNX Runtime
+    traceback with parity's exit code; the files say what they hold (`ae_export.*` metadata).
+    """
+    path = out_dir / specs_for(checkpoint.model_config.arch)["denoiser"].file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run `ae-export` first)")
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        meta = parse_metadata(props, str(path))
+    except (OSError, ValueError, DecodeError) as err:  # unreadable, not ONNX, or no ae-export metadata
+        raise ValueError(f"{path}: not an ae-export file ({err})") from err
+    want = checkpoint.model_config.to_dict()
+    if meta.model_config != want:
+        differ = sorted(k for k in {*want, *meta.model_config} if want.get(k) != meta.model_config.get(k))
+        shown = ", ".join(f"{k} {meta.model_config.get(k)!r} vs {want.get(k)!r}" for k in differ)
+        raise ValueError(
+            f"{out_dir} holds an export of another model than {checkpoint.path or 'the checkpoint'} "
+            f"(file vs checkpoint: {shown}); pass the checkpoint it was exported from"
+        )
+    exported_from = meta.provenance.get("checkpoint_sha256")
+    if exported_from and exported_from != checkpoint.sha256:
+        return (
+            f"warning: {path.name} was exported from another checkpoint (sha256 {exported_from[:12]}, "
+            f"this one {checkpoint.sha256[:12]}): parity compares it with this one's weights"
+        )
+    return None
 
 
 def drop_derived_files(

@@ -20,10 +20,12 @@ import onnxruntime as ort
 import torch
 
 from ae_export.export import module_for
-from ae_export.parity import BATCH_SIZES, CheckResult, ParityReport, check, make_inputs
+from ae_export.parity import BATCH_SIZES, CheckResult, ParityReport, check, make_inputs, size_inputs
 from ae_export.specs import FP32_VARIANT, SPECS, VARIANTS, VariantSpec
+from runtimes.layout import pad_to_multiple
 from runtimes.manifest import MANIFEST_FILE, load_manifest, sha256_file
 from runtimes.sessions import open_session, physical_cores
+from train.fcn import denoise_any_size
 from train.model import DenoisingAutoencoder
 
 
@@ -100,6 +102,71 @@ def check_variant_files(
                 result = check(name, "cpu", batch, f"{kind} vs fp32", out, base, item.variant.vs_fp32, ms)
                 report.results.append(_bounded(result, item.variant))
     return report
+
+
+def check_any_size_variant_files(
+    model: torch.nn.Module,
+    files: Sequence[VariantFile],
+    fp32_dir: Path,
+    sizes: Sequence[tuple[int, int]],
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    seed: int = 0,
+    threads: int | None = None,
+    max_pixels: int = 1 << 21,
+) -> ParityReport:
+    """The any-size model's variant files (its int8 twin) at each parity size: vs PyTorch and vs the fp32
+    `denoiser.onnx`, padded to the stride and cropped back as the runtime does, with the variant's own
+    tolerance, input kinds and mean-abs bound (as `check_variant_files` does for the fixed-size files).
+    Rows are named "denoiser.int8.onnx HxW"."""
+    model = model.eval().cpu()
+    threads = threads or physical_cores()
+    multiple = 2 ** int(model.config.fcn_levels)
+    fp32 = open_session(fp32_dir / FP32_VARIANT.file_name("denoiser"), "cpu", threads, spinning=False)[0]
+    report = ParityReport(providers={"cpu": "ok"})
+    cases = []  # references first, so PyTorch and ONNX Runtime never run at the same time
+    for height, width in sizes:
+        for batch in batch_sizes:
+            if batch > 1 and batch * height * width > max_pixels:
+                continue
+            for kind, x in size_inputs(height, width, batch, seed).items():
+                with torch.no_grad():
+                    ref = denoise_any_size(model, torch.from_numpy(x)).numpy()
+                cases.append((f"{height}x{width}", batch, kind, x, ref))
+    for item in files:
+        session, _ = open_session(item.path, "cpu", threads, spinning=False)
+        allowed = item.variant.parity_inputs
+        for size, batch, kind, x, ref in cases:
+            if allowed is not None and kind not in allowed:
+                continue
+            padded = pad_to_multiple(x, multiple)
+            out, ms = _run(session, padded)
+            out = np.ascontiguousarray(out[..., : x.shape[2], : x.shape[3]])
+            base = np.ascontiguousarray(_run(fp32, padded)[0][..., : x.shape[2], : x.shape[3]])
+            name = f"{item.path.name} {size}"
+            for label, reference, tol in (
+                (kind, ref, item.variant.vs_torch),
+                (f"{kind} vs fp32", base, item.variant.vs_fp32),
+            ):
+                result = check(name, "cpu", batch, label, out, reference, tol, ms)
+                report.results.append(_bounded(result, item.variant))
+    return report
+
+
+def check_manifest_files(
+    model: torch.nn.Module,
+    folder: Path,
+    images: np.ndarray | None,
+    batch_sizes: Sequence[int],
+    sizes: Sequence[tuple[int, int]] | None = None,
+) -> ParityReport:
+    """Parity of every variant file the folder's manifest lists: the fixed-size model's roles on its input
+    kinds, or (`sizes` given: an any-size model) its denoiser at each parity size."""
+    files = manifest_files(folder)
+    if not files:
+        return ParityReport(providers={"cpu": "ok"})
+    if sizes is not None:
+        return check_any_size_variant_files(model, files, folder, sizes, batch_sizes)
+    return check_variant_files(model, files, folder, images, batch_sizes)
 
 
 def manifest_files(folder: Path) -> list[VariantFile]:

@@ -200,3 +200,27 @@ def test_folder_dataset_checkpoint_exports_with_its_variants_and_manifest(fmnist
     held_out = manifest["standard_test"]["images"]
     assert 0 < held_out < 2000 and manifest["standard_test"]["description"].startswith(f"test[:{held_out}]")
     assert (out / "denoiser.fp16.onnx").is_file()
+
+
+def test_parity_against_another_models_checkpoint_names_the_difference(
+    trained_checkpoint, onnx_dir, tmp_path
+) -> None:
+    """Once an anonymous "shape mismatch" (or an ONNX Runtime traceback with parity's exit code)."""
+    import dataclasses
+
+    from train.model import build_model
+
+    checkpoint = load_checkpoint(trained_checkpoint)
+    config = dataclasses.replace(checkpoint.model_config, latent_dim=checkpoint.model_config.latent_dim + 3)
+    other = dataclasses.replace(checkpoint, model_config=config, model_state=build_model(config).state_dict())
+    save_checkpoint(other, tmp_path / "other.pt")
+    args = ("--onnx-dir", str(onnx_dir), "--batch-sizes", "1", "--providers", "cpu")
+    proc = run_cli("ae_export.cli", "parity", "--checkpoint", str(tmp_path / "other.pt"), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds an export of another model" in proc.stderr and "latent_dim" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    checkpoint.model_state["encoder.lin.2.bias"] += 1  # same shape, other weights: parity's to judge
+    save_checkpoint(checkpoint, tmp_path / "retrained.pt")
+    proc = run_cli("ae_export.cli", "parity", "--checkpoint", str(tmp_path / "retrained.pt"), *args)
+    assert proc.returncode == 1 and "exported from another checkpoint" in proc.stderr

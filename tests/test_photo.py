@@ -454,6 +454,15 @@ def test_ae_export_cli_writes_the_photo_model_and_its_judged_int8(
     int8 = next(e for e in manifest["files"] if e["variant"] == "int8")
     assert set(int8["quality"]["loss_db_by_sigma_255"]) == {"15", "25", "50"}
     assert int8["excluded_layers"] == ["tail"] and int8["worst_photo"]["photo"]
+    assert "denoiser.int8.onnx 37x53" in proc.stdout  # the int8 file's parity ran at export
+    parity = run_cli(
+        "ae_export.cli",
+        *("parity", "--checkpoint", str(photo_checkpoint), "--onnx-dir", str(out), "--batch-sizes", "1,2"),
+        *("--sizes", "28x28,37x53", "--providers", "cpu"),
+    )
+    assert parity.returncode == 0, parity.stdout + parity.stderr  # once an AttributeError traceback
+    rows = json.loads((out / "parity.json").read_text())["results"]
+    assert {r["artifact"] for r in rows} >= {"denoiser.int8.onnx 28x28", "denoiser.int8.onnx 37x53"}
 
     whole = Denoiser(out, provider="cpu", variant="int8", tile_pixels=None)
     tiled = Denoiser(out, provider="cpu", variant="int8", tile_pixels=48 * 48)
