@@ -207,12 +207,8 @@ def _overlap_conv(layer: _Layer, phases_in: tuple[int, int], grid_in: tuple[int,
 
 
 class _Emit:
-    """Adds nodes' initializers to one list and names everything after its layer (fresh, unique).
-
-    Nodes and helper constants are named after the replaced node (`stem`); the new weights and biases after
-    the replaced weight (`weight`: "decoder.cnn.0.weight" -> "decoder.cnn.0.phase_weight"), so the layer
-    keeps its name in every file and graph (see `ae_export.graphedit.rewritten_weight`).
-    """
+    """Adds nodes' initializers to one list; nodes are named after the replaced node (`stem`), new weights
+    after the replaced weight (`graphedit.rewritten_weight`), all fresh and unique."""
 
     def __init__(
         self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], stem: str, weight: str
