@@ -304,6 +304,27 @@ TILED_PARITY_PIXELS = 256 * 256
 TILED_PARITY_BATCHES = (1, 2)
 
 
+def any_size_cases(
+    model: torch.nn.Module,
+    sizes: Sequence[tuple[int, int]],
+    batch_sizes: Sequence[int],
+    seed: int,
+    max_pixels: int,
+) -> list[tuple[str, int, str, np.ndarray, np.ndarray]]:
+    """("HxW", batch, input kind, input, PyTorch's output) for every size x batch size whose batch x H x W
+    stays within `max_pixels` (batch 1 always); the reference is run the way the runtime pads and crops."""
+    cases = []
+    for height, width in sizes:
+        for batch in batch_sizes:
+            if batch > 1 and batch * height * width > max_pixels:
+                continue
+            for kind, x in size_inputs(height, width, batch, seed).items():
+                with torch.no_grad():
+                    ref = denoise_any_size(model, torch.from_numpy(x)).numpy()
+                cases.append((f"{height}x{width}", batch, kind, x, ref))
+    return cases
+
+
 def run_parity_any_size(
     model: torch.nn.Module,
     onnx_dir: str | Path,
@@ -339,15 +360,10 @@ def run_parity_any_size(
     report.providers = {name: status[name] for name in providers}
     multiple = 2 ** int(model.config.fcn_levels)
 
-    cases: list[tuple[str, int, str, np.ndarray, np.ndarray]] = []
-    for height, width in sizes:
-        for batch in batch_sizes:
-            if batch > 1 and batch * height * width > max_pixels:
-                continue
-            for kind, x in size_inputs(height, width, batch, seed).items():
-                with torch.no_grad():
-                    ref = denoise_any_size(model, torch.from_numpy(x)).numpy()
-                cases.append((f"denoiser {height}x{width}", batch, kind, x, ref))
+    cases = [
+        (f"denoiser {size}", batch, kind, x, ref)
+        for size, batch, kind, x, ref in any_size_cases(model, sizes, batch_sizes, seed, max_pixels)
+    ]
 
     for provider in providers:
         if report.providers[provider] != "ok":

@@ -20,12 +20,11 @@ import onnxruntime as ort
 import torch
 
 from ae_export.export import module_for
-from ae_export.parity import BATCH_SIZES, CheckResult, ParityReport, check, make_inputs, size_inputs
+from ae_export.parity import BATCH_SIZES, CheckResult, ParityReport, any_size_cases, check, make_inputs
 from ae_export.specs import FP32_VARIANT, SPECS, VARIANTS, VariantSpec
 from runtimes.layout import pad_to_multiple
 from runtimes.manifest import MANIFEST_FILE, load_manifest, sha256_file
 from runtimes.sessions import open_session, physical_cores
-from train.fcn import denoise_any_size
 from train.model import DenoisingAutoencoder
 
 
@@ -123,15 +122,8 @@ def check_any_size_variant_files(
     multiple = 2 ** int(model.config.fcn_levels)
     fp32 = open_session(fp32_dir / FP32_VARIANT.file_name("denoiser"), "cpu", threads, spinning=False)[0]
     report = ParityReport(providers={"cpu": "ok"})
-    cases = []  # references first, so PyTorch and ONNX Runtime never run at the same time
-    for height, width in sizes:
-        for batch in batch_sizes:
-            if batch > 1 and batch * height * width > max_pixels:
-                continue
-            for kind, x in size_inputs(height, width, batch, seed).items():
-                with torch.no_grad():
-                    ref = denoise_any_size(model, torch.from_numpy(x)).numpy()
-                cases.append((f"{height}x{width}", batch, kind, x, ref))
+    # References first, so PyTorch and ONNX Runtime never run at the same time.
+    cases = any_size_cases(model, sizes, batch_sizes, seed, max_pixels)
     for item in files:
         session, _ = open_session(item.path, "cpu", threads, spinning=False)
         allowed = item.variant.parity_inputs
