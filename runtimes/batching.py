@@ -22,15 +22,19 @@ at 32 callers (single runs ranged 0.56-2.57x: read these as ratios on a busy mac
 
 Failure isolation: images are validated in `submit`, on the caller's thread, so a bad image raises for
 that caller only and never enters a batch. An exception from the model call is set on the futures of
-exactly that batch's callers; the worker carries on with the next batch.
+exactly that batch's callers; the worker carries on with the next batch. Any other exception in the
+worker (a bug, not a bad request) is handed to every request it had taken from the queue, and the
+worker carries on too: a worker that died silently would leave every caller waiting forever.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +45,9 @@ from runtimes.layout import ImageLayout, restore_images
 from runtimes.workers import restart_after_fork
 
 _STOP = object()
+# The longest max_queue_delay_us accepted (one minute): a batch that waits longer for company is a
+# misconfiguration, and queue timeouts past threading.TIMEOUT_MAX raise OverflowError in the worker.
+MAX_QUEUE_DELAY_US = 60_000_000
 
 
 @dataclass(slots=True)
@@ -53,6 +60,7 @@ class _Request:
     done: Any = None
     result: Any = None
     error: BaseException | None = None
+    delivered: bool = False  # a result or error was handed over (or the Future was cancelled)
 
 
 class MicroBatcher:
@@ -65,8 +73,16 @@ class MicroBatcher:
     def __init__(self, denoiser: Denoiser, max_batch_size: int = 64, max_queue_delay_us: int = 0) -> None:
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int; got {max_batch_size!r}")
-        if not isinstance(max_queue_delay_us, int | float) or max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be a number >= 0; got {max_queue_delay_us!r}")
+        if (
+            isinstance(max_queue_delay_us, bool)
+            or not isinstance(max_queue_delay_us, int | float)
+            or not math.isfinite(max_queue_delay_us)
+            or not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US
+        ):
+            raise ValueError(
+                f"max_queue_delay_us must be a finite number of microseconds in [0, {MAX_QUEUE_DELAY_US}]; "
+                f"got {max_queue_delay_us!r}"
+            )
         self.denoiser = denoiser
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
@@ -139,23 +155,21 @@ class MicroBatcher:
             raise request.error
         return request.result
 
-    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        """Collect up to max_batch_size requests, waiting at most until first.arrived + delay."""
-        batch = [first]
-        deadline = first.arrived + self._delay_s
-        stop = False
+    def _gather(self, batch: list[_Request]) -> bool:
+        """Add requests to `batch` (holding the first) up to max_batch_size, waiting at most until the
+        first's arrival + delay; True if the stop marker came (close() was called)."""
+        deadline = batch[0].arrived + self._delay_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if item is _STOP:
-                stop = True
-                break
+                return True
             assert isinstance(item, _Request)
             batch.append(item)
-        return batch, stop
+        return False
 
     def _serve(self) -> None:
         while True:
@@ -163,13 +177,23 @@ class MicroBatcher:
             if first is _STOP:
                 return
             assert isinstance(first, _Request)
-            batch, stop = self._gather(first)
-            self._run(batch)
+            batch = [first]
+            stop = False
+            try:
+                stop = self._gather(batch)
+                self._run(batch)
+            except Exception as err:  # a bug here must reach the callers, not kill the worker silently
+                for request in batch:
+                    if not request.delivered:
+                        # InvalidStateError: the caller cancelled its Future meanwhile; no one waits.
+                        with contextlib.suppress(InvalidStateError):
+                            self._deliver(request, error=err)
             if stop:
                 return
 
     @staticmethod
     def _deliver(request: _Request, result: Any = None, error: BaseException | None = None) -> None:
+        request.delivered = True
         if request.future is not None:
             if error is not None:
                 request.future.set_exception(error)
@@ -181,7 +205,12 @@ class MicroBatcher:
 
     def _run(self, batch: list[_Request]) -> None:
         # Drop callers who cancelled their Future; __call__ requests cannot be cancelled.
-        live = [r for r in batch if r.future is None or r.future.set_running_or_notify_cancel()]
+        live = []
+        for request in batch:
+            if request.future is None or request.future.set_running_or_notify_cancel():
+                live.append(request)
+            else:
+                request.delivered = True  # cancelled: nothing to hand over
         # An any-size model gets requests of several sizes: one model call per size.
         by_size: dict[tuple[int, ...], list[_Request]] = {}
         for request in live:

@@ -4,11 +4,15 @@ A reader never sees a half-written file: data goes to a temporary file in the de
 flushed and fsynced, and only then renamed over the destination (`os.replace` is atomic on POSIX). On any
 failure (a full disk, an exception while writing) the temporary file is removed and the old destination,
 if any, is left untouched.
+
+The file gets the mode a plain `open()` would give it (0o666 less the umask), not mkstemp's private 0600.
+Temporary names stay within NAME_MAX (255 bytes) whatever the destination's name (`_temp_key`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -17,8 +21,44 @@ from pathlib import Path
 from typing import IO
 
 TEMP_SUFFIX = ".tmp"
-# `.<destination name>.<mkstemp's 8 random characters>.tmp`: the temporary files `atomic_open` makes.
+# `.<key>.<mkstemp's 8 random characters>.tmp`: the temporary files `atomic_open` makes, where <key> is
+# the destination's name, or for a name too long for that, its start and a hash of it (`_temp_key`).
 _TEMP_NAME = re.compile(r"^\.(?P<dest>.+)\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+NAME_MAX = 255  # bytes in one file name: Linux (ext4, xfs, btrfs, tmpfs), macOS (APFS), Windows (NTFS)
+_TEMP_EXTRA = len("..") + 8 + len(TEMP_SUFFIX)  # what the temporary name adds to its key
+_KEY_HEAD = 200  # bytes of a long name kept readable in its key
+_KEY_HASH = 16  # hex digits of sha256 after it: a key is at most 200 + 1 + 16 bytes
+
+
+def _temp_key(name: str) -> str:
+    """The <key> of `name`'s temporary files: `name` itself if the temporary name fits NAME_MAX, else its
+    first _KEY_HEAD bytes, `~` and a hash of the whole name (a 249-byte output name is legal; its
+    temporary `.<name>.XXXXXXXX.tmp`, 263 bytes, would not be)."""
+    raw = os.fsencode(name)
+    if len(raw) + _TEMP_EXTRA <= NAME_MAX:
+        return name
+    return f"{os.fsdecode(raw[:_KEY_HEAD])}~{hashlib.sha256(raw).hexdigest()[:_KEY_HASH]}"
+
+
+def _read_umask() -> int:
+    """The process's umask, without changing it where the OS can say (Linux: /proc/self/status).
+
+    Why not per write with os.umask: reading it that way means setting it, and a file another thread
+    creates in between would get the wrong mode. Read once at import; a process sets its umask at start.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            lines = [line for line in status if line.startswith("Umask:")]
+    except OSError:
+        lines = []  # not Linux
+    if lines and len(lines[0].split()) == 2:
+        return int(lines[0].split()[1], 8)
+    mask = os.umask(0o022)  # no /proc, or a kernel before 4.7: set and restore it, once
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # what open() would create: outputs are as private as the user asked
 
 
 @contextlib.contextmanager
@@ -27,7 +67,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = Tr
     if "w" not in mode:
         raise ValueError(f"atomic_open writes only; mode {mode!r} has no 'w'")
     dest = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{_temp_key(dest.name)}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -35,7 +75,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = Tr
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -62,14 +102,15 @@ def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
     """Remove the temporary files a killed writer left beside these destinations; return how many.
 
     Why: `atomic_open` cleans up after every failure it sees, but a process killed with SIGKILL (or a
-    power cut) leaves its `.<name>.XXXXXXXX.tmp` behind. Only files of exactly that pattern whose
-    `<name>` is one of `destinations` are removed, so nothing else in the folder is ever touched. Do not
-    run it while another process writes the same destinations.
+    power cut) leaves its `.<key>.XXXXXXXX.tmp` behind. Only files of exactly that pattern whose `<key>`
+    is that of one of `destinations` (its name, or for a long name the hashed key of `_temp_key`) are
+    removed, so nothing else in the folder is ever touched. Do not run it while another process writes
+    the same destinations.
     """
     wanted: dict[Path, set[str]] = {}
     for dest in destinations:
         dest = Path(dest)
-        wanted.setdefault(dest.parent, set()).add(dest.name)
+        wanted.setdefault(dest.parent, set()).add(_temp_key(dest.name))
     removed = 0
     for folder, names in wanted.items():
         try:

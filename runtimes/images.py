@@ -3,10 +3,12 @@
 Loading turns whatever Pillow can read into one 8-bit grayscale array, the form the model was trained on:
 16-bit images are scaled (not clipped), transparency is composited onto black (Fashion-MNIST's
 background), EXIF orientation is applied, and a decompression-bomb guard runs on the header before any
-pixel is decoded. `load_image8` keeps a colour image's colour instead, as 8-bit RGB (the photo model
+pixel is decoded (Pillow's own, lower-by-default limit is lifted to it for our decode, below).
+`load_image8` keeps a colour image's colour instead, as 8-bit RGB (the photo model
 denoises each channel as a grayscale image); a grayscale picture stored as RGB comes back grayscale.
 Every failure for one file is a `BadImageError` carrying the path and a reason, so a batch job can report
-it and carry on with the other files.
+it and carry on with the other files. `load_image` also returns the file's ICC profile when it describes
+the returned pixels (an RGB profile for RGB, a gray one for grayscale), for `save_png` to carry over.
 
 Size modes (`SizeMode`). A model with symbolic height and width (the fully convolutional photo model)
 takes every image at its own size, whatever the mode (`Denoiser` may run it as exact halo tiles). For a
@@ -26,19 +28,22 @@ fixed-size model (the lecture's 28x28):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from runtimes.fileio import atomic_save
 from runtimes.layout import ImageLayout, prepare_images, restore_images
+from runtimes.pngmeta import SOURCE_KEY, profile_for
 
 # Lower-case suffixes that `find_images` collects from folders.
 IMAGE_SUFFIXES = frozenset(
@@ -123,9 +128,30 @@ def find_images(
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded file: (H, W) or (H, W, 3) uint8 pixels, and the ICC profile that describes them."""
+
+    pixels: np.ndarray
+    icc_profile: bytes | None = None  # only a profile of the pixels' own colour space (RGB or gray)
+
+
+def load_image(
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, color: bool = True
+) -> LoadedImage:
+    """`load_image8` (colour kept) or `load_gray8` (`color=False`), with the file's matching ICC profile.
+
+    The profile is kept only if it describes the returned pixels: an RGB file's profile with RGB pixels,
+    a grayscale file's with grayscale pixels; an RGB (or CMYK) profile is dropped once the pixels are
+    gray (or converted from CMYK), since it would misdescribe them.
+    """
+    pixels, profile = _load(Path(path), max_pixels, _to_image8 if color else _to_gray8)
+    return LoadedImage(pixels, profile_for(profile, 3 if pixels.ndim == 3 else 1))
+
+
 def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file as (H, W) uint8 grayscale; raise BadImageError(path, reason) if it cannot be."""
-    return _load(Path(path), max_pixels, _to_gray8)
+    return _load(Path(path), max_pixels, _to_gray8)[0]
 
 
 def load_image8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -134,10 +160,13 @@ def load_image8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXE
     Same rules and errors as `load_gray8` (alpha composited onto black, EXIF orientation, bomb guard);
     an RGB file whose three channels are equal everywhere is grayscale and comes back as load_gray8's.
     """
-    return _load(Path(path), max_pixels, _to_image8)
+    return _load(Path(path), max_pixels, _to_image8)[0]
 
 
-def _load(path: Path, max_pixels: int, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.ndarray:
+Converter = Callable[[Image.Image, Path], np.ndarray]
+
+
+def _load(path: Path, max_pixels: int, convert: Converter) -> tuple[np.ndarray, bytes | None]:
     try:
         # O_NONBLOCK: a FIFO named like an image must not hang the run; it is refused below.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -156,11 +185,42 @@ def _load(path: Path, max_pixels: int, convert: Callable[[Image.Image, Path], np
         return _decode(handle, path, max_pixels, convert)
 
 
-def _decode(
-    handle: BinaryIO, path: Path, max_pixels: int, convert: Callable[[Image.Image, Path], np.ndarray]
-) -> np.ndarray:
+# Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is one process-wide value, checked when a
+# file is opened: a warning past it and an error past twice it, whose message knows nothing of
+# --max-pixels. Our own header check (in `_decode`) is the guard, so while a decode with a larger
+# `max_pixels` runs, Pillow's limit is raised to the largest such value (never removed: other threads of an
+# embedding app keep a limit no looser than what a caller explicitly allowed), and the last of those
+# decodes puts the app's own value back. With the default (25 MP, below Pillow's 89 MP) nothing changes.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+_raised_for: list[int] = []  # max_pixels of the decodes now running with Pillow's limit raised
+_app_limit: list[int | None] = [None]  # Pillow's limit before the first of them
+
+
+@contextlib.contextmanager
+def _pillow_limit_at_least(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open and decode images of up to `max_pixels` pixels without its own warning or error."""
+    with _PILLOW_LIMIT_LOCK:
+        base = _app_limit[0] if _raised_for else Image.MAX_IMAGE_PIXELS
+        raise_it = base is not None and base < max_pixels
+        if raise_it:
+            if not _raised_for:
+                _app_limit[0] = base
+            _raised_for.append(max_pixels)
+            Image.MAX_IMAGE_PIXELS = max(_raised_for)
     try:
-        with Image.open(handle) as image:
+        yield
+    finally:
+        if raise_it:
+            with _PILLOW_LIMIT_LOCK:
+                _raised_for.remove(max_pixels)
+                Image.MAX_IMAGE_PIXELS = max(_raised_for) if _raised_for else _app_limit[0]
+
+
+def _decode(
+    handle: BinaryIO, path: Path, max_pixels: int, convert: Converter
+) -> tuple[np.ndarray, bytes | None]:
+    try:
+        with _pillow_limit_at_least(max_pixels), Image.open(handle) as image:
             width, height = image.size
             # The header is parsed, no pixel decoded yet: refuse before decoding allocates W*H bytes.
             if width * height > max_pixels:
@@ -176,13 +236,18 @@ def _decode(
                     "images are denoised, so nothing was written (save the frames as separate files)",
                 )
             image.load()  # decode now, so truncation and corruption surface as errors here
+            profile = image.info.get("icc_profile")
             if _may_have_orientation(image):
                 ImageOps.exif_transpose(image, in_place=True)
-            return convert(image, path)
+            return convert(image, path), profile if isinstance(profile, bytes) else None
     except BadImageError:
         raise
-    except Image.DecompressionBombError as err:
-        raise BadImageError(path, f"decompression bomb guard: {err}") from err
+    except Image.DecompressionBombError as err:  # Pillow's limit, left higher than ours by the app
+        raise BadImageError(
+            path,
+            f"decompression bomb guard: {err} (this run's limit is {max_pixels} pixels; raise it with "
+            "--max-pixels if the file is trusted)",
+        ) from err
     except UnidentifiedImageError as err:
         raise BadImageError(path, "not an image (no image format recognises its contents)") from err
     except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
@@ -206,8 +271,13 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
     if mode in _SIXTEEN_BIT_MODES:
         # 16-bit (and 32-bit "I", which Pillow uses for 16-bit PNGs on some versions): scale 0..65535 to
         # 0..255 instead of Pillow's convert("L"), which clips everything above 255 to white.
-        wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)  # (H, W)
-        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        raw = np.asarray(image)  # (H, W)
+        wide = np.clip(raw, 0, 65535).astype(np.uint32)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):  # a 16-bit tRNS value: those pixels are fully transparent
+            gray[raw == transparent] = 0  # composited onto black, like 8-bit tRNS
+        return gray
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         if not np.isfinite(values).all():
@@ -244,13 +314,21 @@ def _to_image8(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def save_png(
-    path: str | os.PathLike[str], pixels: np.ndarray, fsync: bool = True, make_parents: bool = True
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    fsync: bool = True,
+    make_parents: bool = True,
+    source: str | None = None,
+    icc_profile: bytes | None = None,
 ) -> None:
     """Write (H, W) uint8 as an 8-bit grayscale PNG, or (H, W, 3) uint8 as RGB, atomically (temp file +
     rename).
 
     `make_parents=False` skips the mkdir for callers that created the folders once up front (a mkdir per
-    file is a measurable syscall when writing thousands of small PNGs).
+    file is a measurable syscall when writing thousands of small PNGs). `source` is recorded in an iTXt
+    chunk (`runtimes.pngmeta.SOURCE_KEY`, read back by `read_png_source`): which input this output
+    belongs to. `icc_profile` is embedded as is; the caller makes sure it describes the pixels
+    (`LoadedImage.icc_profile` does).
     """
     if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
         raise ValueError(
@@ -260,7 +338,14 @@ def save_png(
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(pixels)
-    atomic_save(path, lambda handle: image.save(handle, format="PNG"), fsync=fsync)
+    options: dict[str, object] = {}
+    if source is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(SOURCE_KEY, source)
+        options["pnginfo"] = info
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    atomic_save(path, lambda handle: image.save(handle, format="PNG", **options), fsync=fsync)
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:

@@ -43,11 +43,13 @@ FLOAT32 = np.dtype(np.float32)  # numpy's native float32 dtype is a singleton: `
 
 
 def _expected(image_shape: tuple[int, int] | None) -> str:
+    """What a model of this image shape takes (None: any height and width, colour forms included)."""
     h, w = image_shape if image_shape is not None else ("H", "W")
     colour = " (or colour (N, H, W, 3), (H, W, 3))" if image_shape is None else ""
+    any_size = " with height and width >= 1" if image_shape is None else ""
     return (
-        f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array{colour}, float32 in [0, 1] or "
-        "uint8 0-255"
+        f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array{colour}{any_size}, float32 in "
+        "[0, 1] or uint8 0-255"
     )
 
 
@@ -62,7 +64,8 @@ def _check_range(batch: np.ndarray) -> None:
         raise ValueError(
             f"expected finite float32 values in [0, 1]; got {n_nan} NaN and {n_inf} Inf value(s)"
         )
-    raise ValueError(f"expected float32 values in [0, 1]; got values in [{lo:g}, {hi:g}]")
+    # 9 significant digits tell every float32 apart: 1.00000012 is not shown as 1.
+    raise ValueError(f"expected float32 values in [0, 1]; got values in [{lo:.9g}, {hi:.9g}]")
 
 
 def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> tuple[np.ndarray, ImageLayout]:
@@ -94,8 +97,11 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     ndim = len(shape)
     if image_shape is None and shape[-1:] == (3,) and (ndim == 3 or (ndim == 4 and shape[1] != 1)):
         return _prepare_colour(images, kind)  # (H, W, 3) or (N, H, W, 3): a 3-pixel-wide batch is not meant
+    expected = image_shape  # what the error message describes: None for an any-size model
     if image_shape is None:  # any size: (H, W) are the last two axes, if there are two
-        image_shape = (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 and min(shape[-2:]) > 0 else (0, 0)
+        if ndim < 2 or min(shape[-2:]) < 1:
+            raise ValueError(f"expected {_expected(None)}; got shape {shape}")
+        image_shape = (int(shape[-2]), int(shape[-1]))
     h, w = image_shape
     form: ImageForm
     if ndim == 4 and shape[1:] == (1, h, w):
@@ -105,7 +111,7 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     elif ndim == 2 and shape == (h, w):
         form = "hw"
     else:
-        raise ValueError(f"expected {_expected(image_shape)}; got shape {shape}")
+        raise ValueError(f"expected {_expected(expected)}; got shape {shape}")
     batch = images if form == "nchw" else images.reshape(-1, 1, h, w)  # (N, 1, H, W); a view if contiguous
     if kind == "uint8":
         scaled = np.divide(batch, np.float32(255.0), dtype=np.float32)  # one pass, same as astype()/255

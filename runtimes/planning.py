@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtimes.images import IMAGE_SUFFIXES, find_images
+from runtimes.pngmeta import source_label
 
 OUTPUT_SUFFIX = ".png"
 NOISY_SUFFIX = ".noisy.png"
@@ -30,6 +31,14 @@ class Job:
     source: Path
     output: Path
     noisy_output: Path | None = None
+    # The source's path under its input root (a file input: its name), as `runtimes.pngmeta.source_label`
+    # writes it: recorded in the output, so a re-run can tell whose result an existing output holds.
+    label: str = ""
+
+    @property
+    def output_root(self) -> Path:
+        """The folder that mirrors this job's input root (the output's folder for a file input)."""
+        return self.output.parents[self.label.count("/")]
 
 
 @dataclass
@@ -58,7 +67,12 @@ def _abspath(path: Path) -> Path:
 
 def _output_names(files: Sequence[Path], root: Path) -> list[Path]:
     """Relative output paths for files under `root`: `a.jpg` -> `a.png`, unless two files would collide
-    (`a.png` and `a.jpg`), in which case the non-PNG keeps its suffix: `a.jpg.png`."""
+    (`a.png` and `a.jpg`), in which case each one whose suffix is not exactly `.png` keeps it: `a.jpg.png`
+    (`a.png` and `a.PNG`, both possible on a case-sensitive file system, give `a.png` and `a.PNG.png`).
+
+    Which name a file gets thus depends on its siblings: adding `a.png` beside `a.jpg` moves `a.jpg`'s
+    result from `a.png` to `a.jpg.png`. Each output records its source (`Job.label`), and the pipeline
+    checks that record before it skips an existing output."""
     rels = [f.relative_to(root) for f in files]
     plain = [rel.with_suffix(OUTPUT_SUFFIX) for rel in rels]
     counts: dict[Path, int] = {}
@@ -66,7 +80,7 @@ def _output_names(files: Sequence[Path], root: Path) -> list[Path]:
         counts[name] = counts.get(name, 0) + 1
     names = []
     for rel, name in zip(rels, plain, strict=True):
-        if counts[name] > 1 and rel.suffix.lower() != OUTPUT_SUFFIX:
+        if counts[name] > 1 and rel.suffix != OUTPUT_SUFFIX:
             name = rel.with_name(rel.name + OUTPUT_SUFFIX)
         names.append(name)
     return names
@@ -96,7 +110,7 @@ def plan_jobs(
     out_dir = _abspath(Path(output)) if output is not None else None
     scan_errors: list[tuple[Path, str]] = []
     ignored: list[Path] = []
-    pairs: list[tuple[Path, Path]] = []  # (source, output)
+    pairs: list[tuple[Path, Path, str]] = []  # (source, output, label)
     input_dirs: list[Path] = []
     for root in roots:
         absolute = _abspath(root)
@@ -115,16 +129,27 @@ def plan_jobs(
                 ),
                 on_ignored=ignored.append,
             )
-            pairs.extend(zip(files, (out_root / n for n in _output_names(files, root)), strict=True))
+            for src, name in zip(files, _output_names(files, root), strict=True):
+                pairs.append((src, out_root / name, source_label(src.relative_to(root))))
         elif out_dir is None:
-            pairs.append((root, absolute.parent / f"{absolute.stem}_denoised{OUTPUT_SUFFIX}"))
+            pairs.append(
+                (
+                    root,
+                    absolute.parent / f"{absolute.stem}_denoised{OUTPUT_SUFFIX}",
+                    source_label(absolute.name),
+                )
+            )
         else:
-            pairs.append((root, out_dir / f"{absolute.stem}{OUTPUT_SUFFIX}"))
+            pairs.append((root, out_dir / f"{absolute.stem}{OUTPUT_SUFFIX}", source_label(absolute.name)))
     jobs = [
         Job(
-            i, src, dst, dst.with_name(dst.name[: -len(OUTPUT_SUFFIX)] + NOISY_SUFFIX) if with_noisy else None
+            i,
+            src,
+            dst,
+            dst.with_name(dst.name[: -len(OUTPUT_SUFFIX)] + NOISY_SUFFIX) if with_noisy else None,
+            label,
         )
-        for i, (src, dst) in enumerate(pairs)
+        for i, (src, dst, label) in enumerate(pairs)
     ]
     _check_safety(jobs, input_dirs)
     return Plan(jobs, scan_errors, ignored)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from runtimes.denoiser import Denoiser
 from runtimes.images import (
     BadImageError,
     find_images,
@@ -26,7 +28,7 @@ from runtimes.images import (
 )
 from runtimes.noise import add_noise
 from runtimes.planning import PlanError, plan_jobs
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_script
 
 CLI = "runtimes.cli"
 NOISE = 0.3
@@ -267,6 +269,112 @@ def test_name_collision_keeps_suffix(onnx_dir: Path, fmnist_test: np.ndarray, tm
     proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.bmp.png", "p.png"]
+
+
+def test_case_differing_suffixes_both_denoised(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """`a.png` and `a.PNG` (distinct on a case-sensitive file system, as tmp_path is here): the one whose
+    suffix is not exactly `.png` keeps it. Before, neither was renamed and the whole run was refused."""
+    save(tmp_path / "in" / "a.png", fmnist_test[0])
+    save(tmp_path / "in" / "a.PNG", fmnist_test[1])
+    if len(list((tmp_path / "in").iterdir())) != 2:
+        pytest.skip("tmp_path is on a case-insensitive file system")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.PNG.png", "a.png"]
+    denoiser = Denoiser(onnx_dir, provider="cpu")
+    for name, image in (("a.png", fmnist_test[0]), ("a.PNG.png", fmnist_test[1])):
+        diff = np.abs(read(tmp_path / "out" / name).astype(int) - denoiser(image).astype(int))
+        assert diff.max() <= 1, name
+
+
+def _denoised_by(out: Path, source: Path, denoiser: Denoiser) -> bool:
+    """Whether `out` holds `source`'s result (within rounding: batches may differ from one call)."""
+    return int(np.abs(read(out).astype(int) - denoiser(load_gray8(source)).astype(int)).max()) <= 1
+
+
+def test_rerun_after_a_sibling_joins_keeps_each_output_its_own(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """Run 1 writes a.jpg's result as a.png; once a.png joins it, a.jpg's result is named a.jpg.png.
+    Before, run 2 then skipped a.png (it existed) and kept a.jpg's picture under a.png, exit 0."""
+    denoiser = Denoiser(onnx_dir, provider="cpu")
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    args = ["--onnx", str(onnx_dir), str(inputs), "-o", str(out)]
+    Image.fromarray(fmnist_test[0]).save(_mkdir(inputs) / "a.jpg", quality=95)
+    first = run_cli(CLI, *args)
+    assert first.returncode == 0 and "1 done" in first.stderr, first.stderr
+    assert _denoised_by(out / "a.png", inputs / "a.jpg", denoiser)
+    save(inputs / "a.png", fmnist_test[1])
+    second = run_cli(CLI, *args)
+    assert second.returncode == 0, second.stderr
+    assert "2 done, 0 failed, 0 skipped" in second.stderr  # a.png's stale output was denoised again
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg.png", "a.png"]
+    assert _denoised_by(out / "a.png", inputs / "a.png", denoiser)
+    assert _denoised_by(out / "a.jpg.png", inputs / "a.jpg", denoiser)
+    third = run_cli(CLI, *args)  # now each output is its own input's: both skipped
+    assert third.returncode == 0 and "0 done, 0 failed, 2 skipped" in third.stderr, third.stderr
+
+
+def test_output_of_an_input_no_longer_there_is_not_replaced(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """a.jpg's result sits at a.png; a.jpg is gone and a new a.png arrives: a.png's output would be
+    a.jpg's only result, so it is neither kept silently nor replaced: the file fails, naming both."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    args = ["--onnx", str(onnx_dir), str(inputs), "-o", str(out)]
+    Image.fromarray(fmnist_test[0]).save(_mkdir(inputs) / "a.jpg", quality=95)
+    assert run_cli(CLI, *args).returncode == 0
+    kept = (out / "a.png").read_bytes()
+    (inputs / "a.jpg").unlink()
+    save(inputs / "a.png", fmnist_test[1])
+    proc = run_cli(CLI, *args)
+    assert proc.returncode == 1 and "0 done, 1 failed, 0 skipped" in proc.stderr
+    line = next(line for line in proc.stderr.splitlines() if str(inputs / "a.png") + ":" in line)
+    assert f"output {out / 'a.png'} already holds the result of another input, 'a.jpg'" in line
+    assert "--overwrite" in line and (out / "a.png").read_bytes() == kept
+    replaced = run_cli(CLI, *args, "--overwrite")
+    assert replaced.returncode == 0 and "1 done" in replaced.stderr
+    assert _denoised_by(out / "a.png", inputs / "a.png", Denoiser(onnx_dir, provider="cpu"))
+
+
+def test_existing_file_without_a_source_record_is_skipped(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """A file we did not write (or one an earlier version wrote) is left alone, as before."""
+    save(tmp_path / "in" / "a.png", fmnist_test[0])
+    foreign = save(tmp_path / "out" / "a.png", fmnist_test[1]).read_bytes()
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0 and "0 done, 0 failed, 1 skipped" in proc.stderr, proc.stderr
+    assert (tmp_path / "out" / "a.png").read_bytes() == foreign
+
+
+def test_longest_legal_file_name(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    """A 249-byte name gives a 249-byte output name; its temporary file must fit in 255 bytes too."""
+    name = "x" * 245 + ".png"
+    save(tmp_path / "in" / name, fmnist_test[0])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o002, 0o664)])
+def test_outputs_follow_the_umask(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, umask: int, mode: int
+) -> None:
+    """Outputs get the mode a plain open() would give them; before, always 0644 (private inputs became
+    world-readable outputs)."""
+    save(tmp_path / "in" / "a.png", fmnist_test[0])
+    code = f"import os, sys; os.umask({umask}); from runtimes.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = run_script(code, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((tmp_path / "out" / "a.png").stat().st_mode) == mode
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _unsafe_case(case: str, root: Path, image: np.ndarray) -> list[str]:

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from runtimes.fileio import remove_stale_temps
-from tests.helpers import REPO, run_cli
+from runtimes.fileio import atomic_open, atomic_write_bytes, remove_stale_temps
+from tests.helpers import REPO, exit_code_of_forked_child, run_cli
 
 CLI = "runtimes.cli"
 
@@ -55,6 +56,30 @@ def test_rerun_removes_its_own_stale_temps_only(
 
 def test_remove_stale_temps_ignores_missing_folders(tmp_path: Path) -> None:
     assert remove_stale_temps([tmp_path / "nowhere" / "a.png"]) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+@pytest.mark.parametrize("length", [200, 241, 242, 255])
+def test_temporaries_of_long_names_fit_and_are_found_again(tmp_path: Path, length: int) -> None:
+    """A destination name of up to 255 bytes (NAME_MAX) is written, and the temporary a writer killed
+    mid-write leaves beside it is within NAME_MAX too and is recognised as that destination's. Before,
+    names over 241 bytes failed with "File name too long" (the temporary adds 14)."""
+    dest = tmp_path / ("y" * (length - 4) + ".png")
+    atomic_write_bytes(dest, b"whole")
+    assert dest.read_bytes() == b"whole"
+
+    def die_mid_write() -> bool:
+        with atomic_open(dest) as handle:
+            handle.write(b"partial")
+            handle.flush()
+            os._exit(0)  # what SIGKILL does: no cleanup
+        return False
+
+    assert exit_code_of_forked_child(die_mid_write) == 0
+    (temp,) = [p for p in tmp_path.iterdir() if p != dest]
+    assert temp.name.startswith(".") and temp.name.endswith(".tmp") and len(os.fsencode(temp.name)) <= 255
+    assert remove_stale_temps([tmp_path / "other.png"]) == 0  # another destination's: left alone
+    assert remove_stale_temps([dest]) == 1 and sorted(tmp_path.iterdir()) == [dest]
 
 
 def test_sigkill_then_rerun_leaves_no_temporaries(

@@ -177,6 +177,47 @@ def test_bad_settings(denoiser: Denoiser, kwargs: dict[str, int]) -> None:
         MicroBatcher(denoiser, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "delay",
+    [float("inf"), float("nan"), -1, 60_000_001, 1e13, True],
+    ids=["inf", "nan", "neg", "over", "1e13", "bool"],
+)
+def test_queue_delay_must_be_a_finite_range(denoiser: Denoiser, delay: float) -> None:
+    """Before: inf (or 1e13) was accepted, the worker's queue timeout raised OverflowError and every
+    caller waited forever."""
+    with pytest.raises(ValueError, match=r"max_queue_delay_us must be a finite number .* in \[0, 60000000\]"):
+        MicroBatcher(denoiser, max_queue_delay_us=delay)
+    with MicroBatcher(denoiser, max_queue_delay_us=60_000_000) as batcher:  # the upper bound itself is fine
+        assert batcher.max_queue_delay_us == 60_000_000
+
+
+class BrokenOnce(MicroBatcher):
+    """A batcher whose batch handling fails once with an error that is no model error: a bug."""
+
+    failed = False
+
+    def _run(self, batch: list) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OverflowError("a bug in the worker")
+        super()._run(batch)
+
+
+def test_worker_error_reaches_its_callers_and_worker_goes_on(
+    denoiser: Denoiser, fmnist_test: np.ndarray
+) -> None:
+    """An unexpected error in the worker thread goes to the requests it had taken, not into a dead
+    thread that leaves them (and every later caller) waiting."""
+    with BrokenOnce(denoiser, max_batch_size=4) as batcher:
+        with pytest.raises(OverflowError, match="a bug in the worker"):
+            batcher.submit(fmnist_test[0]).result(timeout=10)
+        assert batcher._worker.is_alive()
+        np.testing.assert_array_equal(batcher(fmnist_test[1]), denoiser.denoise(fmnist_test[1]))
+        np.testing.assert_array_equal(
+            batcher.submit(fmnist_test[2]).result(timeout=10), denoiser.denoise(fmnist_test[2])
+        )
+
+
 def test_call_path_delivers_model_errors(onnx_dir: Path, fmnist_test: np.ndarray) -> None:
     """`batcher(image)` (the lock-based wait, not a Future) gets its batch's error, then serves again."""
     poisoned = PoisonDenoiser(onnx_dir, provider="cpu")

@@ -1,0 +1,207 @@
+"""runtimes.images and the any-size path of `ae-denoise`: decoding limits, transparency, colour profiles,
+array validation messages, and how much of a folder of photographs is held in memory at once.
+
+The any-size model here is a real ONNX file run by real ONNX Runtime sessions: a 1x1 convolution of
+weight 1 (an identity denoiser) with symbolic height and width and the exporter's metadata contract, so
+results are exactly the inputs and the tests need no training.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageCms
+
+import runtimes.pipeline as pipeline
+from runtimes import images
+from runtimes.denoiser import Denoiser
+from runtimes.images import BadImageError, load_gray8, load_image8, save_png
+from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata
+from runtimes.planning import plan_jobs
+from tests.helpers import run_cli
+
+CLI = "runtimes.cli"
+
+
+@pytest.fixture(scope="module")
+def identity_any_size(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export folder holding an identity `denoiser.onnx` of any height and width."""
+    contract = TensorContract("image", ("batch", 1, "height", "width"), "float32", "NCHW", (0.0, 1.0))
+    output = TensorContract("denoised", ("batch", 1, "height", "width"), "float32", "NCHW", (0.0, 1.0))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["denoised"])],
+        "identity",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
+        [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
+        [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    meta = ModelMetadata("denoiser", {"arch": "fcn"}, contract, output, {"denoiser": "denoiser.onnx"})
+    helper.set_model_props(model, encode_metadata(meta))
+    folder = tmp_path_factory.mktemp("identity")
+    onnx.save(model, folder / "denoiser.onnx")
+    return folder
+
+
+@functools.cache  # one profile per space: littleCMS stamps each new one with the current time
+def _profile(space: str) -> bytes:
+    """An ICC profile made by littleCMS: "sRGB", or for "GRAY" a Lab profile whose header says GRAY (only
+    the header's colour-space field decides here, and littleCMS makes no gray profiles)."""
+    if space == "sRGB":
+        return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gray = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    return gray[:16] + b"GRAY" + gray[20:]  # header only matters here: its data colour space
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def test_16bit_transparency_composited_onto_black(tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG's tRNS value marks transparent pixels, as in 8-bit files."""
+    wide = np.array([[1000, 30000], [65535, 1000]], np.uint16)
+    Image.fromarray(wide).save(tmp_path / "g16.png", transparency=1000)
+    Image.fromarray((wide >> 8).astype(np.uint8)).save(tmp_path / "g8.png", transparency=1000 >> 8)
+    expected = [[0, 117], [255, 0]]
+    assert load_gray8(tmp_path / "g16.png").tolist() == expected
+    assert load_image8(tmp_path / "g16.png").tolist() == expected
+    assert load_gray8(tmp_path / "g8.png").tolist() == expected  # the 8-bit rule it now matches
+
+
+def test_max_pixels_above_pillows_own_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-pixels is the one limit: Pillow's lower one neither warns nor refuses, and is put back.
+
+    Pillow's limit is lowered to 1000 pixels here, so 40x40 (over it: a warning) and 60x60 (over twice
+    it: an error) stand in for real 100 and 200 MP files without allocating them."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for side in (40, 60):
+        Image.new("L", (side, side), 7).save(tmp_path / f"{side}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning fails the test
+        assert load_gray8(tmp_path / "40.png", max_pixels=5000).shape == (40, 40)
+        assert load_gray8(tmp_path / "60.png", max_pixels=5000).shape == (60, 60)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the app's own setting is back
+    with warnings.catch_warnings():  # files refused by our limit may still draw Pillow's warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(BadImageError, match="3600 pixels exceeds the limit of 3000 .*--max-pixels"):
+            load_gray8(tmp_path / "60.png", max_pixels=3000)
+        # A run's limit below Pillow's, and a file past twice Pillow's: Pillow refuses first, and its
+        # error is worded with this run's limit and the flag.
+        with pytest.raises(BadImageError, match="this run's limit is 900 pixels; raise it with --max-pixels"):
+            load_gray8(tmp_path / "60.png", max_pixels=900)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ICC profiles
+
+
+@pytest.mark.parametrize(
+    ("case", "keeps"),
+    [("rgb_jpeg", True), ("rgb_as_gray", False), ("gray_png", True), ("rgb_profile_on_gray", False)],
+)
+def test_icc_profile_kept_only_for_its_own_colour_space(tmp_path: Path, case: str, keeps: bool) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.png"
+    if case == "rgb_jpeg":
+        path = tmp_path / "x.jpg"
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), np.uint8)).save(path, icc_profile=_profile("sRGB"))
+    elif case == "rgb_as_gray":  # an RGB file whose pixels are gray: loaded gray, the RGB profile dropped
+        Image.fromarray(np.dstack([np.full((8, 8), 90, np.uint8)] * 3)).save(
+            path, icc_profile=_profile("sRGB")
+        )
+    elif case == "gray_png":
+        Image.fromarray(np.full((8, 8), 90, np.uint8)).save(path, icc_profile=_profile("GRAY"))
+    else:
+        Image.fromarray(np.full((8, 8), 90, np.uint8)).save(path, icc_profile=_profile("sRGB"))
+    with Image.open(path) as image:
+        profile = image.info["icc_profile"]
+    loaded = images.load_image(path)
+    assert loaded.icc_profile == (profile if keeps else None)
+    gray = images.load_image(path, color=False)  # --color gray: only a gray profile survives
+    assert gray.icc_profile == (profile if keeps and case == "gray_png" else None)
+    save_png(tmp_path / "out.png", loaded.pixels, icc_profile=loaded.icc_profile)
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.info.get("icc_profile") == loaded.icc_profile
+
+
+def test_cli_carries_an_rgb_photos_icc_profile(identity_any_size: Path, tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), np.uint8)
+    Image.fromarray(rgb).save(_mkdir(tmp_path / "in") / "p.png", icc_profile=_profile("sRGB"))
+    proc = run_cli(
+        CLI, "-q", "--onnx", str(identity_any_size), str(tmp_path / "in"), "-o", str(tmp_path / "o")
+    )
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "o" / "p.png") as written:
+        assert written.mode == "RGB" and written.info.get("icc_profile") == _profile("sRGB")
+        np.testing.assert_array_equal(np.asarray(written), rgb)  # the identity model: pixels unchanged
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Array validation messages
+
+
+def test_messages_say_what_is_wrong(identity_any_size: Path) -> None:
+    denoiser = Denoiser(identity_any_size, provider="cpu")
+    image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    image[3, 3] = np.nextafter(np.float32(1), np.float32(2))  # one float step above 1
+    with pytest.raises(ValueError, match=r"got values in \[0, 1.00000012\]"):
+        denoiser(image)
+    for empty in (np.zeros((0, 5), np.float32), np.zeros((2, 1, 5, 0), np.uint8)):
+        with pytest.raises(ValueError) as info:
+            denoiser(empty)
+        message = str(info.value)
+        assert "(N, 1, H, W)" in message and "(H, W, 3)" in message and "height and width >= 1" in message
+        assert ", 0" not in message.split("; got")[0]  # no "(N, 1, 0, 0)" as what is expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory: decoded photographs held at once
+
+
+def test_folder_of_photos_is_decoded_a_few_at_a_time(
+    identity_any_size: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many photographs a folder holds, only a bounded number are decoded at once.
+
+    The pixel budgets are scaled down to these 64x48 RGB files (9216 samples each): a batch closes at 2
+    files and decoding may hold 3 ahead; before, decode tasks took 10 files each whatever their size."""
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    files = 40
+    for i in range(files):
+        Image.fromarray(np.roll(rgb, i, axis=1)).save(_mkdir(tmp_path / "in") / f"{i:02d}.png")
+    per_file = rgb.size
+    monkeypatch.setattr(pipeline, "MAX_BATCH_PIXELS", 2 * per_file)
+    monkeypatch.setattr(pipeline, "DECODE_AHEAD_PIXELS", 3 * per_file, raising=False)
+    live, peak = [0], [0]
+    decode = pipeline._decode
+
+    def counting(job, settings):  # noqa: ANN001, ANN202 - the wrapped function's own signature
+        item = decode(job, settings)
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+        weakref.finalize(item.samples, lambda: live.__setitem__(0, live[0] - 1))
+        return item
+
+    monkeypatch.setattr(pipeline, "_decode", counting)
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "out").jobs
+    result = pipeline.run_pipeline(Denoiser(identity_any_size, provider="cpu"), jobs, workers=2, fsync=False)
+    assert (result.done, result.failed) == (files, 0)
+    # At most 4 decoded ahead (3 tasks of one file and the one being consumed), a batch of 2, and twice a
+    # batch's pixels being encoded (6 while a flush hands over): 12 at worst, whatever the folder's size.
+    assert peak[0] <= 12, peak[0]
+    for i in (0, 17, 39):
+        with Image.open(tmp_path / "out" / f"{i:02d}.png") as written:
+            np.testing.assert_array_equal(np.asarray(written), np.roll(rgb, i, axis=1))
