@@ -16,11 +16,12 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests.helpers import REPO, run_cli
-from train.checkpoint import load_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import fixed_noisy, to_float
 from train.loop import TrainConfig, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
-from train.model import ModelConfig
+from train.model import DenoisingAutoencoder, ModelConfig
+from train.photo_train import PhotoTrainConfig, train_photos
 
 TINY = {"limit": 512, "batch_size": 64, "device": "cpu"}
 
@@ -200,3 +201,92 @@ def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
     assert 1 <= checkpoint.epoch < 50
     assert [row["epoch"] for row in checkpoint.metrics] == list(range(1, checkpoint.epoch + 1))
     checkpoint.build_model()
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_diverging_run_is_an_error_line_not_a_traceback(tmp_path, loss) -> None:
+    """lr 1e6 gives a NaN loss (MSE) or NaN outputs (which BCE would reject with an unrelated message):
+    exit 3 with one line saying so, and nothing of the diverged epoch on disk."""
+    out = tmp_path / "run"
+    args = ["--lr", "1e6", "--loss", loss, "--epochs", "2", "--limit", "256", "--batch-size", "64"]
+    done = run_cli("train.cli", *args, "--out", str(out), "--quiet")
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (
+        "ae-train: error: training diverged: epoch 1" in done.stderr
+        and "this run wrote nothing" in done.stderr
+    )
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+
+def test_diverging_photo_run_is_an_error_line_and_writes_nothing(tmp_path) -> None:
+    """The photo loop stops at the first NaN step (before any evaluation): the tiny model in-process, then
+    the CLI's default model (20 steps of 2 crops), which must end in the error line, exit 3."""
+    tiny = {"crop": 32, "fcn_width": 4, "fcn_levels": 2, "fcn_depth": 1, "eval_every": 20}
+    config = PhotoTrainConfig(steps=20, batch_size=2, lr=1e6, out=str(tmp_path / "a"), **tiny)
+    with pytest.raises(FloatingPointError, match="training loss is nan.*this run wrote nothing"):
+        train_photos(config, log=lambda _: None)
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    args = ("--preset", "photo", "--lr", "1e6", "--steps", "20", "--batch-size", "2")
+    done = run_cli("train.cli", *args, "--out", str(tmp_path / "b"))
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "ae-train: error: training diverged: step" in done.stderr
+
+
+def test_photo_preset_refuses_flags_it_would_ignore(tmp_path) -> None:
+    out = tmp_path / "photo"
+    flags = ["--noise-factor", "0.05", "--loss", "bce", "--target", "noisy", "--width", "4", "--limit", "10"]
+    done = run_cli("train.cli", "--preset", "photo", "--steps", "2", *flags, "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    for flag in flags[::2]:
+        assert f"{flag}: " in done.stderr, flag
+    assert not out.exists()  # refused before anything ran
+    done = run_cli("train.cli", "--dataset", "photos", "--preset", "quality", "--out", str(out))
+    assert done.returncode == 2 and "--preset quality does not apply" in done.stderr
+    done = run_cli("train.cli", "--steps", "5", "--precision", "bf16", "--out", str(out))
+    assert done.returncode == 2 and "--steps: " in done.stderr and "--precision: " in done.stderr
+    assert not out.exists()
+
+
+def test_resume_refuses_flags_that_differ_from_the_checkpoint(fmnist, tmp_path) -> None:
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), epochs=1, latent_dim=7, hidden_dim=5, loss="bce", **TINY)
+    train(config, quiet=True, dataset=fmnist, log=lambda _: None)
+    before = (out / "checkpoint.pt").read_bytes()
+    other = ("--latent-dim", "16", "--loss", "mse", "--lr", "0.5")
+    done = run_cli("train.cli", "--resume", "--epochs", "2", *other, "--out", str(out), "--quiet")
+    assert done.returncode == 2, done.stderr
+    for named in (
+        "--latent-dim 16 (the checkpoint has 7)",
+        "--loss 'mse' (the checkpoint has 'bce')",
+        "--lr 0.5",
+    ):
+        assert named in done.stderr, named
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing trained
+    same = ["--latent-dim", "7", "--loss", "bce", "--lr", "0.001", "--limit", "512"]  # the checkpoint's own
+    done = run_cli("train.cli", "--resume", "--epochs", "2", *same, "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 2
+
+
+MALFORMED = {
+    "model-list": ({"model": [1, 2]}, "'model' is a list"),
+    "model-none": ({"model": None}, "'model' is a NoneType"),
+    "model-not-tensors": ({"model": {"encoder.cnn.0.weight": 1.0}}, "not a state dict"),
+    "metrics-dict": ({"metrics": {"a": 1}}, "'metrics' is a dict"),
+    "metrics-rows": ({"metrics": [1, 2]}, "'metrics' must be a list of dicts"),
+    "epoch-str": ({"epoch": "ten"}, "'epoch' is a str"),
+    "epoch-negative": ({"epoch": -1}, "'epoch' is a int"),
+    "train-config-list": ({"train_config": ["lr"]}, "'train_config' is a list"),
+    "model-config-str": ({"model_config": "lecture"}, "'model_config' is a str"),
+}
+
+
+@pytest.mark.parametrize(("fields", "message"), MALFORMED.values(), ids=MALFORMED)
+def test_malformed_checkpoint_fields_are_checkpoint_errors(tmp_path, fields, message) -> None:
+    path = tmp_path / "bad.pt"
+    good = {"format": 1, "model_config": {}, "model": DenoisingAutoencoder().state_dict()}
+    torch.save({**good, **fields}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value) and message in str(caught.value)

@@ -80,6 +80,33 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# The type of each entry `to_dict` writes (an int: one >= 0); all but _REQUIRED may be absent or None.
+# Checked before use, so a malformed file is a CheckpointError naming it, not an AttributeError.
+_REQUIRED = ("model", "model_config")
+_FIELD_TYPES: dict[str, type] = {
+    "model": dict,
+    "model_config": dict,
+    "epoch": int,
+    "train_config": dict,
+    "optimizer": dict,
+    "metrics": list,
+    "dataset": dict,
+}
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type, path: Path) -> Any:
+    """raw[key] if it is a `kind` (None where it may be absent); else a CheckpointError naming the file."""
+    value = raw.get(key)
+    if value is None and key not in _REQUIRED:
+        return value
+    if isinstance(value, kind) and not isinstance(value, bool) and not (kind is int and value < 0):
+        return value
+    raise CheckpointError(
+        f"{path}: {key!r} is a {type(value).__name__} ({value!r:.60}), expected a {kind.__name__}"
+        + (" >= 0" if kind is int else "")
+    )
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint with `weights_only=True`; every fault is a CheckpointError naming the file."""
     path = Path(path)
@@ -95,20 +122,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: checkpoint format {raw.get('format')!r}, expected {CHECKPOINT_FORMAT}"
         )
+    fields = {key: _typed(raw, key, kind, path) for key, kind in _FIELD_TYPES.items()}
     try:
-        config = ModelConfig.from_dict(dict(raw["model_config"]))
+        config = ModelConfig.from_dict(dict(fields["model_config"]))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: bad model_config: {err}") from err
+    model = fields["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise CheckpointError(f"{path}: 'model' is not a state dict (parameter name -> tensor)")
+    metrics = fields["metrics"] or []
+    if not all(isinstance(row, dict) for row in metrics):
+        raise CheckpointError(f"{path}: 'metrics' must be a list of dicts (one per epoch)")
     checkpoint = Checkpoint(
         model_config=config,
         # A state dict taken from a torch.compile'd module carries "_orig_mod." prefixes; the plain
         # module's names are the contract, so strip them and any checkpoint loads into an uncompiled model.
-        model_state={k.removeprefix("_orig_mod."): v for k, v in raw["model"].items()},
-        epoch=int(raw.get("epoch", 0)),
-        train_config=dict(raw.get("train_config") or {}),
-        optimizer_state=raw.get("optimizer"),
-        metrics=list(raw.get("metrics") or []),
-        dataset=dict(raw.get("dataset") or {}),
+        model_state={k.removeprefix("_orig_mod."): v for k, v in model.items()},
+        epoch=fields["epoch"] or 0,
+        train_config=dict(fields["train_config"] or {}),
+        optimizer_state=fields["optimizer"],
+        metrics=list(metrics),
+        dataset=dict(fields["dataset"] or {}),
         path=path,
         sha256=file_sha256(path),
     )

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from runtimes.fileio import atomic_save, atomic_write_text
-from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from train.data import Dataset, Split, add_noise, batch_indices, fixed_noisy, load_dataset, to_float
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from train.model import DenoisingAutoencoder, ModelConfig
@@ -37,6 +37,7 @@ WARMUP_FRACTION = 0.05  # cosine: linear warm-up over the first 5% of steps, the
 TARGETS = ("clean", "noisy")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_NAME = "checkpoint.pt"
+RESUMABLE = ("epochs", "out", "device")  # what a resumed run may change; the rest is the checkpoint's
 METRICS_NAME = "metrics.json"
 SAMPLES_NAME = "samples.png"
 
@@ -206,11 +207,17 @@ def train_epoch(
         clean = to_float(images[idx.to(device)])  # (B, 1, 28, 28)
         noisy = add_noise(clean, config.noise_factor, generator)
         output = model(noisy)
+        # A diverged model's NaN output makes BCE raise "all elements of input should be between 0 and 1",
+        # which names no cause: check the output first (one reduction per step, beside .item()'s sync).
+        if config.loss == "bce" and not bool(torch.isfinite(output).all()):
+            raise FloatingPointError(f"epoch {epoch}, step {i + 1}: the model's output is not finite")
         loss = loss_fn(output, clean if config.target == "clean" else noisy)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         value = loss.detach().item()
+        if not math.isfinite(value):  # stop at once: every later step of a diverged run is wasted
+            raise FloatingPointError(f"epoch {epoch}, step {i + 1}: training loss is {value}")
         total += value
         if bar is not None:
             bar.update(1)
@@ -266,8 +273,13 @@ def train(
     quiet: bool = False,
     dataset: Dataset | None = None,
     log: Callable[[str], None] = print,
+    explicit: frozenset[str] = frozenset(),
 ) -> Checkpoint:
-    """Train (or resume) and write checkpoint.pt, metrics.json and samples.png to `config.out`."""
+    """Train (or resume) and write checkpoint.pt, metrics.json and samples.png to `config.out`.
+
+    `explicit`: the config fields the caller set on purpose (ae-train's typed flags). A resumed run keeps
+    the checkpoint's recipe, so one of them that differs from it is a ValueError, not silently dropped.
+    """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
@@ -277,7 +289,20 @@ def train(
     previous: Checkpoint | None = None
     if resume:
         previous = load_checkpoint(ckpt_path)
-        kept = TrainConfig.from_dict(previous.train_config)
+        try:
+            kept = TrainConfig.from_dict(previous.train_config)
+        except (TypeError, ValueError) as err:  # a checkpoint fault: name the file
+            raise CheckpointError(f"{ckpt_path}: bad train_config: {err}") from err
+        differ = [
+            f"--{name.replace('_', '-')} {asked!r} (the checkpoint has {had!r})"
+            for name in sorted(explicit - set(RESUMABLE))
+            if (asked := getattr(config, name)) != (had := getattr(kept, name))
+        ]
+        if differ:
+            raise ValueError(
+                f"{ckpt_path}: --resume continues the checkpoint's recipe; only --epochs, --out and --device "
+                f"may change, not {'; '.join(differ)}. Drop them, or train afresh into another --out"
+            )
         # The recipe is the checkpoint's; only the epoch budget, output and device may change on resume
         # (a scheduled run resumed with more epochs stretches its schedule: say so in the log).
         config = TrainConfig(
@@ -322,11 +347,15 @@ def train(
     checkpoint = previous
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_epoch(step_model, optimizer, train_split, config, epoch, device, progress)
+        try:
+            train_loss = train_epoch(step_model, optimizer, train_split, config, epoch, device, progress)
+        except FloatingPointError as err:
+            # A diverged epoch is never saved (the files are written after a whole epoch, atomically), so
+            # checkpoint.pt, metrics.json and samples.png still hold the last finite epoch: say which.
+            kept = f"{ckpt_path} holds epoch {checkpoint.epoch}" if checkpoint else "this run wrote nothing"
+            raise FloatingPointError(f"{err}; try a lower --lr than {config.lr}; {kept}") from err
         train_seconds = time.perf_counter() - started
         scores = evaluate(model, val_split, config.noise_factor, config.eval_seed, device)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; try a lower --lr")
         row = {"epoch": epoch, "train_loss": train_loss, **scores}
         row["train_seconds"] = train_seconds
         row["threads"] = torch.get_num_threads()  # s/epoch means little without it

@@ -176,12 +176,20 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running += loss.item()
+        value = loss.item()
+        if not math.isfinite(value):  # stop at once; the diverged steps since the last save are not saved
+            kept = (
+                f"{out / CHECKPOINT_NAME} holds step {checkpoint.epoch}"
+                if checkpoint
+                else "this run wrote nothing"
+            )
+            raise FloatingPointError(
+                f"step {step}: training loss is {value}; try a lower --lr than {config.lr}; {kept}"
+            )
+        running += value
         if step % config.eval_every and step != config.steps:
             continue
         train_seconds = time.perf_counter() - started
-        if not math.isfinite(running):
-            raise FloatingPointError(f"step {step}: training loss is {running}; try a lower --lr")
         scores = evaluate_photos(model, val_set, config.noise_factor, config.eval_seed, device)
         row = {
             "step": step,
