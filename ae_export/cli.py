@@ -61,7 +61,7 @@ from train.data import DataError, Dataset, load_dataset
 COMMANDS = ("export", "parity", "triton", "compat")
 # Subcommands with a parser of their own, imported when called: each needs an extra (`triton`, `compat`)
 # that exporting does not, so a missing extra fails only the subcommand that needs it, naming the extra.
-TOOLS = {"triton": ("ae_export.triton", "triton"), "compat": ("ae_export.compat", "compat")}
+TOOLS = {"triton": ("ae_export.triton_repo", "triton"), "compat": ("ae_export.compat", "compat")}
 PARITY_IMAGES = 1000
 
 

@@ -1,8 +1,5 @@
-"""A Triton Inference Server model repository written from the exported ONNX files, and its checker.
-
-    ae-export triton [--onnx-dir artifacts/onnx] [--out artifacts/model_repository] [--kind cpu|gpu]
-                     [--warmup] [--max-batch-size N] [--max-queue-delay-us US]
-    ae-export triton --check artifacts/model_repository
+"""Triton Inference Server model configs derived from the exported ONNX files (the repository writer,
+its checker and the `ae-export triton` CLI are in `ae_export.triton_repo`).
 
 Why derive, never type: a `config.pbtxt` that disagrees with its `model.onnx` (a renamed output, a
 latent size changed by retraining) makes Triton refuse the model at load time, on the serving machine,
@@ -15,8 +12,10 @@ from its signature, so the two cannot drift apart.
 Every config is validated against Triton's own protobuf schema (`model_config_pb2` from tritonclient,
 the `triton` extra) plus the rules Triton applies when it loads a model, before anything is written;
 an invalid config is refused. Files are written atomically and `model.onnx` is a byte copy of the
-exported file. `--check` re-derives each config from the `model.onnx` beside it and names the first
-field that differs.
+exported file, whose path and sha256 the config's header records. A repository holds one export, since
+Triton serves every folder in it: folders an earlier run wrote (that header) are removed, and a folder
+without it is not ours, so the write is refused. `--check` re-derives each config from its `model.onnx`,
+compares that file's sha256 with the header's and the export's, and names folders the export lacks.
 
 Variants: where the export folder holds a `manifest.json` (fp16/int8/.ort variants), every listed
 `.onnx` variant becomes one more model, `<role>_<variant>` (e.g. `denoiser_fp16`). `.ort` files are
@@ -29,11 +28,9 @@ heuristic algorithm choice) as a "cuda" execution accelerator, so Triton compute
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import inspect
-import sys
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +42,20 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ae_export.specs import BATCH_AXIS
-from ae_export.targets import BASE_VARIANT, ExportedFile, ManifestError, exported_files
+from ae_export.targets import BASE_VARIANT, ExportedFile, exported_files
 from runtimes.batching import MicroBatcher
-from runtimes.fileio import atomic_write_bytes, atomic_write_text
 from runtimes.manifest import PORTABLE_VARIANT
-from runtimes.metadata import MetadataError, TensorContract, parse_metadata
+from runtimes.metadata import TensorContract, parse_metadata
 from runtimes.sessions import cuda_options
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
+DEFAULT_ONNX_DIR = "artifacts/onnx"
+MARKER = "# Written by `ae-export triton`"  # the first line of every config.pbtxt we write: "ours"
+SOURCE_LINE = re.compile(r"^# source: (.+)$", re.MULTILINE)
+SHA256_LINE = re.compile(r"^# .*sha256:? ([0-9a-f]{64})", re.MULTILINE)  # also the older one-line header
 KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 _BATCHER = inspect.signature(MicroBatcher.__init__).parameters
 DEFAULT_MAX_BATCH_SIZE: int = _BATCHER["max_batch_size"].default
@@ -99,7 +99,7 @@ class Mismatch:
     model: str
     field: str
     config: str
-    derived: str
+    derived: str = ""  # empty: nothing derived to compare with; `config` says what is wrong
 
     def __str__(self) -> str:
         if not self.derived:  # the config itself is unusable: nothing to compare with
@@ -183,7 +183,7 @@ def derive_config(path: Path, name: str, options: Options) -> mc.ModelConfig:
 # ---------------------------------------------------------------- validate
 
 
-def _problems(config: mc.ModelConfig) -> Iterator[str]:
+def load_rule_problems(config: mc.ModelConfig) -> Iterator[str]:
     """The load-time rules Triton applies beyond the schema (model_config_utils.cc), for the fields we use."""
     if not config.name:
         yield "name is empty"
@@ -235,19 +235,22 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> mc.ModelConfig:
         text_format.Parse(text, config)
     except text_format.ParseError as err:
         raise TritonConfigError(f"{source}: not a valid Triton model config: {err}") from err
-    problems = list(_problems(config))
+    problems = list(load_rule_problems(config))
     if problems:
         raise TritonConfigError(f"{source}: invalid Triton model config: {'; '.join(problems)}")
     return config
 
 
-def render_config(config: mc.ModelConfig, model_sha256: str) -> str:
-    """The config.pbtxt text, validated by parsing it back: raises rather than return an invalid one."""
+def render_config(config: mc.ModelConfig, model_sha256: str, source: Path | None = None) -> str:
+    """The config.pbtxt text, validated by parsing it back: raises rather than return an invalid one.
+    Its header marks the folder as ours and records the exported file (path, sha256) model.onnx copies."""
     header = (
-        f"# Written by `ae-export triton` from {MODEL_FILE} (sha256 {model_sha256}).\n"
+        f"{MARKER}: {VERSION}/{MODEL_FILE} is a byte copy of the exported file\n"
+        + (f"# source: {source}\n" if source is not None else "")
+        + f"# sha256: {model_sha256}\n"
         "# Every field derives from the ONNX graph and its ae_export metadata; dynamic_batching has\n"
         "# runtimes.MicroBatcher's meaning and defaults (an empty stanza: max_queue_delay_microseconds 0).\n"
-        "# Check it against the model with `ae-export triton --check <repository>`.\n"
+        "# Check it against the model and the export with `ae-export triton --check <repository>`.\n"
     )
     text = header + text_format.MessageToString(config, use_short_repeated_primitives=True)
     if parse_config(text, config.name) != config:
@@ -255,7 +258,7 @@ def render_config(config: mc.ModelConfig, model_sha256: str) -> str:
     return text
 
 
-# ---------------------------------------------------------------- sources, write, check
+# ---------------------------------------------------------------- sources, compare
 
 
 def sources(onnx_dir: Path, kind: str = "cpu") -> list[ExportedFile]:
@@ -274,25 +277,6 @@ def sources(onnx_dir: Path, kind: str = "cpu") -> list[ExportedFile]:
     ]
 
 
-def write_repository(onnx_dir: Path, out: Path, options: Options) -> list[Path]:
-    """Write `<out>/<name>/{config.pbtxt, 1/model.onnx}` for every source; every config validated first."""
-    if options.kind not in KINDS:
-        raise ValueError(f"--kind {options.kind!r}: choose from {', '.join(KINDS)}")
-    plans = []
-    for source in sources(onnx_dir, options.kind):  # derive and validate everything before writing anything
-        data = source.path.read_bytes()
-        config = derive_config(source.path, source.name, options)
-        plans.append((source, data, render_config(config, hashlib.sha256(data).hexdigest())))
-    written = []
-    for source, data, text in plans:
-        folder = out / source.name
-        (folder / VERSION).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / VERSION / MODEL_FILE, data)
-        atomic_write_text(folder / CONFIG_FILE, text)
-        written.append(folder)
-    return written
-
-
 def options_of(config: mc.ModelConfig) -> Options:
     """The serving choices a config was written with, so `--check` compares only what the model decides."""
     kinds = {v: k for k, v in KINDS.items()}
@@ -307,13 +291,8 @@ def options_of(config: mc.ModelConfig) -> Options:
 
 def _show(field: Any, value: Any) -> Any:
     """An enum value by its name (KIND_GPU, not 2); any other value as itself."""
-    if field.enum_type is not None:
-        return (
-            field.enum_type.values_by_number[value].name
-            if value in field.enum_type.values_by_number
-            else value
-        )
-    return value
+    names = field.enum_type.values_by_number if field.enum_type is not None else {}
+    return names[value].name if value in names else value
 
 
 def diff(a: Message, b: Message, path: str = "") -> Iterator[tuple[str, str, str]]:
@@ -354,80 +333,3 @@ def diff(a: Message, b: Message, path: str = "") -> Iterator[tuple[str, str, str
                 yield from diff(va, vb, f"{name}.")
         elif va != vb:
             yield name, str(_show(field, va)), str(_show(field, vb))
-
-
-def check_repository(repo: Path) -> list[Mismatch]:
-    """Re-derive each config from the model.onnx beside it; every field that differs (empty: all match)."""
-    folders = sorted(p.parent for p in repo.glob(f"*/{CONFIG_FILE}"))
-    if not folders:
-        raise FileNotFoundError(f"{repo}: no <model>/{CONFIG_FILE} found; is it a model repository?")
-    found = []
-    for folder in folders:
-        name = folder.name
-        config = mc.ModelConfig()
-        try:  # schema only: a field that differs is named below, which beats a load-rule message
-            text_format.Parse((folder / CONFIG_FILE).read_text(), config)
-        except text_format.ParseError as err:
-            found.append(Mismatch(name, "config.pbtxt", f"not a valid Triton model config: {err}", ""))
-            continue
-        model = folder / VERSION / MODEL_FILE
-        if not model.is_file():
-            found.append(Mismatch(name, "model file", f"{model} is missing", ""))
-            continue
-        try:
-            derived = derive_config(model, name, options_of(config))
-        except (TritonConfigError, MetadataError) as err:
-            found.append(Mismatch(name, "model.onnx", f"cannot be served: {err}", ""))
-            continue
-        differences = [Mismatch(name, *d) for d in diff(config, derived)]
-        # Equal to its derivation, the config can still break a load-time rule through a serving choice
-        # (max_batch_size 0, instance count 0): those are reported too.
-        problems = differences or [Mismatch(name, "load rule", p, "") for p in _problems(config)]
-        found.extend(problems)
-    return found
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ae-export triton",
-        description="Write (or --check) a Triton model repository derived from the exported ONNX files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--onnx-dir", default="artifacts/onnx", help="the export folder (ae-export --out)")
-    p.add_argument("--out", default="artifacts/model_repository", help="the model repository to write")
-    p.add_argument("--kind", default="cpu", choices=sorted(KINDS), help="instance_group kind")
-    p.add_argument("--warmup", action="store_true", help="add model_warmup at batch 1 and max batch")
-    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="as MicroBatcher's")
-    p.add_argument(
-        "--max-queue-delay-us", type=int, default=DEFAULT_MAX_QUEUE_DELAY_US, help="as MicroBatcher's"
-    )
-    p.add_argument(
-        "--check", metavar="REPO", default=None, help="compare REPO's configs with their model.onnx"
-    )
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 --check found a mismatch, 2 bad input (missing files, invalid config)."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.check is not None:
-            mismatches = check_repository(Path(args.check))
-            for mismatch in mismatches:
-                print(f"mismatch: {mismatch}", file=sys.stderr)
-            if mismatches:
-                return 1
-            print(f"{args.check}: every config.pbtxt matches its model.onnx")
-            return 0
-        if args.max_batch_size < 1 or args.max_queue_delay_us < 0:
-            raise ValueError("--max-batch-size must be >= 1 and --max-queue-delay-us >= 0")
-        options = Options(args.kind, args.warmup, args.max_batch_size, args.max_queue_delay_us)
-        for folder in write_repository(Path(args.onnx_dir), Path(args.out), options):
-            print(f"wrote {folder}/{CONFIG_FILE} and {VERSION}/{MODEL_FILE}")
-        return 0
-    except (TritonConfigError, MetadataError, ManifestError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"ae-export triton: error: {err}", file=sys.stderr)
-        return 2

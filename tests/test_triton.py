@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,56 @@ def test_check_catches_a_swapped_model_file(repository, onnx_dir, tmp_path) -> N
     assert result.returncode == 1 and "decoder: input[0].name" in result.stderr
 
 
+def test_check_catches_a_swapped_model_file_with_the_same_io(repository, portable_onnx_dir, tmp_path) -> None:
+    """The portable graph has the fast graph's inputs and outputs, so the configs agree; the sha256 the
+    header records, and the export's own file, do not."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    impostor = (portable_onnx_dir / "denoiser.onnx").read_bytes()
+    (repo / "denoiser" / "1" / "model.onnx").write_bytes(impostor)
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    found, recorded = hashlib.sha256(impostor).hexdigest(), _recorded_sha(repo, "denoiser")
+    assert result.returncode == 1, result.stdout
+    assert f"denoiser: 1/model.onnx: sha256 {found}, but config.pbtxt records {recorded}" in result.stderr
+    assert "denoiser.onnx has" in result.stderr  # the export's file, compared too
+    config = repo / "denoiser" / "config.pbtxt"  # a header made to agree: the export still disagrees
+    config.write_text(config.read_text().replace(recorded, found))
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    assert result.returncode == 1 and "config.pbtxt records" not in result.stderr
+    assert f"denoiser: 1/model.onnx: sha256 {found}, but the export's" in result.stderr
+
+
+def _recorded_sha(repo: Path, name: str) -> str:
+    return re.search(r"sha256:? ([0-9a-f]{64})", (repo / name / "config.pbtxt").read_text())[1]
+
+
+def test_rewrite_removes_an_earlier_exports_models_and_keeps_others(repository, onnx_dir, tmp_path) -> None:
+    """A folder our writer made for a model this export lacks (a variant no longer exported) is removed;
+    `--check` names it while it is there; a folder we did not write is never touched: the write is refused."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    shutil.copytree(repo / "denoiser", repo / "denoiser_fp16")  # as an export with variants left it
+    stale = repo / "denoiser_fp16" / "config.pbtxt"
+    stale.write_text(stale.read_text().replace('name: "denoiser"', 'name: "denoiser_fp16"'))
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    assert result.returncode == 1
+    assert "denoiser_fp16: model folder: not in the export" in result.stderr
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(repo))
+    assert result.returncode == 0, result.stderr
+    assert f"removed {repo / 'denoiser_fp16'}" in result.stdout
+    assert sorted(p.name for p in repo.iterdir()) == sorted(SPECS)
+    (repo / "theirs" / "1").mkdir(parents=True)
+    (repo / "theirs" / "config.pbtxt").write_text('name: "theirs"\n')
+    shutil.rmtree(repo / "encoder")  # a model missing from the repository: --check names it
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    assert result.returncode == 1
+    assert "theirs: model folder: not in the export" in result.stderr
+    assert "encoder: model folder: missing" in result.stderr
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(repo))
+    assert result.returncode == 2 and "did not write" in result.stderr and "theirs" in result.stderr
+    assert (repo / "theirs" / "config.pbtxt").is_file() and not (repo / "encoder").exists()  # untouched
+
+
 def test_schema_and_load_rules_reject_invalid_configs(onnx_dir) -> None:
     config = derive_config(onnx_dir / "denoiser.onnx", "denoiser", Options())
     text = render_config(config, "0" * 64)
@@ -141,8 +192,9 @@ def test_gpu_kind_and_missing_export(onnx_dir, tmp_path) -> None:
     assert result.returncode == 2 and "not exported yet" in result.stderr
 
 
-def test_any_size_model_gets_variable_dims_and_concrete_warmup(tmp_path) -> None:
-    """The fully convolutional model (denoiser only, height and width symbolic): dims -1, warmup at 28 px."""
+def test_any_size_model_gets_variable_dims_and_concrete_warmup(repository, onnx_dir, tmp_path) -> None:
+    """The fully convolutional model (denoiser only, height and width symbolic): dims -1, warmup at 28 px.
+    Written over the lecture model's repository, it replaces it: no encoder/decoder is left to serve."""
     from ae_export.compat import run_compat
     from ae_export.export import export_all
     from train.checkpoint import load_checkpoint
@@ -161,14 +213,18 @@ def test_any_size_model_gets_variable_dims_and_concrete_warmup(tmp_path) -> None
     train_photos(config, log=lambda _line: None)
     export_all(load_checkpoint(tmp_path / "checkpoint.pt"), tmp_path / "onnx", log=lambda _line: None)
     out = tmp_path / "repo"
+    shutil.copytree(repository, out)  # the lecture model's repository: its encoder/decoder must go
     result = run_cli(
         "ae_export.cli", "triton", "--onnx-dir", str(tmp_path / "onnx"), "--out", str(out), "--warmup"
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["denoiser"]
+    assert "removed" in result.stdout and "encoder" in result.stdout
     served = _config(out, "denoiser")
     assert list(served.input[0].dims) == [1, -1, -1] and list(served.output[0].dims) == [1, -1, -1]
     assert all(min(w.inputs["image"].dims) > 0 for w in served.model_warmup)
     assert run_cli("ae_export.cli", "triton", "--check", str(out)).returncode == 0
+    result = run_cli("ae_export.cli", "triton", "--check", str(out), "--onnx-dir", str(onnx_dir))
+    assert result.returncode == 1 and "denoiser: 1/model.onnx: sha256" in result.stderr  # not the lecture's
     rows = run_compat(tmp_path / "onnx", batches=(1, 8))
     assert rows and all(r.status == "ok" for r in rows), rows
