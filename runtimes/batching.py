@@ -34,6 +34,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,7 @@ class _Request:
     result: Any = None
     error: BaseException | None = None
     delivered: bool = False  # a result or error was handed over (or the Future was cancelled)
+    owner: Any = None  # the MicroBatcher: the worker reaches it through its requests only (see _serve)
 
 
 class MicroBatcher:
@@ -99,8 +101,10 @@ class MicroBatcher:
         in the parent belong to the parent's threads and stay there)."""
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders `closed` against enqueueing: nothing slips in after _STOP
-        self._worker = threading.Thread(target=self._serve, name="MicroBatcher", daemon=True)
+        self._worker = threading.Thread(target=_serve, args=(self._queue,), name="MicroBatcher", daemon=True)
         self._worker.start()
+        # Dropped without close(): once collected (its queue empty, see _serve), the worker is told to end.
+        weakref.finalize(self, self._queue.put, _STOP)
 
     def _after_fork(self) -> None:
         if not self._closed:
@@ -123,7 +127,7 @@ class MicroBatcher:
         if layout.kind == "float32" and np.may_share_memory(sample, image):
             sample = sample.copy()  # the caller may reuse its buffer before the batch runs
         future: Future[np.ndarray] = Future()
-        self._enqueue(_Request(sample, layout, future, time.monotonic()))
+        self._enqueue(_Request(sample, layout, future, time.monotonic(), owner=self))
         return future
 
     def _enqueue(self, request: _Request) -> None:
@@ -148,7 +152,7 @@ class MicroBatcher:
             )
         done = threading.Lock()
         done.acquire()
-        request = _Request(sample, layout, None, time.monotonic(), done)
+        request = _Request(sample, layout, None, time.monotonic(), done, owner=self)
         self._enqueue(request)
         done.acquire()  # released by the worker once result or error is set
         if request.error is not None:
@@ -171,25 +175,20 @@ class MicroBatcher:
             batch.append(item)
         return False
 
-    def _serve(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            assert isinstance(first, _Request)
-            batch = [first]
-            stop = False
-            try:
-                stop = self._gather(batch)
-                self._run(batch)
-            except Exception as err:  # a bug here must reach the callers, not kill the worker silently
-                for request in batch:
-                    if not request.delivered:
-                        # InvalidStateError: the caller cancelled its Future meanwhile; no one waits.
-                        with contextlib.suppress(InvalidStateError):
-                            self._deliver(request, error=err)
-            if stop:
-                return
+    def _serve_batch(self, first: _Request) -> bool:
+        """Gather a batch behind `first` and run it; True if close() was called meanwhile."""
+        batch = [first]
+        stop = False
+        try:
+            stop = self._gather(batch)
+            self._run(batch)
+        except Exception as err:  # a bug here must reach the callers, not kill the worker silently
+            for request in batch:
+                if not request.delivered:
+                    # InvalidStateError: the caller cancelled its Future meanwhile; no one waits.
+                    with contextlib.suppress(InvalidStateError):
+                        self._deliver(request, error=err)
+        return stop
 
     @staticmethod
     def _deliver(request: _Request, result: Any = None, error: BaseException | None = None) -> None:
@@ -258,3 +257,23 @@ class MicroBatcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _serve(requests: queue.SimpleQueue[_Request | object]) -> None:
+    """The worker thread: batches until the stop marker (from close(), or the finalizer of a batcher
+    dropped without close()).
+
+    Why a function that holds only the queue between batches, not a bound method: a thread's target
+    keeps its object alive, so a MicroBatcher dropped without close() kept its thread, its Denoiser and
+    the Denoiser's sessions for the life of the process. Each request carries its batcher instead, so
+    the batcher lives while requests are queued or running, and is collected once they are done.
+    """
+    while True:
+        first = requests.get()
+        if first is _STOP:
+            return
+        assert isinstance(first, _Request)
+        stop = first.owner._serve_batch(first)
+        del first  # hold nothing of the batcher while waiting for the next request
+        if stop:
+            return

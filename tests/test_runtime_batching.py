@@ -218,6 +218,23 @@ def test_worker_error_reaches_its_callers_and_worker_goes_on(
         )
 
 
+def test_a_batcher_dropped_without_close_ends_its_thread(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    """Its thread's target used to be a bound method, which kept the batcher, its Denoiser and sessions
+    alive for good; a request still queued keeps it alive until served."""
+    import gc
+    import weakref
+
+    batcher = MicroBatcher(denoiser, max_queue_delay_us=20_000)
+    pending = batcher.submit(fmnist_test[0])
+    worker, alive = batcher._worker, weakref.ref(batcher)
+    del batcher
+    gc.collect()
+    np.testing.assert_array_equal(pending.result(timeout=10), denoiser.denoise(fmnist_test[0]))
+    gc.collect()
+    worker.join(timeout=10)
+    assert alive() is None and not worker.is_alive()
+
+
 def test_call_path_delivers_model_errors(onnx_dir: Path, fmnist_test: np.ndarray) -> None:
     """`batcher(image)` (the lock-based wait, not a Future) gets its batch's error, then serves again."""
     poisoned = PoisonDenoiser(onnx_dir, provider="cpu")
