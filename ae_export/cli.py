@@ -27,7 +27,6 @@ from ae_export.export import (
     GRAPHS,
     ExportError,
     check_folder_holds,
-    drop_derived_files,
     export_all,
     max_supported_opset,
 )
@@ -254,22 +253,20 @@ def main(argv: list[str] | None = None) -> int:
             if not variants:
                 return 0
             int8 = export_photo_int8(
-                checkpoint, out, budgets.get("int8", PHOTO_INT8_BUDGET_DB), args.data_dir
+                checkpoint,
+                out,
+                budgets.get("int8", PHOTO_INT8_BUDGET_DB),
+                args.data_dir,
+                parity_sizes=None if args.no_parity else sizes,
+                batch_sizes=batch_sizes,
             )
+            if int8.parity is not None:  # the int8 file vs PyTorch and fp32, beside the fp32 checks
+                print(int8.parity.table())
+                report.results.extend(int8.parity.results)
+                report.write_json(out / PARITY_JSON)
             if int8.rejected:
                 print(f"ae-export: variant int8 not written: {int8.rejected}", file=sys.stderr)
                 return 1
-            if not args.no_parity:  # the int8 file vs PyTorch and fp32 at the parity sizes
-                checked = check_manifest_files(model, out, None, batch_sizes, sizes)
-                print(checked.table())
-                report.results.extend(checked.results)
-                report.write_json(out / PARITY_JSON)
-                if not checked.passed:
-                    drop_derived_files(out, keep=(PARITY_JSON,))
-                    print(
-                        f"ae-export: variant int8 not written: {checked.failure_summary()}", file=sys.stderr
-                    )
-                    return 1
             return 0
         result = export_variants(
             checkpoint, out, variants, data, budgets, images, batch_sizes, parity=not args.no_parity

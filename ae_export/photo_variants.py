@@ -34,7 +34,9 @@ import onnx
 
 from ae_export.export import drop_derived_files, staging_dir
 from ae_export.manifest import cpu_int8_support, file_entry, write_manifest
+from ae_export.parity import BATCH_SIZES, ParityReport
 from ae_export.specs import PARITY_JSON, VARIANTS
+from ae_export.variant_parity import VariantFile, check_any_size_variant_files
 from ae_export.variants import layer_key, quantize_int8, tag_variant, within_budget
 from runtimes.denoiser import Denoiser
 from train.checkpoint import Checkpoint
@@ -64,6 +66,7 @@ class PhotoInt8Result:
     loss_db: dict[str, float] = field(default_factory=dict)  # sigma -> fp32 minus int8, mean dB
     worst_photo: dict[str, Any] = field(default_factory=dict)  # {"photo", "sigma_255", "loss_db"}
     rejected: str | None = None
+    parity: ParityReport | None = None  # the int8 file's parity, when asked for (not in the manifest's gate)
 
 
 def calibration_crops(photos: PhotoSet, sigma_min: float, sigma_max: float) -> np.ndarray:
@@ -113,9 +116,15 @@ def export_photo_int8(
     budget_db: float = PHOTO_INT8_BUDGET_DB,
     data_dir: str | None = None,
     log: Callable[[str], None] = print,
+    parity_sizes: Sequence[tuple[int, int]] | None = None,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
 ) -> PhotoInt8Result:
     """Build, judge and (if within `budget_db`) write `denoiser.int8.onnx` and `manifest.json` beside the
-    fp32 `denoiser.onnx` in `out_dir`; a rejected variant leaves no file (see the module docstring)."""
+    fp32 `denoiser.onnx` in `out_dir`; a rejected variant leaves no file (see the module docstring).
+
+    With `parity_sizes`, the staged file must also pass parity (int8 tolerance and mean-abs bound, vs
+    PyTorch and vs the fp32 file at each size, `check_any_size_variant_files`) before it is written;
+    `result.parity` holds that report either way."""
     out_dir = Path(out_dir)
     drop_derived_files(out_dir, keep=(PARITY_JSON,))  # an earlier export's, if the caller left any
     fp32_path = out_dir / FP32_FILE
@@ -157,6 +166,16 @@ def export_photo_int8(
             )
             log(f"int8: NOT written: {result.rejected}")
             return result
+        if parity_sizes is not None:
+            staged_file = VariantFile("denoiser", VARIANTS["int8"], staged / INT8_FILE)
+            model = checkpoint.build_model()
+            result.parity = check_any_size_variant_files(
+                model, [staged_file], out_dir, parity_sizes, batch_sizes
+            )
+            if not result.parity.passed:
+                result.rejected = f"parity failed: {result.parity.failure_summary()}"
+                log(f"int8: NOT written: {result.rejected}")
+                return result
         (staged / INT8_FILE).replace(out_dir / INT8_FILE)
     _write_manifest(out_dir, result, val_photos)
     losses = ", ".join(f"{loss:+.3f}" for loss in (-v for v in result.loss_db.values()))
@@ -184,4 +203,5 @@ def _write_manifest(out_dir: Path, result: PhotoInt8Result, val_photos: PhotoSet
             entry["excluded_layers"] = result.excluded_layers
             entry["worst_photo"] = result.worst_photo
         entries.append(entry)
-    return write_manifest(out_dir, entries, {"int8_gate": asdict(result), "cpu_int8": cpu_int8_support()})
+    gate = {k: v for k, v in asdict(result).items() if k != "parity"}  # parity.json holds the checks
+    return write_manifest(out_dir, entries, {"int8_gate": gate, "cpu_int8": cpu_int8_support()})
