@@ -290,3 +290,25 @@ def test_malformed_checkpoint_fields_are_checkpoint_errors(tmp_path, fields, mes
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
     assert str(path) in str(caught.value) and message in str(caught.value)
+
+
+@pytest.mark.parametrize(("height", "width"), [(5, 6), (1, 300), (300, 1), (6, 100)])
+def test_photo_folder_with_an_image_smaller_than_ssims_window_trains(tmp_path, height, width) -> None:
+    """A folder of photographs holding an icon or a 1-pixel strip: the run trained every step, then its
+    first validation failed inside torch's pooling (naming no file, writing nothing). The image is now
+    skipped with its size and why, and the run ends with a checkpoint."""
+    from skimage import data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(data.camera()[:128, :160]).save(folder / "camera.png")
+    Image.fromarray(data.coins()[:height, :width]).save(folder / "icon.png")  # both sides: a tiny folder
+    out = tmp_path / "run"
+    done = run_cli(
+        "train.cli", "--preset", "photo", "--data-dir", str(folder), "--steps", "1", "--batch-size", "2",
+        "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"icon.png: {width}x{height} pixels, smaller than the 7x7 window" in done.stdout
+    dataset = json.loads((out / "metrics.json").read_text())["dataset"]
+    assert dataset["train"] == dataset["val"] == ["camera.png"] and dataset["skipped_files"] == 1

@@ -136,7 +136,7 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         torch.set_num_threads(config.threads)
     train_set, val_set = load_photos(config.data_dir)
     for line in train_set.skipped:
-        log(f"skipped unreadable file {line}")
+        log(f"skipped {line}")
     rng = np.random.default_rng(config.seed)
     sampler = CropSampler(train_set, config.crop, rng)
     torch.manual_seed(config.seed)

@@ -11,7 +11,9 @@ ships inside its wheel (no download), split once and for all by name:
 
 Or any folder (`--data-dir`): every image under it, any size, made grayscale, split by a hash of the
 relative path (as the 28x28 folder dataset does). Every file goes through `runtimes.images.load_gray8`,
-the one decoder `ae-denoise` uses, so a file is the same array in training and in serving.
+the one decoder `ae-denoise` uses, so a file is the same array in training and in serving. An image
+narrower or lower than validation's SSIM window (7 pixels: an icon, a 1-pixel strip) is skipped with
+that reason, as an unreadable file is: SSIM cannot be measured on it.
 
 Noise: `runtimes.noise.apply_noise` (clip(x + sigma * N(0, 1), 0, 1)) then rounded to 8 bits, as a noisy
 photograph on disk is; sigma is drawn per crop from a range, so one model serves many noise levels.
@@ -96,6 +98,8 @@ def bundled_photos(split: str) -> PhotoSet:
 
 def folder_photos(root: str | Path, val_fraction: float = 0.2) -> tuple[PhotoSet, PhotoSet]:
     """(train, val) from every image under `root`, split by a hash of the relative path."""
+    from train.metrics import SSIM_WIN  # here: torch-free callers import this module (bench.photo_tiles)
+
     root = Path(root)
     if not root.is_dir():
         raise PhotoDataError(f"{root}: not a folder")
@@ -108,13 +112,20 @@ def folder_photos(root: str | Path, val_fraction: float = 0.2) -> tuple[PhotoSet
         except BadImageError as err:
             skipped.append(str(err))
             continue
+        if min(image.shape) < SSIM_WIN:
+            height, width = image.shape
+            skipped.append(
+                f"{path}: {width}x{height} pixels, smaller than the {SSIM_WIN}x{SSIM_WIN} window in which "
+                "validation measures SSIM"
+            )
+            continue
         relative = str(Path(path).relative_to(root))
         digest = hashlib.sha1(relative.encode()).digest()
         in_val = int.from_bytes(digest[:4], "big") / 2**32 < val_fraction
         parts[in_val][0].append(relative)
         parts[in_val][1].append(image)
     if not parts[False][1] and not parts[True][1]:
-        raise PhotoDataError(f"{root}: no readable images ({len(files)} found, {len(skipped)} unreadable)")
+        raise PhotoDataError(f"{root}: no usable images ({len(files)} found, {len(skipped)} skipped)")
     if not parts[False][1] or not parts[True][1]:  # tiny folders: the same images on both sides
         names = parts[False][0] + parts[True][0]
         images = parts[False][1] + parts[True][1]
