@@ -39,6 +39,7 @@ from ae_export.specs import PARITY_JSON, VARIANTS
 from ae_export.variant_parity import VariantFile, check_any_size_variant_files
 from ae_export.variants import layer_key, quantize_int8, tag_variant, within_budget
 from runtimes.denoiser import Denoiser
+from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
 
@@ -130,7 +131,10 @@ def export_photo_int8(
     fp32_path = out_dir / FP32_FILE
     fp32 = onnx.load(str(fp32_path))
     train = dict(checkpoint.train_config)
-    train_photos, val_photos = load_photos(data_dir if data_dir is not None else train.get("data_dir"))
+    train_photos, val_photos = load_photos(
+        data_dir if data_dir is not None else train.get("data_dir"),
+        int(train.get("max_pixels", DEFAULT_MAX_PIXELS)),  # the training run's photographs, large ones too
+    )
     sigma = float(train.get("noise_factor", 25 / 255))
     calibration = calibration_crops(
         train_photos, float(train.get("sigma_min", sigma)), float(train.get("sigma_max", sigma))

@@ -312,3 +312,45 @@ def test_photo_folder_with_an_image_smaller_than_ssims_window_trains(tmp_path, h
     assert f"icon.png: {width}x{height} pixels, smaller than the 7x7 window" in done.stdout
     dataset = json.loads((out / "metrics.json").read_text())["dataset"]
     assert dataset["train"] == dataset["val"] == ["camera.png"] and dataset["skipped_files"] == 1
+
+
+def test_photo_folder_takes_photographs_past_the_default_guard_with_max_pixels(tmp_path) -> None:
+    """The guard's message says to raise the limit with --max-pixels, which ae-train did not have: a
+    folder of large photographs could not be trained on. The limit is a photo run's flag now, and the
+    export's int8 gate reads the same photographs as the training run did."""
+    from skimage import data
+
+    from ae_export.export import export_all
+    from ae_export.photo_variants import export_photo_int8
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(data.camera()[:400, :500]).save(folder / "large.png")  # 200,000 pixels
+    Image.fromarray(data.coins()[:100, :120]).save(folder / "small.png")
+    base = ("train.cli", "--preset", "photo", "--data-dir", str(folder), "--steps", "1", "--batch-size", "2")
+    low = run_cli(*base, "--threads", "1", "--max-pixels", "100000", "--out", str(tmp_path / "low"))
+    assert low.returncode == 0, low.stderr
+    assert "large.png: decompression bomb guard" in low.stdout and "--max-pixels" in low.stdout
+    high = run_cli(*base, "--threads", "1", "--max-pixels", "300000", "--out", str(tmp_path / "high"))
+    assert high.returncode == 0, high.stderr
+    dataset = json.loads((tmp_path / "high" / "metrics.json").read_text())["dataset"]
+    assert sorted(dataset["train"] + dataset["val"]) >= ["large.png", "small.png"]
+    for flags, named in (
+        (("--preset", "photo"), "--max-pixels applies to --data-dir's images"),
+        (("--preset", "lecture"), "apply to --preset photo only: --max-pixels: the 28x28 folder dataset"),
+    ):
+        refused = run_cli("train.cli", *flags, "--max-pixels", "300000", "--out", str(tmp_path / "no"))
+        assert refused.returncode == 2 and named in refused.stderr, refused.stderr
+    assert not (tmp_path / "no").exists()
+
+    # The export reads the photographs with the training run's limit: here one that leaves large.png
+    # out, so the int8 gate judges on small.png alone (with the default limit it judged on large.png).
+    tiny = {"crop": 32, "fcn_width": 4, "fcn_levels": 2, "fcn_depth": 1, "eval_every": 2}
+    config = PhotoTrainConfig(
+        data_dir=str(folder), max_pixels=100000, steps=2, batch_size=2, out=str(tmp_path / "t"), **tiny
+    )
+    checkpoint = train_photos(config, log=lambda _: None)
+    assert checkpoint.dataset["val"] == ["small.png"]
+    export_all(checkpoint, tmp_path / "onnx", log=lambda _: None)
+    result = export_photo_int8(checkpoint, tmp_path / "onnx", budget_db=100.0, log=lambda _: None)
+    assert result.rejected is None and result.worst_photo["photo"] == "small.png"

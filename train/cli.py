@@ -82,6 +82,7 @@ PHOTO_ONLY = {
     "steps": "the lecture loop's budget is --epochs",
     "threads": "the lecture loop uses torch's default threads",
     "precision": "the lecture loop trains in fp32",
+    "max_pixels": "the 28x28 folder dataset reads images of up to the default 25 MP",
 }
 
 
@@ -165,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(AMX / AVX512-BF16 CPUs, recent GPUs), else fp32. Weights, validation and export stay fp32 "
         f"(default {PHOTO_DEFAULTS.precision})",
     )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="photos with --data-dir: read images of up to this many pixels; larger ones are skipped by "
+        f"the decompression-bomb guard (default {PHOTO_DEFAULTS.max_pixels})",
+    )
     return p
 
 
@@ -216,6 +224,8 @@ def _photo_refusal(args: argparse.Namespace) -> str | None:
             f"--dataset {args.dataset} does not apply to --preset {PHOTO_PRESET}: it trains on photographs "
             "(--data-dir DIR for your own)"
         )
+    if args.max_pixels is not None and args.data_dir is None:
+        return "--max-pixels applies to --data-dir's images (the bundled photographs are not guarded)"
     return _not_applicable(args, NOT_FOR_PHOTOS, f"these flags do not apply to --preset {PHOTO_PRESET}")
 
 
@@ -229,6 +239,7 @@ def _train_photos(args: argparse.Namespace) -> int:
         steps = _default(args.steps, PHOTO_DEFAULTS.steps)
         config = PhotoTrainConfig(
             data_dir=args.data_dir,
+            max_pixels=_default(args.max_pixels, PHOTO_DEFAULTS.max_pixels),
             steps=steps,
             batch_size=_default(args.batch_size, PHOTO_DEFAULTS.batch_size),
             lr=_default(args.lr, PHOTO_DEFAULTS.lr),

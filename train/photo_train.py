@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from runtimes.fileio import atomic_write_text
+from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, save_checkpoint
 from train.fcn import FcnDenoiser, denoise_any_size
 from train.metrics import psnr_per_image, ssim_per_image
@@ -43,6 +44,7 @@ class PhotoTrainConfig:
 
     dataset: str = "photos"
     data_dir: str | None = None  # None: scikit-image's bundled photographs (train/photos.py)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # data_dir's files past this many pixels are skipped (bomb guard)
     steps: int = 12000  # ~7 min on a 2-core AMX Xeon in bf16 (~34 ms per step); see the README
     batch_size: int = 8
     crop: int = 64
@@ -63,7 +65,7 @@ class PhotoTrainConfig:
     out: str = "artifacts/photo"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "crop", "eval_every"):
+        for name in ("steps", "batch_size", "crop", "eval_every", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0.0 <= self.sigma_min <= self.sigma_max <= 1.0:
@@ -134,7 +136,7 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
     device = torch.device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    train_set, val_set = load_photos(config.data_dir)
+    train_set, val_set = load_photos(config.data_dir, config.max_pixels)
     for line in train_set.skipped:
         log(f"skipped {line}")
     rng = np.random.default_rng(config.seed)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.images import BadImageError, find_images, load_gray8
+from runtimes.images import DEFAULT_MAX_PIXELS, BadImageError, find_images, load_gray8
 from runtimes.noise import apply_noise
 
 # File names inside scikit-image's data folder (skimage/data/), all shipped in the wheel.
@@ -96,8 +96,12 @@ def bundled_photos(split: str) -> PhotoSet:
     return PhotoSet(source=str(root), names=tuple(table), images=tuple(images))
 
 
-def folder_photos(root: str | Path, val_fraction: float = 0.2) -> tuple[PhotoSet, PhotoSet]:
-    """(train, val) from every image under `root`, split by a hash of the relative path."""
+def folder_photos(
+    root: str | Path, val_fraction: float = 0.2, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[PhotoSet, PhotoSet]:
+    """(train, val) from every image under `root`, split by a hash of the relative path; a file of more
+    than `max_pixels` pixels is skipped by the decoder's decompression-bomb guard (`ae-train
+    --max-pixels`)."""
     from train.metrics import SSIM_WIN  # here: torch-free callers import this module (bench.photo_tiles)
 
     root = Path(root)
@@ -108,7 +112,7 @@ def folder_photos(root: str | Path, val_fraction: float = 0.2) -> tuple[PhotoSet
     files = find_images(root)
     for path in files:
         try:
-            image = load_gray8(path)
+            image = load_gray8(path, max_pixels)
         except BadImageError as err:
             skipped.append(str(err))
             continue
@@ -137,11 +141,14 @@ def folder_photos(root: str | Path, val_fraction: float = 0.2) -> tuple[PhotoSet
     return train, val
 
 
-def load_photos(data_dir: str | Path | None) -> tuple[PhotoSet, PhotoSet]:
-    """(train, val): scikit-image's bundled split, or a folder's hash split when `data_dir` is given."""
+def load_photos(
+    data_dir: str | Path | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[PhotoSet, PhotoSet]:
+    """(train, val): scikit-image's bundled split, or a folder's hash split when `data_dir` is given
+    (`max_pixels`: the largest image of it that is read)."""
     if data_dir is None:
         return bundled_photos("train"), bundled_photos("val")
-    return folder_photos(data_dir)
+    return folder_photos(data_dir, max_pixels=max_pixels)
 
 
 class CropSampler:
