@@ -354,3 +354,33 @@ def test_photo_folder_takes_photographs_past_the_default_guard_with_max_pixels(t
     export_all(checkpoint, tmp_path / "onnx", log=lambda _: None)
     result = export_photo_int8(checkpoint, tmp_path / "onnx", budget_db=100.0, log=lambda _: None)
     assert result.rejected is None and result.worst_photo["photo"] == "small.png"
+
+
+def test_photo_validation_runs_a_large_photograph_as_halo_tiles_with_the_whole_images_scores() -> None:
+    """Validation ran every photograph whole: ~0.65 GB per megapixel for the default model, so a 24 MP
+    photograph of a --data-dir folder needed ~16 GB at every validation. Large ones now run as halo tiles
+    of at most EVAL_TILE_PIXELS, and the scores are the whole image's."""
+    from skimage import data
+
+    from train.fcn import denoise_any_size
+    from train.model import build_model
+    from train.photo_train import evaluate_photos
+    from train.photos import PhotoSet, noisy_8bit
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="fcn", fcn_width=4, fcn_levels=2, fcn_depth=1)).eval()
+    photo = np.asarray(Image.fromarray(data.camera()).resize((1000, 1100), Image.Resampling.BICUBIC))
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].shape[-2] * args[0].shape[-1])
+    )
+    scores = evaluate_photos(model, PhotoSet("t", ("large",), (photo,)), 25 / 255, 7, torch.device("cpu"))
+    hook.remove()
+    assert len(seen) > 1 and max(seen) < photo.size  # tiles (of at most 1 MP), never the whole photograph
+
+    clean = torch.from_numpy(photo.astype(np.float32) / 255.0)[None, None]
+    noisy = torch.from_numpy(noisy_8bit(clean.numpy(), 25 / 255, np.random.default_rng(7)))
+    with torch.no_grad():
+        whole = torch.round(denoise_any_size(model, noisy) * 255.0) / 255.0  # (1, 1, 1100, 1000)
+    assert scores["psnr"] == pytest.approx(float(psnr_per_image(whole, clean)[0]), abs=1e-4)
+    assert scores["ssim"] == pytest.approx(float(ssim_per_image(whole, clean)[0]), abs=1e-5)

@@ -26,9 +26,12 @@ caller crops back (the runtime does the same in numpy).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runtimes.tiling import plan_tiles, run_tiled
 
 
 def _conv_block(channels: int, depth: int) -> nn.Sequential:
@@ -111,7 +114,23 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]
     return x, height, width
 
 
-def denoise_any_size(model: FcnDenoiser, x: torch.Tensor) -> torch.Tensor:
-    """Run the model on (B, 1, H, W) of any H, W: pad to the total stride, crop back."""
+def denoise_any_size(model: FcnDenoiser, x: torch.Tensor, tile_pixels: int | None = None) -> torch.Tensor:
+    """Run the model on (B, 1, H, W) of any H, W: pad to the total stride, crop back.
+
+    With `tile_pixels`, images larger than that run as halo tiles of at most that many pixels, one at a
+    time (`runtimes.tiling`, the runtime's own plan): the whole image's result, with memory bounded by the
+    tile instead of growing with the photograph (~0.65 GB per megapixel whole, width 32, fp32).
+    """
     padded, height, width = pad_to_stride(x, model.total_stride)
+    if tile_pixels is not None:
+        batch, _, padded_h, padded_w = padded.shape
+        stride = model.total_stride
+        plan = plan_tiles(padded_h, padded_w, batch, model.receptive_radius, stride, 1, tile_pixels)
+        if plan.count > 1:
+
+            def run(windows: np.ndarray) -> np.ndarray:  # (T, 1, h, w) -> (T, 1, h, w)
+                return model(torch.from_numpy(windows).to(x.device)).cpu().numpy()
+
+            tiled = run_tiled(run, padded.cpu().numpy(), plan, (height, width), 1, tile_pixels)
+            return torch.from_numpy(tiled).to(x.device)
     return model(padded)[..., :height, :width]
