@@ -62,6 +62,9 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # Modes with one channel of values: `load_image8` gives them the grayscale path directly.
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *_SIXTEEN_BIT_MODES})
 # Where Pillow's exif_transpose finds an orientation: EXIF blocks (JPEG, PNG eXIf/zTXt, WebP) and XMP.
+# 2- and 4-bit grayscale PNGs: Pillow scales their pixels to 0..255 (x85, x17) but keeps the tRNS value in
+# the file's own units, so no pixel matched it and transparent ones stayed visible.
+_PNG_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}
 _ORIENTATION_INFO_KEYS = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
 
 
@@ -235,6 +238,7 @@ def _decode(
                     f"{image.format} file holds {image.n_frames} frames (animation or pages); only single "
                     "images are denoised, so nothing was written (save the frames as separate files)",
                 )
+            _scale_png_transparency(image)  # before load(), which forgets the file's bit depth
             image.load()  # decode now, so truncation and corruption surface as errors here
             profile = image.info.get("icc_profile")
             if _may_have_orientation(image):
@@ -252,6 +256,13 @@ def _decode(
         raise BadImageError(path, "not an image (no image format recognises its contents)") from err
     except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
         raise BadImageError(path, f"corrupt or truncated image data ({type(err).__name__}: {err})") from err
+
+
+def _scale_png_transparency(image: Image.Image) -> None:
+    """Put a 2- or 4-bit grayscale PNG's tRNS value on the 0..255 scale of its decoded pixels."""
+    transparent = image.info.get("transparency")
+    if image.format == "PNG" and image.mode == "L" and isinstance(transparent, int) and image.tile:
+        image.info["transparency"] = transparent * _PNG_LOW_BIT_SCALE.get(image.tile[0].args, 1)
 
 
 def _may_have_orientation(image: Image.Image) -> bool:

@@ -75,6 +75,49 @@ def test_16bit_transparency_composited_onto_black(tmp_path: Path) -> None:
     assert load_gray8(tmp_path / "g8.png").tolist() == expected  # the 8-bit rule it now matches
 
 
+def _gray_png_bytes(rows: list[list[int]], bits: int, transparent: int) -> bytes:
+    """A grayscale PNG of `bits` bits per pixel with a tRNS value, written chunk by chunk (Pillow writes no
+    2- or 4-bit grayscale PNG; optimisers such as optipng do)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    per_byte = 8 // bits
+    raw = b""
+    for row in rows:
+        padded = row + [0] * (-len(row) % per_byte)
+        packed = [
+            sum(v << (8 - bits * (k + 1)) for k, v in enumerate(padded[i : i + per_byte]))
+            for i in range(0, len(padded), per_byte)
+        ]
+        raw += b"\0" + bytes(packed)  # filter type 0, then the packed samples
+    header = struct.pack(">IIBBBBB", len(rows[0]), len(rows), bits, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"tRNS", struct.pack(">H", transparent))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(("bits", "transparent"), [(2, 3), (2, 1), (4, 15), (4, 6)])
+def test_low_bit_depth_gray_png_transparency_composited_onto_black(
+    tmp_path: Path, bits: int, transparent: int
+) -> None:
+    """Pillow scales a 2- or 4-bit PNG's samples to 0..255 but kept its tRNS value unscaled, so the
+    transparent pixels came back visible (a 4-bit file's transparent white stayed white)."""
+    top = 2**bits - 1
+    rows = [[transparent, 0, top, 1], [2, transparent, top - 1, transparent]]
+    (tmp_path / "low.png").write_bytes(_gray_png_bytes(rows, bits, transparent))
+    scale = 255 // top
+    expected = [[0 if v == transparent else v * scale for v in row] for row in rows]
+    assert load_gray8(tmp_path / "low.png").tolist() == expected
+    assert load_image8(tmp_path / "low.png").tolist() == expected
+
+
 def test_max_pixels_above_pillows_own_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--max-pixels is the one limit: Pillow's lower one neither warns nor refuses, and is put back.
 
