@@ -42,6 +42,7 @@ from ae_export.photo_variants import (
     PHOTO_INT8_BUDGET_DB,
     PHOTO_VARIANTS,
     export_photo_int8,
+    training_photos_folder,
 )
 from ae_export.specs import (
     ANY_SIZE_PARITY_SIZES,
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if data is not None:
             check_standard_test(data)  # before export_all replaces anything
+        if any_size and variants:
+            training_photos_folder(checkpoint, args.data_dir)  # likewise: the int8 twin's photographs
         paths = export_all(
             checkpoint, out, args.opset, verify=None if args.no_parity else verify, graph=args.graph
         )

@@ -41,7 +41,7 @@ from ae_export.variants import layer_key, quantize_int8, tag_variant, within_bud
 from runtimes.denoiser import Denoiser
 from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint
-from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
+from train.photos import CropSampler, PhotoDataError, PhotoSet, load_photos, noisy_8bit
 
 FP32_FILE = "denoiser.onnx"
 INT8_FILE = "denoiser.int8.onnx"
@@ -68,6 +68,20 @@ class PhotoInt8Result:
     worst_photo: dict[str, Any] = field(default_factory=dict)  # {"photo", "sigma_255", "loss_db"}
     rejected: str | None = None
     parity: ParityReport | None = None  # the int8 file's parity, when asked for (not in the manifest's gate)
+
+
+def training_photos_folder(checkpoint: Checkpoint, data_dir: str | None = None) -> str | None:
+    """The folder of photographs `checkpoint` was trained on (`data_dir` if given), None for the bundled
+    ones; PhotoDataError, naming `--data-dir`, if it is not there. Checked before an export replaces
+    anything: the int8 twin is calibrated and judged on those photographs."""
+    folder = data_dir if data_dir is not None else checkpoint.train_config.get("data_dir")
+    if folder is not None and not Path(folder).is_dir():
+        given = "" if data_dir is not None else " (the folder the model was trained on)"
+        raise PhotoDataError(
+            f"{folder}{given}: not a folder; the int8 twin is calibrated and judged on those photographs: "
+            "pass --data-dir DIR where they are now, or --variants none"
+        )
+    return folder
 
 
 def calibration_crops(photos: PhotoSet, sigma_min: float, sigma_max: float) -> np.ndarray:
@@ -132,7 +146,7 @@ def export_photo_int8(
     fp32 = onnx.load(str(fp32_path))
     train = dict(checkpoint.train_config)
     train_photos, val_photos = load_photos(
-        data_dir if data_dir is not None else train.get("data_dir"),
+        training_photos_folder(checkpoint, data_dir),
         int(train.get("max_pixels", DEFAULT_MAX_PIXELS)),  # the training run's photographs, large ones too
     )
     sigma = float(train.get("noise_factor", 25 / 255))

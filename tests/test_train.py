@@ -384,3 +384,39 @@ def test_photo_validation_runs_a_large_photograph_as_halo_tiles_with_the_whole_i
         whole = torch.round(denoise_any_size(model, noisy) * 255.0) / 255.0  # (1, 1, 1100, 1000)
     assert scores["psnr"] == pytest.approx(float(psnr_per_image(whole, clean)[0]), abs=1e-4)
     assert scores["ssim"] == pytest.approx(float(ssim_per_image(whole, clean)[0]), abs=1e-5)
+
+
+def test_photo_model_trained_on_a_relative_folder_exports_its_int8_twin_from_anywhere(tmp_path) -> None:
+    """`ae-train --data-dir photos` recorded the folder as typed, so `ae-export` run from another folder
+    wrote denoiser.onnx and then stopped at 'photos: not a folder'. The folder is recorded absolute now,
+    and a folder that has since moved is named, with --data-dir, before the export replaces anything."""
+    from skimage import data
+
+    work = tmp_path / "work"
+    (work / "photos").mkdir(parents=True)
+    Image.fromarray(data.camera()[:96, :128]).save(work / "photos" / "a.png")
+    Image.fromarray(data.coins()[:80, :96]).save(work / "photos" / "b.png")
+    flags = (
+        "--preset",
+        "photo",
+        "--data-dir",
+        "photos",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+    )
+    trained = run_cli("train.cli", *flags, "--out", "run", cwd=work)
+    assert trained.returncode == 0, trained.stderr
+    checkpoint = str(work / "run" / "checkpoint.pt")
+    export = ("ae_export.cli", "--checkpoint", checkpoint, "--no-parity", "--psnr-budget", "int8=100")
+    done = run_cli(*export, "--out", str(tmp_path / "onnx"))  # from the repository, not from `work`
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "onnx" / "denoiser.int8.onnx").is_file()
+
+    (work / "photos").rename(tmp_path / "moved")
+    moved = run_cli(*export, "--out", str(tmp_path / "onnx2"))
+    assert moved.returncode == 2 and "pass --data-dir DIR where they are now" in moved.stderr, moved.stderr
+    assert str(work / "photos") in moved.stderr and not (tmp_path / "onnx2").exists()

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,8 @@ def evaluate_photos(
 
 def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -> Checkpoint:
     """Train the fcn denoiser for `config.steps` steps; writes checkpoint.pt and metrics.json to `out`."""
+    if config.data_dir is not None:  # recorded absolute: the export reads the folder again, from anywhere
+        config = replace(config, data_dir=os.path.abspath(config.data_dir))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
