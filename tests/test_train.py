@@ -420,3 +420,15 @@ def test_photo_model_trained_on_a_relative_folder_exports_its_int8_twin_from_any
     moved = run_cli(*export, "--out", str(tmp_path / "onnx2"))
     assert moved.returncode == 2 and "pass --data-dir DIR where they are now" in moved.stderr, moved.stderr
     assert str(work / "photos") in moved.stderr and not (tmp_path / "onnx2").exists()
+
+
+def test_photo_crops_weigh_each_photograph_by_its_own_pixels_not_its_padding() -> None:
+    """CropSampler promises every pixel equally likely, but weighed each photograph by its size after
+    padding to the crop: a 16x16 thumbnail counted as 64x64, 16 times its pixels."""
+    from train.photos import CropSampler, PhotoSet
+
+    rng = np.random.default_rng(0)
+    thumb, photo = rng.integers(0, 256, (16, 16), np.uint8), rng.integers(0, 256, (256, 256), np.uint8)
+    sampler = CropSampler(PhotoSet("t", ("thumb", "photo"), (thumb, photo)), 64, rng)
+    assert sampler.weights.tolist() == pytest.approx([256 / (256 + 65536), 65536 / (256 + 65536)])
+    assert sampler.sample(4).shape == (4, 1, 64, 64)  # the thumbnail is still padded up to a crop

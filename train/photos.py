@@ -165,7 +165,8 @@ class CropSampler:
         self.crop = crop
         self.rng = rng
         self.images = [_at_least(image, crop) for image in photos.images]
-        sizes = np.array([image.size for image in self.images], dtype=np.float64)
+        # The photographs' own pixels, not the padded ones: a thumbnail is not made likelier by its padding.
+        sizes = np.array([image.size for image in photos.images], dtype=np.float64)
         self.weights = sizes / sizes.sum()
 
     def sample(self, batch: int) -> np.ndarray:
