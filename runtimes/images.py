@@ -50,7 +50,7 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm"}
 )
 # Formats whose extra frames are content (animation frames, pages): denoising frame 0 alone would drop the
-# rest silently. Not MPO: a camera JPEG's second "frame" is a preview of the first, which is the photo.
+# rest silently. Not MPO: a camera JPEG's second "frame" is a preview of the first, nor TIFF thumbnails.
 _MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})
 # 25 megapixels: far beyond any sensible input for a 28x28 model, far below what exhausts an edge device's
 # memory once tiled to float32 (and below Pillow's own 89 MP warning threshold, so no warning noise).
@@ -62,10 +62,8 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # Modes with one channel of values: `load_image8` gives them the grayscale path directly.
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *_SIXTEEN_BIT_MODES})
 # Where Pillow's exif_transpose finds an orientation: EXIF blocks (JPEG, PNG eXIf/zTXt, WebP) and XMP.
-# 2- and 4-bit grayscale PNGs: Pillow scales their pixels to 0..255 (x85, x17) but keeps the tRNS value in
-# the file's own units, so no pixel matched it and transparent ones stayed visible.
-_PNG_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}
 _ORIENTATION_INFO_KEYS = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
+_PNG_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}  # 2- and 4-bit grayscale PNGs: `_scale_png_transparency`
 
 
 class SizeMismatchError(ValueError):
@@ -232,10 +230,10 @@ def _decode(
                     f"decompression bomb guard: {width}x{height} = {width * height} pixels exceeds the limit "
                     f"of {max_pixels} (raise it with --max-pixels if the file is trusted)",
                 )
-            if image.format in _MULTI_FRAME_FORMATS and getattr(image, "n_frames", 1) > 1:
+            if image.format in _MULTI_FRAME_FORMATS and (frames := _content_frames(image)) > 1:
                 raise BadImageError(
                     path,
-                    f"{image.format} file holds {image.n_frames} frames (animation or pages); only single "
+                    f"{image.format} file holds {frames} frames (animation or pages); only single "
                     "images are denoised, so nothing was written (save the frames as separate files)",
                 )
             _scale_png_transparency(image)  # before load(), which forgets the file's bit depth
@@ -258,11 +256,20 @@ def _decode(
         raise BadImageError(path, f"corrupt or truncated image data ({type(err).__name__}: {err})") from err
 
 
+def _content_frames(image: Image.Image) -> int:
+    """Frames that are images of their own: not a TIFF's later reduced-resolution ones (thumbnails)."""
+    frames = int(getattr(image, "n_frames", 1))
+    for index in range(1, frames if image.format == "TIFF" else 1):  # n_frames has read every frame
+        image.seek(index)
+        frames -= int(image.tag_v2.get(254, 0)) & 1  # NewSubfileType bit 0: a reduced-resolution version
+    image.seek(0)
+    return frames
+
+
 def _scale_png_transparency(image: Image.Image) -> None:
-    """Put a 2- or 4-bit grayscale PNG's tRNS value on the 0..255 scale of its decoded pixels."""
-    transparent = image.info.get("transparency")
-    if image.format == "PNG" and image.mode == "L" and isinstance(transparent, int) and image.tile:
-        image.info["transparency"] = transparent * _PNG_LOW_BIT_SCALE.get(image.tile[0].args, 1)
+    """Put a 2- or 4-bit gray PNG's tRNS value on its pixels' 0..255 scale (Pillow scales only the pixels)."""
+    if image.format == "PNG" and image.tile and isinstance(image.info.get("transparency"), int):
+        image.info["transparency"] *= _PNG_LOW_BIT_SCALE.get(image.tile[0].args, 1)
 
 
 def _may_have_orientation(image: Image.Image) -> bool:

@@ -118,6 +118,31 @@ def test_low_bit_depth_gray_png_transparency_composited_onto_black(
     assert load_image8(tmp_path / "low.png").tolist() == expected
 
 
+@pytest.mark.parametrize(
+    ("subfile_types", "frames"), [((1,), 1), ((1, 1), 1), ((0,), 2), ((1, 0, 1), 2), ((2, 2), 3)]
+)
+def test_tiff_thumbnails_are_not_frames_of_their_own(
+    tmp_path: Path, subfile_types: tuple[int, ...], frames: int
+) -> None:
+    """A TIFF whose later frames are reduced-resolution versions of the image (NewSubfileType 1: the
+    thumbnails scanners and cameras write) was refused as 'holds 2 frames (animation or pages)'. They are
+    previews, as an MPO's second frame is: the image is read. Other pages (0, or 2: a page) still count."""
+    tifffile = pytest.importorskip("tifffile")  # scikit-image's own dependency; Pillow cannot set tag 254
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 56, 3), np.uint8)
+    path = tmp_path / "scan.tif"
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(image, photometric="rgb")
+        for kind in subfile_types:
+            tiff.write(image[::4, ::4] if kind == 1 else 255 - image, photometric="rgb", subfiletype=kind)
+    if frames == 1:
+        np.testing.assert_array_equal(load_image8(path), image)
+        assert load_gray8(path).shape == (40, 56)
+    else:
+        with pytest.raises(BadImageError, match=f"TIFF file holds {frames} frames"):
+            load_image8(path)
+
+
 def test_max_pixels_above_pillows_own_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--max-pixels is the one limit: Pillow's lower one neither warns nor refuses, and is put back.
 
