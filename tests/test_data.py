@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import run_cli
 from train.data import (
     DataError,
     add_noise,
@@ -143,3 +144,22 @@ def test_folder_image_trains_as_the_runtime_serves_it(tmp_path, fmnist_test, siz
     trained = to_float(data.train.images)[0].numpy()  # (1, 28, 28)
     served, _ = to_model(load_gray8(path), (28, 28), "resize")  # (1, 1, 28, 28)
     np.testing.assert_array_equal(trained, served[0])
+
+
+@pytest.mark.parametrize("empty", ["train", "t10k"])
+def test_idx_split_without_images_is_a_clear_error(tmp_path, fmnist, empty) -> None:
+    """A well-formed idx file of 0 images once trained into 'diverged: loss is nan' (empty train split) or
+    a ZeroDivisionError traceback (empty test split); it is a DataError naming the file, and ae-train
+    exits 2 with that one line."""
+    for stem, split in (("train", fmnist.train), ("t10k", fmnist.val)):
+        count = 0 if stem == empty else 40
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte", split.images[:count].numpy())
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", split.labels[:count].numpy())
+    with pytest.raises(DataError, match="holds no images") as info:
+        load_dataset("mnist", tmp_path)
+    assert f"{empty}-images-idx3-ubyte" in str(info.value)
+    args = ("--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--quiet")
+    proc = run_cli("train.cli", *args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert "holds no images" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()

@@ -131,6 +131,10 @@ def load_idx_dataset(root: Path, name: str) -> Dataset:
         images = read_idx(image_path)
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise DataError(f"{image_path}: images have shape {images.shape}, expected (N, 28, 28)")
+        if images.shape[0] == 0:  # a valid idx file of 0 images: no batch to train on, no image to score
+            raise DataError(
+                f"{image_path}: holds no images (its header says 0); the {split} split needs some"
+            )
         labels = None
         label_path = _find_idx(root, label_stem)
         if label_path is not None:
