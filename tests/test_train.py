@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, train_tiny_photo_model
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import fixed_noisy, to_float
 from train.loop import TrainConfig, evaluate, train
@@ -432,3 +432,17 @@ def test_photo_crops_weigh_each_photograph_by_its_own_pixels_not_its_padding() -
     sampler = CropSampler(PhotoSet("t", ("thumb", "photo"), (thumb, photo)), 64, rng)
     assert sampler.weights.tolist() == pytest.approx([256 / (256 + 65536), 65536 / (256 + 65536)])
     assert sampler.sample(4).shape == (4, 1, 64, 64)  # the thumbnail is still padded up to a crop
+
+
+@pytest.mark.parametrize("epochs", ["2", "50"])
+def test_resume_refuses_a_photo_checkpoint(tmp_path, epochs) -> None:
+    """`ae-train --resume --out artifacts/photo` once printed 'already trained 3 epochs' and 'wrote
+    checkpoint.pt' with exit 0 (--epochs below its step count) or 'unknown dataset photos' (above): the
+    lecture loop read a photo checkpoint's steps as epochs. It is refused, naming the photo model."""
+    ckpt = train_tiny_photo_model(tmp_path / "photo")
+    before = ckpt.read_bytes()
+    done = run_cli("train.cli", "--resume", "--epochs", epochs, "--out", str(ckpt.parent), "--quiet")
+    assert done.returncode == 2, done.stderr
+    assert "photo model's checkpoint (arch fcn, step 3)" in done.stderr and "--preset photo" in done.stderr
+    assert "Traceback" not in done.stderr and "wrote" not in done.stdout
+    assert ckpt.read_bytes() == before and not (ckpt.parent / "samples.png").exists()

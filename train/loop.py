@@ -29,7 +29,7 @@ from runtimes.fileio import atomic_save, atomic_write_text
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from train.data import Dataset, Split, add_noise, batch_indices, fixed_noisy, load_dataset, to_float
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
-from train.model import DenoisingAutoencoder, ModelConfig
+from train.model import ARCHS, DenoisingAutoencoder, ModelConfig
 
 LOSSES = ("mse", "bce")
 SCHEDULES = ("constant", "cosine")
@@ -289,6 +289,12 @@ def train(
     previous: Checkpoint | None = None
     if resume:
         previous = load_checkpoint(ckpt_path)
+        if previous.model_config.arch not in ARCHS:  # the photo model: a step budget, not this loop's
+            raise CheckpointError(
+                f"{ckpt_path}: a photo model's checkpoint (arch {previous.model_config.arch}, step "
+                f"{previous.epoch}); --resume continues runs of this loop only ({', '.join(ARCHS)}): a "
+                "photo run is a step budget, train it afresh with --preset photo --steps N"
+            )
         try:
             kept = TrainConfig.from_dict(previous.train_config)
         except (TypeError, ValueError) as err:  # a checkpoint fault: name the file
