@@ -8,7 +8,8 @@
 
 Thin: the measurements are in the section modules, the orchestration in bench.report. Quick mode is the
 default (a few minutes on 2 cores); --full measures longer; --tiny runs every path in seconds (the smoke
-test; its numbers mean nothing). Exit codes: 0 ok, 2 bad input (missing checkpoint or data, bad option).
+test; its numbers mean nothing). Exit codes: 0 ok, 2 bad input (missing checkpoint or data, bad option,
+an --out that cannot be written: checked before the first section runs).
 """
 
 from __future__ import annotations
@@ -133,6 +134,19 @@ def _error(message: object) -> int:
     return EXIT_USAGE
 
 
+def _unwritable(out: Path) -> str | None:
+    """Why bench.json cannot be written at `out`, found before minutes of measuring; None if it can."""
+    if out.is_dir():
+        return f"--out {out}: is a folder; give the report's file path, e.g. {out / 'bench.json'}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):  # the folder takes a new file (read-only, full?)
+            pass
+    except OSError as err:
+        return f"--out {out}: cannot write in {out.parent} ({err.strerror or err})"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     budget = BUDGETS["tiny" if args.tiny else "full" if args.full else "quick"]
@@ -160,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(name: str, result: dict[str, Any]) -> None:
         print(render(name, result) + f"\n\n({name}: {result['seconds']:.1f} s)\n", flush=True)
 
+    unwritable = _unwritable(args.out)
+    if unwritable:
+        return _error(unwritable)
     with tempfile.TemporaryDirectory(prefix="ae-bench-") as scratch:
         try:
             models = resolve_models(
@@ -176,8 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DataError as err:  # e.g. the lecture-style loop's idx files are not beside the dataset
             return _error(err)
     print(f"total: {report['seconds']['total']:.1f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    except OSError as err:  # e.g. the disk filled during the run: the tables above are the report
+        return _error(f"--out {args.out}: not written ({err}); the tables above are this run's report")
     print(f"wrote {args.out}")
     return EXIT_OK
 

@@ -340,3 +340,22 @@ def test_photo_section_adds_the_int8_twin_where_the_export_has_one(
     assert methods[-2:] == ["ours (ONNX Runtime)", "ours int8 (ONNX Runtime)"]
     int8_row = result["rows"][-1]
     assert 0 < int8_row["psnr"] < 100 and int8_row["ms_per_mp"] > 0
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_unwritable_out_is_refused_before_the_run(
+    trained_checkpoint: Path, onnx_dir: Path, tmp_path: Path, where: str
+) -> None:
+    """--out naming a folder (or a path under a file) once ran every section and then lost the report to
+    an IsADirectoryError / FileExistsError traceback; it is one line, exit 2, before anything is measured."""
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "notes.txt").write_text("kept")
+    out = tmp_path / "reports" if where == "a folder" else tmp_path / "notes.txt" / "bench.json"
+    proc = run_cli(
+        "bench.cli", "--tiny", "--sections", "concurrency", "--threads", "1", "--checkpoint",
+        str(trained_checkpoint), "--onnx-dir", str(onnx_dir), "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"ae-bench: error: --out {out}: " in proc.stderr and "Traceback" not in proc.stderr
+    assert "Concurrency" not in proc.stdout  # refused before the first section ran
+    assert (tmp_path / "notes.txt").read_text() == "kept" and list((tmp_path / "reports").iterdir()) == []
