@@ -39,7 +39,7 @@ from bench.report import (
 from bench.timing import BUDGETS
 from runtimes.cli import positive_int
 from runtimes.fileio import atomic_write_text
-from runtimes.sessions import physical_cores
+from runtimes.sessions import InvalidModelError, physical_cores
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import DataError
 
@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ExportError as err:
             return _error(err)
+        except InvalidModelError as err:  # a file there that is not a readable ae-export denoiser
+            return _error(
+                f"{err}; --onnx-dir needs an ae-export export (or none: the run exports the checkpoint)"
+            )
         header = render_header({"mode": budget.mode, "machine": machine_info(threads)})
         print(f"{header}\n\nSections: {', '.join(args.sections)}\n", flush=True)
         try:

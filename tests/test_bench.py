@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,7 +25,7 @@ from bench.tables import Column, Table, markdown_table, render_table
 from bench.timing import BUDGETS, latency_stats, time_calls
 from bench.training import torchvision_root
 from runtimes.denoiser import Denoiser
-from tests.helpers import run_cli, run_script, train_tiny_photo_model
+from tests.helpers import conv_model, run_cli, run_script, train_tiny_photo_model
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
 
@@ -359,3 +360,26 @@ def test_unwritable_out_is_refused_before_the_run(
     assert f"ae-bench: error: --out {out}: " in proc.stderr and "Traceback" not in proc.stderr
     assert "Concurrency" not in proc.stdout  # refused before the first section ran
     assert (tmp_path / "notes.txt").read_text() == "kept" and list((tmp_path / "reports").iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["not onnx", "no ae-export metadata"])
+def test_unreadable_denoiser_in_onnx_dir_is_a_usage_error(
+    trained_checkpoint: Path, tmp_path: Path, fault: str
+) -> None:
+    """A denoiser.onnx in --onnx-dir that ONNX Runtime cannot load, or that no ae-export wrote, was an
+    InvalidModelError traceback; it is one line naming the file, exit 2."""
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    path = folder / "denoiser.onnx"
+    if fault == "not onnx":
+        path.write_bytes(b"not a protobuf")
+    else:
+        relu = conv_model([onnx.helper.make_node("Relu", ["x"], ["y"])], ["n", 1, 28, 28], {})
+        onnx.save(relu, path)
+    proc = run_cli(
+        "bench.cli", "--tiny", "--sections", "concurrency", "--threads", "1", "--checkpoint",
+        str(trained_checkpoint), "--onnx-dir", str(folder), "--out", str(tmp_path / "b.json"), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"ae-bench: error: {path}: " in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b.json").exists()
