@@ -42,6 +42,7 @@ from runtimes.fileio import atomic_write_text
 from runtimes.sessions import InvalidModelError, physical_cores
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import DataError
+from train.model import ARCHS
 
 PROG = "ae-bench"
 DEFAULT_CHECKPOINT = "artifacts/checkpoint.pt"
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PATH",
-        help=f"checkpoint.pt to benchmark; repeat for several models (default {DEFAULT_CHECKPOINT})",
+        help=f"checkpoint.pt of a 28x28 model to benchmark; repeat for several models (default "
+        f"{DEFAULT_CHECKPOINT}; the photo model is measured from --photo-onnx)",
     )
     p.add_argument(
         "--onnx-dir",
@@ -170,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = load_fashion(args.data_dir) if needs_data(args.sections) else None
     except (CheckpointError, DataError) as err:
         return _error(err)
+    photo = next((c for c in checkpoints if c.model_config.arch not in ARCHS), None)
+    if photo is not None:  # the any-size model: its sections are the photo ones, read from its export
+        return _error(
+            f"{photo.path}: the photo model (arch {photo.model_config.arch}) is measured by the photo "
+            "section from its export (--photo-onnx DIR); --checkpoint takes the 28x28 models "
+            f"({', '.join(ARCHS)})"
+        )
 
     def show(name: str, result: dict[str, Any]) -> None:
         print(render(name, result) + f"\n\n({name}: {result['seconds']:.1f} s)\n", flush=True)

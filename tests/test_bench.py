@@ -383,3 +383,26 @@ def test_unreadable_denoiser_in_onnx_dir_is_a_usage_error(
     assert proc.returncode == 2, proc.stderr
     assert f"ae-bench: error: {path}: " in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_photo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_photo_model(tmp_path_factory.mktemp("photo-ckpt"))
+
+
+@pytest.mark.parametrize("section", ["concurrency", "cli"])
+def test_photo_checkpoint_is_refused_naming_the_photo_section(
+    tiny_photo_checkpoint: Path, tmp_path: Path, section: str
+) -> None:
+    """--checkpoint artifacts/photo/checkpoint.pt was measured as if it were a 28x28 model: the concurrency
+    section died ('cannot unpack non-iterable NoneType'), the cli section reported its Fashion-MNIST rate
+    under the models of bench.json. It is one line pointing at the photo section, exit 2."""
+    proc = run_cli(
+        "bench.cli", "--tiny", "--sections", section, "--threads", "1", "--checkpoint",
+        str(tiny_photo_checkpoint), "--onnx-dir", str(tmp_path / "none"), "--out", str(tmp_path / "b.json"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"ae-bench: error: {tiny_photo_checkpoint}: the photo model (arch fcn)" in proc.stderr
+    assert "--photo-onnx" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b.json").exists()
