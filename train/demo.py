@@ -23,7 +23,7 @@ from PIL import Image
 
 from runtimes.fileio import atomic_save, atomic_write_text
 from train.data import DATASETS, DataError, load_dataset
-from train.metrics import psnr_per_image, ssim_per_image
+from train.metrics import SSIM_WIN, psnr_per_image, ssim_per_image
 
 
 def prepare(out: Path, count: int, dataset: str, data_dir: str | None) -> int:
@@ -44,25 +44,45 @@ def _load(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
+def _image_scores(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray) -> list[float]:
+    """[noisy PSNR, denoised PSNR, noisy SSIM, denoised SSIM] of one (H, W) image against its original."""
+    c, n, d = (torch.from_numpy(a)[None, None] for a in (clean, noisy, denoised))  # (1, 1, H, W)
+    return [float(f(x, c)[0]) for f in (psnr_per_image, ssim_per_image) for x in (n, d)]
+
+
 def score(clean_dir: Path, denoised_dir: Path, sheet: Path | None) -> int:
+    """Mean per-image PSNR/SSIM of each clean PNG's noisy and denoised versions; images of any size.
+
+    Each image is scored on its own, so a folder of mixed sizes (ae-denoise keeps each file's size) works;
+    a denoised or noisy file of another size than its original, or one under SSIM's 7x7 window, is a
+    DataError naming it.
+    """
     rows = []
     for clean_path in sorted(clean_dir.glob("*.png")):
         out = denoised_dir / clean_path.name
         noisy = denoised_dir / f"{clean_path.stem}.noisy.png"
         if out.is_file() and noisy.is_file():
-            rows.append((_load(clean_path), _load(noisy), _load(out)))
+            row = (_load(clean_path), _load(noisy), _load(out))
+            for path, image in zip((noisy, out), row[1:], strict=True):
+                if image.shape != row[0].shape:
+                    raise DataError(
+                        f"{path}: {image.shape[1]}x{image.shape[0]}, but its original {clean_path} is "
+                        f"{row[0].shape[1]}x{row[0].shape[0]}"
+                    )
+            if min(row[0].shape) < SSIM_WIN:
+                raise DataError(f"{clean_path}: under {SSIM_WIN}x{SSIM_WIN} pixels, SSIM's window")
+            rows.append(row)
     if not rows:
         print(f"score: no denoised images in {denoised_dir} match {clean_dir}", file=sys.stderr)
         return 1
-    clean, noisy, denoised = (
-        torch.from_numpy(np.stack(c))[:, None] for c in zip(*rows, strict=True)
-    )  # (N, 1, 28, 28)
+    per_image = np.array([_image_scores(*row) for row in rows])  # (N, 4)
+    noisy_psnr, denoised_psnr, noisy_ssim, denoised_ssim = per_image.mean(axis=0).tolist()
     result = {
         "images": len(rows),
-        "noisy_psnr": float(psnr_per_image(noisy, clean).mean()),
-        "denoised_psnr": float(psnr_per_image(denoised, clean).mean()),
-        "noisy_ssim": float(ssim_per_image(noisy, clean).mean()),
-        "denoised_ssim": float(ssim_per_image(denoised, clean).mean()),
+        "noisy_psnr": noisy_psnr,
+        "denoised_psnr": denoised_psnr,
+        "noisy_ssim": noisy_ssim,
+        "denoised_ssim": denoised_ssim,
     }
     print(
         f"demo: {result['images']} images | noisy input PSNR {result['noisy_psnr']:.2f} dB, "
