@@ -69,3 +69,14 @@ def test_score_names_an_output_of_another_size(fmnist_test, tmp_path) -> None:
     assert f"demo: error: {denoised / 'img_1.png'}: 30x28, but its original" in proc.stderr
     assert "Traceback" not in proc.stderr and not (denoised / "demo_scores.json").exists()
     assert not sheet.exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-190", "ten"])
+def test_prepare_refuses_a_count_that_is_not_positive(tmp_path, count) -> None:
+    """--count -190 once wrote test[:-190] (all but the last 190 images: 9,810 files) and --count 0
+    wrote none, both with exit 0; the count is a positive integer, checked by argparse (exit 2)."""
+    out = tmp_path / "clean"
+    proc = run_cli("train.demo", "prepare", "--out", str(out), "--count", count)
+    assert proc.returncode == 2, proc.stderr
+    assert "argument --count: expected a positive integer, got" in proc.stderr and count in proc.stderr
+    assert not out.exists()

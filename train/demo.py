@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from runtimes.cli import positive_int
 from runtimes.fileio import atomic_save, atomic_write_text
 from train.data import DATASETS, DataError, load_dataset
 from train.metrics import SSIM_WIN, psnr_per_image, ssim_per_image
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="write clean test images as PNGs")
     prep.add_argument("--out", type=Path, default=Path("artifacts/demo/clean"))
-    prep.add_argument("--count", type=int, default=100)
+    prep.add_argument("--count", type=positive_int, default=100, help="test images to write (default 100)")
     prep.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     prep.add_argument("--data-dir", default=None)
     sc = sub.add_parser("score", help="PSNR/SSIM of ae-denoise's outputs against the clean originals")
