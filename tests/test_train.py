@@ -18,7 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tests.helpers import REPO, run_cli, train_tiny_photo_model
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import fixed_noisy, to_float
-from train.loop import TrainConfig, evaluate, train
+from train.loop import TrainConfig, TrainingInterrupted, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from train.model import DenoisingAutoencoder, ModelConfig
 from train.photo_train import PhotoTrainConfig, train_photos
@@ -195,9 +195,10 @@ def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "holds the last whole epoch" in stderr
     checkpoint = load_checkpoint(out / "checkpoint.pt")
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert f"interrupted: {out / 'checkpoint.pt'} holds epoch {checkpoint.epoch}" in stderr
     assert 1 <= checkpoint.epoch < 50
     assert [row["epoch"] for row in checkpoint.metrics] == list(range(1, checkpoint.epoch + 1))
     checkpoint.build_model()
@@ -446,3 +447,41 @@ def test_resume_refuses_a_photo_checkpoint(tmp_path, epochs) -> None:
     assert "photo model's checkpoint (arch fcn, step 3)" in done.stderr and "--preset photo" in done.stderr
     assert "Traceback" not in done.stderr and "wrote" not in done.stdout
     assert ckpt.read_bytes() == before and not (ckpt.parent / "samples.png").exists()
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("when", ["in epoch 1", "in epoch 1, over an earlier run", "after epoch 1"])
+def test_interrupt_says_what_checkpoint_holds(fmnist, tmp_path, when) -> None:
+    """Ctrl-C in a fresh run's first epoch once printed 'checkpoint.pt holds the last whole epoch' where
+    there was no checkpoint.pt, or only an earlier run's; the message names what is on disk."""
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint.pt"
+    if "earlier" in when:
+        train(TrainConfig(out=str(out), epochs=1, **TINY), quiet=True, dataset=fmnist, log=lambda _: None)
+    before = ckpt.read_bytes() if ckpt.exists() else None
+    config = TrainConfig(out=str(out), epochs=3, seed=5, limit=20000, batch_size=8, device="cpu")
+
+    def log(line: str) -> None:
+        if when == "after epoch 1" and line.startswith("EPOCH 1/"):
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        if when != "after epoch 1":
+            signal.setitimer(signal.ITIMER_REAL, 0.5)  # before epoch 1 ends: 2,500 steps of 8 images
+        with pytest.raises(TrainingInterrupted) as caught:
+            train(config, quiet=True, dataset=fmnist, log=log)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    message = str(caught.value)
+    if when == "after epoch 1":
+        assert message == f"{ckpt} holds epoch 1" and load_checkpoint(ckpt).train_config["seed"] == 5
+    elif before is None:
+        assert message == "this run wrote nothing" and not ckpt.exists()
+    else:
+        assert message == f"this run wrote nothing ({ckpt} is an earlier run's, untouched)"
+        assert ckpt.read_bytes() == before

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Any
 
 from train.data import DATASETS, DataError
-from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, train
+from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, TrainingInterrupted, train
 from train.model import MODEL_BUILDERS
 from train.photo_train import PRECISIONS, PhotoTrainConfig, train_photos
 from train.photos import PhotoDataError
@@ -278,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         checkpoint = train(config, resume=args.resume, quiet=args.quiet, explicit=explicit_fields(args))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {args.out}/checkpoint.pt holds the last whole epoch", file=sys.stderr)
+    except TrainingInterrupted as err:  # in the epochs: it says which epoch checkpoint.pt holds, if any
+        print(f"\ninterrupted: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first epoch began (loading the data): nothing written yet
+        print("\ninterrupted before training began: this run wrote nothing", file=sys.stderr)
         return 130
     except FloatingPointError as err:
         print(f"ae-train: error: training diverged: {err}", file=sys.stderr)

@@ -267,6 +267,18 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
     )
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; its message says what checkpoint.pt holds (`on_disk`)."""
+
+
+def on_disk(ckpt_path: Path, saved: Checkpoint | None) -> str:
+    """What `ckpt_path` holds when a run stops early: the last epoch saved, or that this run saved none."""
+    if saved is not None:
+        return f"{ckpt_path} holds epoch {saved.epoch}"
+    earlier = f" ({ckpt_path} is an earlier run's, untouched)" if ckpt_path.exists() else ""
+    return "this run wrote nothing" + earlier
+
+
 def train(
     config: TrainConfig,
     resume: bool = False,
@@ -279,7 +291,26 @@ def train(
 
     `explicit`: the config fields the caller set on purpose (ae-train's typed flags). A resumed run keeps
     the checkpoint's recipe, so one of them that differs from it is a ValueError, not silently dropped.
+    Ctrl-C (KeyboardInterrupt) comes out as TrainingInterrupted, whose message says what is on disk.
     """
+    on_disk_now: list[Checkpoint] = []  # the checkpoint checkpoint.pt holds for this run, once there is one
+    try:
+        return _train(config, resume, quiet, dataset, log, explicit, on_disk_now)
+    except KeyboardInterrupt as err:
+        ckpt_path = Path(config.out) / CHECKPOINT_NAME
+        raise TrainingInterrupted(on_disk(ckpt_path, on_disk_now[-1] if on_disk_now else None)) from err
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    quiet: bool,
+    dataset: Dataset | None,
+    log: Callable[[str], None],
+    explicit: frozenset[str],
+    on_disk_now: list[Checkpoint],
+) -> Checkpoint:
+    """train()'s body; `on_disk_now` is kept holding the checkpoint that checkpoint.pt holds for this run."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
@@ -289,6 +320,7 @@ def train(
     previous: Checkpoint | None = None
     if resume:
         previous = load_checkpoint(ckpt_path)
+        on_disk_now[:] = [previous]
         if previous.model_config.arch not in ARCHS:  # the photo model: a step budget, not this loop's
             raise CheckpointError(
                 f"{ckpt_path}: a photo model's checkpoint (arch {previous.model_config.arch}, step "
@@ -350,7 +382,7 @@ def train(
         "val_size": len(val_split),
         "skipped_files": len(data.skipped_files),
     }
-    checkpoint = previous
+    checkpoint = previous  # the last epoch on disk: set only once its file is written
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         try:
@@ -358,7 +390,7 @@ def train(
         except FloatingPointError as err:
             # A diverged epoch is never saved (the files are written after a whole epoch, atomically), so
             # checkpoint.pt, metrics.json and samples.png still hold the last finite epoch: say which.
-            kept = f"{ckpt_path} holds epoch {checkpoint.epoch}" if checkpoint else "this run wrote nothing"
+            kept = on_disk(ckpt_path, checkpoint)
             raise FloatingPointError(f"{err}; try a lower --lr than {config.lr}; {kept}") from err
         train_seconds = time.perf_counter() - started
         scores = evaluate(model, val_split, config.noise_factor, config.eval_seed, device)
@@ -367,7 +399,7 @@ def train(
         row["threads"] = torch.get_num_threads()  # s/epoch means little without it
         row["seconds"] = time.perf_counter() - started
         history.append(row)
-        checkpoint = Checkpoint(
+        saving = Checkpoint(
             model_config=model_config,
             model_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             epoch=epoch,
@@ -376,7 +408,9 @@ def train(
             metrics=history,
             dataset=dataset_info,
         )
-        save_checkpoint(checkpoint, ckpt_path)
+        save_checkpoint(saving, ckpt_path)
+        checkpoint = saving
+        on_disk_now[:] = [saving]
         summary = {"config": asdict(config), "dataset": dataset_info, "epochs": history}
         atomic_write_text(out / METRICS_NAME, json.dumps(summary, indent=2) + "\n")
         save_samples(model, data.val, config, out / SAMPLES_NAME, device)
