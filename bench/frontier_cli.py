@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         header = render_header({"mode": report["mode"], "machine": report["machine"]}).removeprefix("## ")
         table = f"**{frontier.heading(result)}**\n\n" + render_table(frontier.TABLES[0], result)
         picture = args.picture.as_posix()
-        if args.readme is not None:
-            picture = Path(args.picture).resolve().relative_to(args.readme.resolve().parent).as_posix()
+        if args.readme is not None:  # the link is relative to the README, wherever the picture is
+            picture = Path(os.path.relpath(args.picture.resolve(), args.readme.resolve().parent)).as_posix()
         body = f"Measured by {header}\n\n{table}\n\n![clean / noisy / each preset]({picture})"
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / "bench.json", json.dumps(report, indent=2) + "\n")

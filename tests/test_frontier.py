@@ -12,6 +12,7 @@ from PIL import Image
 
 from ae_export.export import export_all
 from bench.frontier_cli import BEGIN, END, main
+from tests.helpers import run_cli
 from train.checkpoint import load_checkpoint
 from train.loop import TrainConfig, train
 from train.presets import preset_values
@@ -72,3 +73,24 @@ def test_stale_export_and_missing_markers_are_refused(presets_dir: Path, tmp_pat
     assert not (tmp_path / "p.png").exists()  # refused before measuring
     assert main(["--presets", "best", "--presets-dir", str(presets_dir)]) == 2
     assert "valid presets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("picture", "link"),
+    [("repo/docs/f.png", "docs/f.png"), ("pictures/f.png", "../pictures/f.png")],
+    ids=["under the README's folder", "outside it"],
+)
+def test_picture_link_is_relative_to_the_readme_wherever_it_is(
+    presets_dir: Path, tmp_path: Path, picture: str, link: str
+) -> None:
+    """A --picture outside the README's folder once failed after the whole measurement with pathlib's
+    "is not in the subpath of", writing neither bench.json nor the README; the link is now relative."""
+    readme = tmp_path / "repo" / "README.md"
+    readme.parent.mkdir()
+    readme.write_text(README)
+    args = ["--presets-dir", str(presets_dir), "--presets", "lecture", "--tiny", "--threads", "1"]
+    out = ["--out", str(tmp_path / "out"), "--picture", str(tmp_path / picture), "--readme", str(readme)]
+    proc = run_cli("bench.frontier_cli", *args, *out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"]({link})" in readme.read_text() and (tmp_path / picture).is_file()
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["sections"]["frontier"]["rows"]
