@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -485,3 +486,30 @@ def test_interrupt_says_what_checkpoint_holds(fmnist, tmp_path, when) -> None:
     else:
         assert message == f"this run wrote nothing ({ckpt} is an earlier run's, untouched)"
         assert ckpt.read_bytes() == before
+
+
+def _stop_after_epoch_1(line: str) -> None:
+    if line.startswith("EPOCH 1/"):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("schedule", "planned", "resumed", "notice"),
+    [("cosine", 1, 2, True), ("cosine", 2, 2, False), ("constant", 1, 2, False)],
+    ids=["cosine, more epochs", "cosine, same epochs", "constant, more epochs"],
+)
+def test_resume_says_when_the_schedule_is_replanned(fmnist, tmp_path, schedule, planned, resumed, notice):
+    """A cosine run resumed with another --epochs follows a schedule over the new count from the resumed
+    epoch on (a jump in learning rate), which the loop's comment promised to log and did not."""
+    config = TrainConfig(out=str(tmp_path), epochs=planned, schedule=schedule, **TINY)
+    with contextlib.suppress(TrainingInterrupted):  # a run of `planned` epochs stopped after its first
+        train(config, quiet=True, dataset=fmnist, log=_stop_after_epoch_1 if planned > 1 else lambda _: None)
+    lines: list[str] = []
+    resumed_config = TrainConfig(out=str(tmp_path), epochs=resumed, device="cpu")
+    checkpoint = train(resumed_config, resume=True, quiet=True, dataset=fmnist, log=lines.append)
+    assert checkpoint.epoch == resumed
+    said = [line for line in lines if "learning-rate schedule was planned over" in line]
+    assert bool(said) == notice, lines
+    if notice:
+        assert said[0].endswith(f"from epoch 2 it follows the {resumed}-epoch schedule, so the weights will "
+                                f"differ from an uninterrupted {resumed}-epoch run")  # fmt: skip

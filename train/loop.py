@@ -349,6 +349,12 @@ def _train(
         if previous.epoch >= config.epochs:
             log(f"{ckpt_path}: already trained {previous.epoch} epochs (>= --epochs {config.epochs})")
             return previous
+        if config.schedule != "constant" and config.epochs != kept.epochs:
+            log(
+                f"{ckpt_path}: its {config.schedule} learning-rate schedule was planned over {kept.epochs} "
+                f"epochs; from epoch {previous.epoch + 1} it follows the {config.epochs}-epoch schedule, so "
+                f"the weights will differ from an uninterrupted {config.epochs}-epoch run"
+            )
 
     data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
     for line in data.skipped_files:
