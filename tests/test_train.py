@@ -18,7 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests.helpers import REPO, run_cli, train_tiny_photo_model
 from train.checkpoint import CheckpointError, load_checkpoint
-from train.data import fixed_noisy, to_float
+from train.data import fixed_noisy, to_float, write_idx
 from train.loop import TrainConfig, TrainingInterrupted, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from train.model import DenoisingAutoencoder, ModelConfig
@@ -513,3 +513,32 @@ def test_resume_says_when_the_schedule_is_replanned(fmnist, tmp_path, schedule, 
     if notice:
         assert said[0].endswith(f"from epoch 2 it follows the {resumed}-epoch schedule, so the weights will "
                                 f"differ from an uninterrupted {resumed}-epoch run")  # fmt: skip
+
+
+@pytest.mark.parametrize(("moved_to", "count"), [("same data", 300), ("other data", 299)])
+def test_resume_takes_the_data_from_another_data_dir(fmnist, tmp_path, moved_to, count) -> None:
+    """A run trained with a relative --data-dir could not be resumed from another folder (its data 'not
+    found') nor told where the data is now (--data-dir refused as a recipe change). --data-dir may now
+    change on resume; a folder whose splits differ in size from the checkpoint's is refused."""
+    for where, n in (("data", 300), ("moved", count)):
+        folder = tmp_path / "work" / where
+        folder.mkdir(parents=True)
+        write_idx(folder / "train-images-idx3-ubyte", fmnist.train.images[:n].numpy())
+        write_idx(folder / "t10k-images-idx3-ubyte", fmnist.val.images[:100].numpy())
+    out = tmp_path / "run"
+    first = ("--dataset", "mnist", "--data-dir", "data", "--epochs", "1", "--batch-size", "64", "--quiet")
+    done = run_cli("train.cli", *first, "--out", str(out), cwd=tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    again = ("--resume", "--epochs", "2", "--out", str(out), "--quiet")
+    done = run_cli("train.cli", *again, cwd=tmp_path)  # from another folder: "data" is not there
+    assert done.returncode == 2 and "data: no train-images-idx3-ubyte" in done.stderr, done.stderr
+    done = run_cli("train.cli", *again, "--data-dir", str(tmp_path / "work" / "moved"), cwd=tmp_path)
+    if moved_to == "same data":
+        assert done.returncode == 0, done.stderr
+        assert load_checkpoint(out / "checkpoint.pt").epoch == 2
+    else:
+        assert done.returncode == 2, done.stderr
+        assert (
+            "299 training and 100 test images, but" in done.stderr and "trained on 300 and 100" in done.stderr
+        )
+        assert load_checkpoint(out / "checkpoint.pt").epoch == 1

@@ -27,7 +27,16 @@ import torch.nn.functional as F
 
 from runtimes.fileio import atomic_save, atomic_write_text
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from train.data import Dataset, Split, add_noise, batch_indices, fixed_noisy, load_dataset, to_float
+from train.data import (
+    DataError,
+    Dataset,
+    Split,
+    add_noise,
+    batch_indices,
+    fixed_noisy,
+    load_dataset,
+    to_float,
+)
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from train.model import ARCHS, DenoisingAutoencoder, ModelConfig
 
@@ -37,7 +46,9 @@ WARMUP_FRACTION = 0.05  # cosine: linear warm-up over the first 5% of steps, the
 TARGETS = ("clean", "noisy")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_NAME = "checkpoint.pt"
-RESUMABLE = ("epochs", "out", "device")  # what a resumed run may change; the rest is the checkpoint's
+# What a resumed run may change; the rest is the checkpoint's. --data-dir says where the same data now
+# lives (a relative path from another folder, moved files): its split sizes must match the checkpoint's.
+RESUMABLE = ("epochs", "out", "device", "data_dir")
 METRICS_NAME = "metrics.json"
 SAMPLES_NAME = "samples.png"
 
@@ -318,6 +329,7 @@ def _train(
     progress = not quiet and sys.stderr.isatty()
 
     previous: Checkpoint | None = None
+    moved = False  # resumed with its data in another --data-dir
     if resume:
         previous = load_checkpoint(ckpt_path)
         on_disk_now[:] = [previous]
@@ -338,13 +350,21 @@ def _train(
         ]
         if differ:
             raise ValueError(
-                f"{ckpt_path}: --resume continues the checkpoint's recipe; only --epochs, --out and --device "
-                f"may change, not {'; '.join(differ)}. Drop them, or train afresh into another --out"
+                f"{ckpt_path}: --resume continues the checkpoint's recipe; only --epochs, --out, --device "
+                f"and --data-dir may change, not {'; '.join(differ)}. Drop them, or train afresh into "
+                "another --out"
             )
-        # The recipe is the checkpoint's; only the epoch budget, output and device may change on resume
-        # (a scheduled run resumed with more epochs stretches its schedule: say so in the log).
+        # The recipe is the checkpoint's; only the epoch budget, output, device and the data's location may
+        # change on resume (a scheduled run resumed with more epochs stretches its schedule: say so below).
+        moved = "data_dir" in explicit and config.data_dir != kept.data_dir
         config = TrainConfig(
-            **{**asdict(kept), "epochs": config.epochs, "out": config.out, "device": config.device}
+            **{
+                **asdict(kept),
+                "epochs": config.epochs,
+                "out": config.out,
+                "device": config.device,
+                "data_dir": config.data_dir if moved else kept.data_dir,
+            }
         )
         if previous.epoch >= config.epochs:
             log(f"{ckpt_path}: already trained {previous.epoch} epochs (>= --epochs {config.epochs})")
@@ -361,6 +381,13 @@ def _train(
         log(f"skipped unreadable file {line}")
     train_split = data.train.head(config.limit)
     val_split = data.val.head(config.limit)
+    if moved:  # the same data elsewhere: at least the same number of images
+        had = (previous.dataset.get("train_size"), previous.dataset.get("val_size"))
+        if had != (len(train_split), len(val_split)) and None not in had:
+            raise DataError(
+                f"--data-dir {config.data_dir}: {len(train_split)} training and {len(val_split)} test "
+                f"images, but {ckpt_path} trained on {had[0]} and {had[1]}: resume on the data it trained on"
+            )
 
     torch.manual_seed(config.seed)
     model_config = config.model_config()
