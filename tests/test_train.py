@@ -542,3 +542,17 @@ def test_resume_takes_the_data_from_another_data_dir(fmnist, tmp_path, moved_to,
             "299 training and 100 test images, but" in done.stderr and "trained on 300 and 100" in done.stderr
         )
         assert load_checkpoint(out / "checkpoint.pt").epoch == 1
+
+
+@pytest.mark.parametrize("epochs", ["1", "2"])
+def test_resume_already_at_epochs_writes_nothing_and_says_so(fmnist, tmp_path, epochs) -> None:
+    """`ae-train --resume --epochs N` on a checkpoint already at N or more printed 'wrote checkpoint.pt
+    (epoch ...), metrics.json, samples.png' though it wrote nothing; it says it is already trained."""
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), epochs=2, **TINY), quiet=True, dataset=fmnist, log=lambda _: None)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    done = run_cli("train.cli", "--resume", "--epochs", epochs, "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"already trained 2 epochs (>= --epochs {epochs})" in done.stdout
+    assert "wrote" not in done.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

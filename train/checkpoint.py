@@ -36,7 +36,7 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     dataset: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
+    path: Path | None = None  # the file it was read from; None for one made in memory (not yet saved)
     sha256: str | None = None
 
     def build_model(self) -> nn.Module:

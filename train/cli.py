@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, RuntimeError, OSError) as err:
         print(f"ae-train: error: {err}", file=sys.stderr)
         return 2
+    # A checkpoint returned as read from disk was already at --epochs (train() said so): nothing written.
+    if checkpoint.path is not None:
+        return 0
     print(f"wrote {args.out}/checkpoint.pt (epoch {checkpoint.epoch}), metrics.json, samples.png")
     return 0
 
