@@ -327,6 +327,17 @@ def render_result(result: Result) -> str:
     return "\n\n".join([heading(result), *(render_table(table, result) for table in TABLES)])
 
 
+def _sigmas(text: str) -> list[int]:
+    """--sigmas: one or more noise levels x255 in 1..255; anything else measures nothing or nonsense."""
+    try:
+        sigmas = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        sigmas = []
+    if not sigmas or not all(1 <= s <= 255 for s in sigmas):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers in 1..255 like 15,25,50")
+    return sigmas
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.photo",
@@ -336,22 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx", default="artifacts/photo/onnx", help="the exported denoiser or its export folder"
     )
     p.add_argument("--out", default="artifacts/bench/photo.json", help="JSON results")
-    p.add_argument("--sigmas", default=",".join(map(str, SIGMAS_255)), help="comma-separated sigmas x255")
+    p.add_argument(
+        "--sigmas",
+        type=_sigmas,
+        default=list(SIGMAS_255),
+        help="comma-separated sigmas x255 (default 15,25,50)",
+    )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: cores)")
     p.add_argument("--picture", default=None, help="also draw clean/noisy/NL-means/ours to this PNG")
-    p.add_argument("--picture-only", action="store_true", help="only draw the picture")
+    p.add_argument("--picture-only", action="store_true", help="only draw the picture (needs --picture)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        sigmas = [int(s) for s in args.sigmas.split(",") if s.strip()]
-    except ValueError:
-        print(
-            f"bench.photo: error: --sigmas {args.sigmas!r}: expected integers like 15,25,50", file=sys.stderr
-        )
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.picture_only and not args.picture:
+        parser.error("--picture-only draws only the picture: give its path with --picture PNG")
+    sigmas = args.sigmas
     try:
         if args.picture:
             draw_picture(args.onnx, args.picture, args.threads)

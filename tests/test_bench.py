@@ -406,3 +406,26 @@ def test_photo_checkpoint_is_refused_naming_the_photo_section(
     assert f"ae-bench: error: {tiny_photo_checkpoint}: the photo model (arch fcn)" in proc.stderr
     assert "--photo-onnx" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sigmas", ","], "argument --sigmas: ',': expected integers in 1..255"),
+        (["--sigmas", "0"], "argument --sigmas: '0': expected integers in 1..255"),
+        (["--sigmas", "25,300"], "argument --sigmas: '25,300': expected integers in 1..255"),
+        (["--picture-only"], "--picture-only draws only the picture: give its path with --picture"),
+    ],
+    ids=["no sigma", "sigma 0", "sigma over 255", "picture-only without picture"],
+)
+def test_photo_bench_refuses_options_that_measure_nothing(
+    tiny_photo_onnx: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """--sigmas ',' measured no sigma and replaced photo.json with empty tables (exit 0); --picture-only
+    without --picture did nothing (exit 0). Both are argparse errors now, and the earlier report stays."""
+    out = tmp_path / "photo.json"
+    out.write_text('{"rows": ["the earlier run"]}\n')
+    proc = run_cli("bench.photo", "--onnx", str(tiny_photo_onnx), "--out", str(out), *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_text() == '{"rows": ["the earlier run"]}\n'
