@@ -110,6 +110,53 @@ def test_quality_gate_rejects_a_variant_whose_outputs_are_nan(onnx_dir: Path, fm
     assert outcome.rejected and "nan dB (denoiser)" in outcome.rejected
 
 
+def _fp16_overflowing_checkpoint(trained: Path, out: Path) -> Path:
+    """The same fp32 function with the decoder's second Linear output beyond float16's 65504.
+
+    ReLU is positively homogeneous: scaling a Linear + ReLU by `a` and the next layer's weight by 1/a
+    changes no fp32 output, but the fp16 file's activations overflow to Inf and its outputs hold NaN."""
+    import torch
+
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(trained)
+    state, model = checkpoint.model_state, checkpoint.build_model()
+    with torch.no_grad():
+        peak = float(model.decoder.lin(model.encoder(torch.rand(64, 1, 28, 28))).abs().max())
+    a, b = 100.0, 3e5 / peak  # the weights stay under the converter's clamp of 1e4
+    state["decoder.lin.0.weight"] *= a
+    state["decoder.lin.0.bias"] *= a
+    state["decoder.lin.2.weight"] *= b / a
+    state["decoder.lin.2.bias"] *= b
+    state["decoder.cnn.0.weight"] /= b
+    checkpoint.optimizer_state = None
+    save_checkpoint(checkpoint, out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_variant_whose_outputs_are_nan_is_recorded_in_the_manifest(
+    trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """JSON has no NaN: the rejection's NaN loss once stopped the manifest (exit 2, "Out of range float
+    values are not JSON compliant", no manifest.json); now it is null and the export ends as a rejection."""
+    checkpoint = _fp16_overflowing_checkpoint(trained_checkpoint, tmp_path / "overflow.pt")
+    out = tmp_path / "onnx"
+    proc = run_cli(
+        "ae_export.cli",
+        *("--checkpoint", str(checkpoint), "--out", str(out), "--variants", "fp16,ort"),
+        *("--batch-sizes", "7", "--providers", "cpu"),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "variant fp16 not written: loses nan dB" in proc.stderr
+    assert not list(out.glob("*.fp16.*"))
+    manifest = load_manifest(out)
+    assert manifest["rejected"] == [
+        {"variant": "fp16", "reason": manifest["rejected"][0]["reason"], "loss_db": None, "budget_db": 0.02}
+    ]
+    assert {e["variant"] for e in manifest["files"] if e["kind"] == "model"} == {"fp32", "fp32.ort"}
+
+
 def test_suffix_tables_agree() -> None:
     """The runtime's file-name table (torch-free) is the exporter's, variant for variant."""
     assert VARIANT_SUFFIXES == {name: spec.suffix for name, spec in VARIANTS.items()}
