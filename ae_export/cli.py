@@ -27,6 +27,7 @@ from ae_export.export import (
     GRAPHS,
     ExportError,
     check_folder_holds,
+    check_opset,
     export_all,
     max_supported_opset,
 )
@@ -53,7 +54,7 @@ from ae_export.specs import (
     VARIANT_CHOICES,
 )
 from ae_export.variant_parity import check_manifest_files, integrity_problems
-from ae_export.variants import check_standard_test
+from ae_export.variants import check_int8_opset, check_standard_test
 from runtimes.manifest import ManifestError
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from train.data import DataError, Dataset, load_dataset
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             check_standard_test(data)  # before export_all replaces anything
         if any_size and variants:
             training_photos_folder(checkpoint, args.data_dir)  # likewise: the int8 twin's photographs
+        if "int8" in variants:
+            check_opset(args.opset)  # the opsets an export takes at all, named first
+            check_int8_opset(args.opset)  # as early: the fp32 export alone would run
         paths = export_all(
             checkpoint, out, args.opset, verify=None if args.no_parity else verify, graph=args.graph
         )

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import torch
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -274,6 +276,52 @@ def quantize_int8(
             nodes_to_exclude=[layers[k] for k in excluded if k in layers],
         )
     return onnx.load(str(out))
+
+
+def int8_runs_at(opset: int) -> bool:
+    """Whether this onnxruntime runs, on the CPU, the QDQ nodes quantize_static writes at `opset`: a uint8
+    QuantizeLinear/DequantizeLinear pair and a per-channel int8 DequantizeLinear."""
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z")
+    weight = numpy_helper.from_array(np.zeros((2, 1), np.int8), "w")
+    scales = numpy_helper.from_array(np.full(2, 0.1, np.float32), "ws")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int8_probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 1])],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 1]) for n in ("y", "wf")],
+        [scale, zero, weight, scales],
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises bare pybind11 exception types (NotImplemented, Fail, ...)
+        return False
+    return True
+
+
+def check_int8_opset(opset: int) -> None:
+    """Raise ValueError, before anything is written, when int8 files made at `opset` would not run here.
+
+    Why: the quantizer writes QuantizeLinear/DequantizeLinear at the model's opset, and onnx may offer a
+    newer opset than onnxruntime has those kernels for (onnx 1.23 offers 28; onnxruntime 1.32 has no
+    QuantizeLinear(28)). `ae-export --opset 28` then wrote the fp32 files, removed the folder's earlier
+    variants and manifest, and stopped in the int8 search with exit 2, naming a temporary file.
+    """
+    if int8_runs_at(opset):
+        return
+    lower = next((o for o in range(opset - 1, 0, -1) if int8_runs_at(o)), None)
+    advice = f"--opset {lower} or lower, or " if lower else ""
+    raise ValueError(
+        f"int8 at opset {opset}: onnxruntime {onnxruntime.__version__} has no QuantizeLinear/"
+        f"DequantizeLinear kernel for it, so the int8 files could not run; use {advice}"
+        "--variants without int8"
+    )
 
 
 @dataclass
