@@ -31,6 +31,7 @@ import onnxruntime
 import openvino as ov
 
 from ae_export import fastgraph
+from ae_export.specs import COMPAT_JSON
 from ae_export.targets import ExportedFile, ManifestError, exported_files
 from runtimes.fileio import atomic_write_text
 from runtimes.metadata import MetadataError, parse_metadata
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consumers", default=",".join(CONSUMERS), help=f"subset of {', '.join(CONSUMERS)}")
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument(
-        "--json", default=None, help="write the rows and versions here (default: ONNX_DIR/compat.json)"
+        "--json", default=None, help=f"write the rows and versions here (default: ONNX_DIR/{COMPAT_JSON})"
     )
     return p
 
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if not batches or min(batches) < 1:
             raise ValueError(f"--batch-sizes {args.batch_sizes!r}: positive integers, comma-separated")
         rows = run_compat(Path(args.onnx_dir), [c for c in args.consumers.split(",") if c], batches)
-        out = Path(args.json) if args.json else Path(args.onnx_dir) / "compat.json"
+        out = Path(args.json) if args.json else Path(args.onnx_dir) / COMPAT_JSON
         report = {"versions": versions(), "tolerances": TOLERANCES, "rows": [asdict(r) for r in rows]}
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     except (ValueError, ManifestError, MetadataError, InvalidModelError, FileNotFoundError, OSError) as err:

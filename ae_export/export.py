@@ -30,6 +30,7 @@ from ae_export.fastgraph import UnsupportedGraphError, fast_graph, graph_kind
 from ae_export.specs import (
     ARCH_SPECS,
     BATCH_AXIS,
+    COMPAT_JSON,
     DEFAULT_OPSET,
     HEIGHT_AXIS,
     IMAGE_RANGE,
@@ -354,13 +355,14 @@ def drop_derived_files(
     another model. Left behind, a lecture export's `denoiser.fp16.onnx` or `denoiser.portable.onnx` in a
     folder that now holds the photo model was picked up by `Denoiser(folder, variant="fp16")` (and, on
     CUDA, as the folder's portable twin by default), and a `parity.json` from an earlier model stood
-    beside files it never checked.
+    beside files it never checked; so did `compat.json`, whose rows said OpenCV ran a portable
+    `denoiser.onnx` that a fast export had replaced with one OpenCV refuses.
     """
     roles = sorted({role for specs in ARCH_SPECS.values() for role in specs})
     names = [
         f"{role}{suffix}" for role in roles for name, suffix in VARIANT_SUFFIXES.items() if name != "fp32"
     ]
-    names += [MANIFEST_FILE, PARITY_JSON, REJECTED_JSON, REQUIRED_OPERATORS, USABILITY_REPORT]
+    names += [MANIFEST_FILE, PARITY_JSON, REJECTED_JSON, REQUIRED_OPERATORS, USABILITY_REPORT, COMPAT_JSON]
     removed = []
     for name in names:
         path = out_dir / name

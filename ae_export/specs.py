@@ -21,12 +21,14 @@ ANY_SIZE_SAMPLE_SHAPE: tuple[int | str, ...] = (1, HEIGHT_AXIS, WIDTH_AXIS)
 ANY_SIZE_PARITY_SIZES: tuple[tuple[int, int], ...] = ((28, 28), (64, 96), (37, 53), (512, 512))
 IMAGE_RANGE = (0.0, 1.0)
 # Files an export folder holds beside the models: parity's report (or the rejected export's), the .ort
-# files' operator list and mobile usability report. With the variants and the manifest they are derived
-# from the fp32 files, so a new export removes an earlier one's (`ae_export.export.drop_derived_files`).
+# files' operator list and mobile usability report, and `ae-export compat`'s matrix. With the variants and
+# the manifest they are derived from the fp32 files, so a new export removes an earlier one's
+# (`ae_export.export.drop_derived_files`).
 PARITY_JSON = "parity.json"
 REJECTED_JSON = "parity.rejected.json"
 REQUIRED_OPERATORS = "required_operators.config"
 USABILITY_REPORT = "mobile_usability.txt"
+COMPAT_JSON = "compat.json"
 
 
 @dataclass(frozen=True)

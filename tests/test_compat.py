@@ -130,3 +130,27 @@ def test_manifest_errors_are_clear(variant_dir, tmp_path) -> None:
     with pytest.raises(ManifestError, match="gone.onnx"):
         exported_files(folder)
     assert ExportedFile("denoiser", "denoiser", "ort", folder / "denoiser.ort").onnx is False
+
+
+@pytest.mark.parametrize("graphs", [("portable", "fast"), ("fast", "fast")])
+def test_a_new_export_removes_the_earlier_compat_report(
+    trained_checkpoint, portable_onnx_dir, onnx_dir, tmp_path, graphs
+) -> None:
+    """compat.json describes the files it ran: after a portable export it said OpenCV ran denoiser.onnx,
+    and it stayed when a fast export (which OpenCV refuses) replaced that file."""
+    first, second = graphs
+    folder = tmp_path / "export"
+    shutil.copytree(portable_onnx_dir if first == "portable" else onnx_dir, folder)
+    checked = run_cli(
+        "ae_export.cli", "compat", "--onnx-dir", str(folder), "--batch-sizes", "1", "--consumers", "opencv"
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert (folder / "compat.json").is_file()
+    exported = run_cli(
+        "ae_export.cli",
+        *("--checkpoint", str(trained_checkpoint), "--out", str(folder), "--graph", second),
+        *("--variants", "none", "--no-parity"),
+    )
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert not (folder / "compat.json").exists()
+    assert "compat.json" in exported.stdout  # named among the files removed
