@@ -94,10 +94,19 @@ def check_standard_test(data: Dataset) -> None:
 
 
 def search_set(data: Dataset, noise_std: float) -> EvalSet:
-    """test[2000:3000] (fewer when the dataset is smaller, but never overlapping the standard test)."""
+    """test[2000:3000] (fewer when the dataset is smaller, but never overlapping the standard test).
+
+    A small folder dataset holds out no image beyond the standard test: the search then takes training
+    images the calibration did not use, and where it used them all (a training split of at most
+    CALIBRATION_IMAGES), the calibration's own images. Never an empty set: a folder of 300 images once
+    left the search nothing to score, and the export stopped with "need at least one array to
+    concatenate" after its fp32 files had replaced the folder's. The gate stays on held-out images.
+    """
     images = data.val.images[SEARCH_START : SEARCH_START + SEARCH_IMAGES]
     if len(images) == 0:  # a small folder dataset: fall back to training images not used for calibration
         images = data.train.images[CALIBRATION_IMAGES : CALIBRATION_IMAGES + SEARCH_IMAGES]
+    if len(images) == 0:  # the calibration took the whole training split
+        images = data.train.images[:SEARCH_IMAGES]
     return EvalSet(
         f"search set noise {noise_std} seed {SEARCH_SEED}",
         to_float(images).numpy(),
