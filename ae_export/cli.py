@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -176,6 +177,8 @@ def _budgets(items: list[str]) -> dict[str, float]:
             budgets[name] = float(value)
         except ValueError:
             raise ValueError(f"--psnr-budget {item!r}: expected VARIANT=DB with DB a number") from None
+        if not math.isfinite(budgets[name]):  # nan: no loss is within it; inf: no search, no gate
+            raise ValueError(f"--psnr-budget {item!r}: DB must be a finite number of dB (e.g. int8=0.2)")
     return budgets
 
 

@@ -186,6 +186,27 @@ def test_an_opset_int8_cannot_run_at_is_refused_before_anything_is_written(
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
 
 
+@pytest.mark.parametrize("budget", ["int8=nan", "fp16=inf", "int8=-inf"])
+def test_a_budget_that_is_not_a_finite_number_is_refused(
+    trained_checkpoint: Path, onnx_dir: Path, tmp_path: Path, budget: str
+) -> None:
+    """int8=nan once ran the whole export: a search aiming at nan dB, then a gate that no loss passes
+    (exit 1, "budget nan dB"); inf turned the search and the gate off. Bad input loses nothing."""
+    out = tmp_path / "onnx"
+    out.mkdir()
+    for spec in SPECS.values():
+        shutil.copy(onnx_dir / spec.file_name, out / spec.file_name)
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    proc = run_cli(
+        "ae_export.cli",
+        *("--checkpoint", str(trained_checkpoint), "--out", str(out), "--psnr-budget", budget),
+        *("--variants", "fp16,int8", "--batch-sizes", "7", "--providers", "cpu"),
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--psnr-budget {budget!r}: DB must be a finite number of dB" in proc.stderr
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+
+
 def test_suffix_tables_agree() -> None:
     """The runtime's file-name table (torch-free) is the exporter's, variant for variant."""
     assert VARIANT_SUFFIXES == {name: spec.suffix for name, spec in VARIANTS.items()}
