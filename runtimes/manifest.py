@@ -32,6 +32,10 @@ VARIANT_SUFFIXES: dict[str, str] = {
 }
 
 
+# What a model entry must hold, and of which type: the runtime picks files and verifies them by these.
+MODEL_ENTRY_KEYS: dict[str, type] = {"file": str, "role": str, "variant": str, "size": int, "sha256": str}
+
+
 class ManifestError(ValueError):
     """A manifest that cannot be used (bad JSON, wrong format), or a file that does not match it."""
 
@@ -55,6 +59,18 @@ def load_manifest(folder: str | Path) -> dict[str, Any] | None:
         raise ManifestError(f"{path}: not valid JSON: {err}") from err
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
         raise ManifestError(f"{path}: not an ae-export manifest (format {MANIFEST_FORMAT} with 'files')")
+    files = data["files"]
+    if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
+        raise ManifestError(f"{path}: 'files' must be a list of entries (objects)")
+    # What resolve_model reads of a model entry, checked once: a missing key was a KeyError traceback.
+    for entry in files:
+        if entry.get("kind") == "model":
+            bad = [k for k, kind in MODEL_ENTRY_KEYS.items() if not isinstance(entry.get(k), kind)]
+            if bad:
+                raise ManifestError(
+                    f"{path}: model entry {entry.get('file', entry)!r} lacks a valid {', '.join(bad)} (every "
+                    f"model entry has {', '.join(MODEL_ENTRY_KEYS)}); re-export to rewrite it"
+                )
     return data
 
 

@@ -480,6 +480,27 @@ def test_changed_file_is_refused_by_the_manifest(variants_dir: Path, tmp_path: P
         resolve_model(folder, "denoiser", "fp16")
 
 
+@pytest.mark.parametrize(("key", "value"), [("sha256", None), ("size", "12 KiB"), ("variant", None)])
+def test_a_damaged_manifest_entry_is_a_clear_error(
+    variants_dir: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    """A model entry without its sha256 (or with a size that is not a number) was a KeyError traceback
+    from ae-denoise and Denoiser; it is a ManifestError naming the file and the key, exit 2."""
+    folder = tmp_path / "copy"
+    shutil.copytree(variants_dir, folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    for entry in manifest["files"]:
+        if entry.get("file") == "denoiser.int8.onnx":
+            entry.pop(key) if value is None else entry.update({key: value})
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "x.png")
+    proc = run_cli("runtimes.cli", "--onnx", str(folder), "--variant", "int8", str(tmp_path / "x.png"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"model entry 'denoiser.int8.onnx' lacks a valid {key}" in proc.stderr
+    assert not (tmp_path / "x_denoised.png").exists()
+
+
 def _negate_first_int8_weight(path: Path) -> None:
     """Flip the sign of the first quantized weight tensor: a real corruption, the file stays valid ONNX."""
     proto = onnx.load(str(path))
