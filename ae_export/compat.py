@@ -18,7 +18,6 @@ AVX512-BF16, which moves the denoiser's output by ~4e-4. The matrix asks for f32
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ import openvino as ov
 from ae_export import fastgraph
 from ae_export.specs import COMPAT_JSON
 from ae_export.targets import ExportedFile, ManifestError, exported_files
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json
 from runtimes.metadata import MetadataError, parse_metadata
 from runtimes.sessions import InvalidModelError, open_session
 
@@ -273,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_compat(Path(args.onnx_dir), [c for c in args.consumers.split(",") if c], batches)
         out = Path(args.json) if args.json else Path(args.onnx_dir) / COMPAT_JSON
         report = {"versions": versions(), "tolerances": TOLERANCES, "rows": [asdict(r) for r in rows]}
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        atomic_write_json(out, report)
     except (ValueError, ManifestError, MetadataError, InvalidModelError, FileNotFoundError, OSError) as err:
         print(f"ae-export compat: error: {err}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ import onnxruntime as ort
 import torch
 
 from runtimes.denoiser import Denoiser
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json, atomic_write_text
 from runtimes.manifest import DEFAULT_VARIANT, variants_present
 from runtimes.sessions import (
     CPU_EP,
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     report = run(args.checkpoint, args.onnx_dir, args.out)
-    atomic_write_text(args.out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out / "gpu_check.json", report)
     text = text_report(report)
     atomic_write_text(args.out / "gpu_check.txt", text)
     print(text, end="")

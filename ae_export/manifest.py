@@ -9,8 +9,6 @@ its throughput against the fp32 file at batch 1 and 256, measured in the same ru
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +20,7 @@ import onnx
 
 import ae_export
 from ae_export.parity import ParityReport
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json
 from runtimes.manifest import MANIFEST_FILE, MANIFEST_FORMAT, sha256_file
 from runtimes.sessions import open_session, physical_cores
 
@@ -110,25 +108,9 @@ def file_entry(folder: Path, name: str, kind: str, **fields: Any) -> dict[str, A
     return {"file": name, "kind": kind, "size": path.stat().st_size, "sha256": sha256_file(path), **fields}
 
 
-def json_figures(value: Any) -> Any:
-    """`value` with every float that is not a number (NaN, +-Inf) replaced by None, at any depth.
-
-    Why: JSON has no NaN, and a variant whose outputs hold NaN (an fp16 file whose activations overflow
-    65504) scores a NaN loss; the gate rejects it, and its record must still be written. The manifest
-    once refused it (`allow_nan=False`): the export ended in exit 2, "Out of range float values are not
-    JSON compliant", with no manifest. null is what JSON readers take for "no figure".
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: json_figures(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_figures(item) for item in value]
-    return value
-
-
 def write_manifest(folder: Path, files: list[dict[str, Any]], extra: Mapping[str, Any]) -> Path:
-    """manifest.json, written atomically; figures that are not numbers are null (`json_figures`)."""
+    """manifest.json, written atomically; figures that are not numbers are null (a rejected variant whose
+    outputs were NaN scores a NaN loss, and its record must still be written: `fileio.json_ready`)."""
     manifest = {
         "format": MANIFEST_FORMAT,
         "producer": f"ae-export {ae_export.__version__}",
@@ -137,5 +119,5 @@ def write_manifest(folder: Path, files: list[dict[str, Any]], extra: Mapping[str
         "files": files,
     }
     path = folder / MANIFEST_FILE
-    atomic_write_text(path, json.dumps(json_figures(manifest), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, manifest)
     return path

@@ -10,7 +10,6 @@ are computed first, then ONNX Runtime runs with spinning off: the two never comp
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ import torch
 
 from ae_export.export import module_for
 from ae_export.specs import ANY_SIZE_DENOISER, ANY_SIZE_PARITY_SIZES, SPECS, ArtifactSpec, Tolerance
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json
 from runtimes.layout import pad_to_multiple
 from runtimes.metadata import parse_metadata
 from runtimes.noise import add_noise
@@ -125,7 +124,7 @@ class ParityReport:
         return "\n".join(lines)
 
     def write_json(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
 
 
 def compare(ort_out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> tuple[float, float, float, int]:

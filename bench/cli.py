@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from bench.report import (
 )
 from bench.timing import BUDGETS
 from runtimes.cli import positive_int
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json
 from runtimes.sessions import InvalidModelError, physical_cores
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import DataError
@@ -208,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"total: {report['seconds']['total']:.1f} s")
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        atomic_write_json(args.out, report)
     except OSError as err:  # e.g. the disk filled during the run: the tables above are the report
         return _error(f"--out {args.out}: not written ({err}); the tables above are this run's report")
     print(f"wrote {args.out}")

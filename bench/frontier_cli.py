@@ -13,7 +13,6 @@ Exit codes: 0 ok, 2 bad input (missing checkpoint/export, stale export, missing 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from bench.report import load_fashion, render_header, run_bench
 from bench.section import DENOISER_FILE, ModelUnderTest
 from bench.tables import render_table
 from bench.timing import BUDGETS
-from runtimes.fileio import atomic_save, atomic_write_text
+from runtimes.fileio import atomic_save, atomic_write_json, atomic_write_text
 from runtimes.onnx_model import OnnxModel
 from runtimes.sessions import physical_cores
 from train.checkpoint import CheckpointError, load_checkpoint
@@ -148,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             picture = Path(os.path.relpath(args.picture.resolve(), args.readme.resolve().parent)).as_posix()
         body = f"Measured by {header}\n\n{table}\n\n![clean / noisy / each preset]({picture})"
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out / "bench.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_json(args.out / "bench.json", report)
         atomic_write_text(args.out / "frontier.md", body + "\n")
         if args.readme is not None:
             replace_block(args.readme, body)

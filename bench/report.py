@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ae_export.export import export_all
@@ -21,6 +20,7 @@ from bench.machine import machine_info
 from bench.section import DENOISER_FILE, BenchContext, ModelUnderTest, Section
 from bench.tables import render_section
 from bench.timing import Budget
+from runtimes.fileio import json_ready
 from runtimes.onnx_model import OnnxModel
 from train.checkpoint import Checkpoint
 from train.data import Dataset, load_dataset
@@ -73,21 +73,6 @@ def render_header(report: dict[str, Any]) -> str:
         f"CPUs ({m['physical_cores']} physical cores), {m['threads']} threads; torch {m['torch']}, "
         f"onnxruntime {m['onnxruntime']}, numpy {m['numpy']}" + (f"; CUDA: {m['cuda']}" if m["cuda"] else "")
     )
-
-
-def sanitize(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars to Python, Paths to str, non-finite floats to None (valid JSON)."""
-    if isinstance(value, dict):
-        return {str(k): sanitize(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [sanitize(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _open_denoiser(onnx_dir: Path) -> OnnxModel | None:
@@ -189,4 +174,4 @@ def run_bench(
         if on_section is not None:
             on_section(name, result)
     report["seconds"]["total"] = time.perf_counter() - started
-    return sanitize(report)
+    return json_ready(report)

@@ -7,13 +7,12 @@ section's result, and notes printed under it. Missing values print as "-".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json
 
 Row = dict[str, Any]
 Result = dict[str, Any]
@@ -106,5 +105,5 @@ def print_and_write(rendered: str, result: Result, out: str | Path | None) -> No
     if out:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(path, result)
         print(f"wrote {path}")

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import numpy as np
 
 TEMP_SUFFIX = ".tmp"
 # `.<key>.<mkstemp's 8 random characters>.tmp`: the temporary files `atomic_open` makes, where <key> is
@@ -90,6 +94,33 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_ready(value: Any) -> Any:
+    """A copy of `value` that strict JSON can hold: numpy scalars as Python numbers, paths as text, tuples
+    as lists, dict keys as text, and every float that is not a number (NaN, +-Inf) as None (null).
+
+    Why: JSON has no NaN or Infinity. Python's `json.dumps` writes the bare tokens `NaN` and `Infinity`,
+    which Python reads back but strict readers (JavaScript's JSON.parse, jq, serde_json, Go) refuse, so a
+    report with one failed figure (a parity check whose outputs were NaN) became unreadable to them.
+    """
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
+    """`value` as indented, strictly valid JSON (`json_ready`: NaN and Inf as null), written atomically.
+    Every JSON report of every stage goes through here."""
+    atomic_write_text(path, json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n")
 
 
 def atomic_save(path: str | os.PathLike[str], save: Callable[[IO[bytes]], None], fsync: bool = True) -> None:

@@ -19,12 +19,13 @@ from bench import photo
 from bench.cli import main
 from bench.concurrency import bench_microbatcher
 from bench.flops import count_flops
-from bench.report import SECTIONS, render, resolve_models, sanitize
+from bench.report import SECTIONS, render, resolve_models
 from bench.section import BenchContext
 from bench.tables import Column, Table, markdown_table, render_table
 from bench.timing import BUDGETS, latency_stats, time_calls
 from bench.training import torchvision_root
 from runtimes.denoiser import Denoiser
+from runtimes.fileio import json_ready
 from tests.helpers import conv_model, run_cli, run_script, train_tiny_photo_model
 from train.checkpoint import load_checkpoint
 from train.model import DenoisingAutoencoder, ModelConfig
@@ -119,14 +120,16 @@ def test_bench_draws_noise_and_opens_sessions_only_through_the_shared_code() -> 
         assert "denoiser.onnx" not in text and not re.search(r"\b28\b", text), f"{path.name}: literal"
 
 
-def test_markdown_table_and_sanitize() -> None:
+def test_markdown_table() -> None:
     table = markdown_table(["name", "value"], [["a", 1234.5], ["b", 0.01234]])
     assert table.splitlines() == ["| name | value |", "|---|---:|", "| a | 1,234 |", "| b | 0.0123 |"]
-    assert sanitize({"x": np.float32(1.5), "y": float("nan"), "z": [Path("p")]}) == {
-        "x": 1.5,
-        "y": None,
-        "z": ["p"],
-    }
+
+
+def test_json_ready_gives_what_strict_json_holds() -> None:
+    """The one JSON writer's conversion (runtimes.fileio): numpy scalars, NaN/Inf, paths, tuples."""
+    value = {"x": np.float32(1.5), "y": float("nan"), "z": (Path("p"), -math.inf), 3: np.int64(7)}
+    assert json_ready(value) == {"x": 1.5, "y": None, "z": ["p", None], "3": 7}
+    assert json.dumps(json_ready(value), allow_nan=False)
 
 
 def test_bad_sections_name_the_valid_choices(capsys: pytest.CaptureFixture[str]) -> None:
@@ -295,7 +298,7 @@ def tiny_photo_onnx(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_photo_section_tiny_measures_the_real_model_against_nl_means(tiny_photo_onnx: Path) -> None:
-    result = sanitize(photo.run(_photo_context(tiny_photo_onnx)))
+    result = json_ready(photo.run(_photo_context(tiny_photo_onnx)))
     assert len(result["photos"]) == 1 and "crop" in result["photos"][0]
     assert [(r["sigma_255"], r["method"]) for r in result["rows"]] == [
         (25, "noisy input"),
@@ -336,7 +339,7 @@ def test_photo_section_adds_the_int8_twin_where_the_export_has_one(
     shutil.copytree(tiny_photo_onnx, folder)
     checkpoint = load_checkpoint(tiny_photo_onnx.parent / "checkpoint.pt")
     assert export_photo_int8(checkpoint, folder, budget_db=100.0, log=lambda _line: None).rejected is None
-    result = sanitize(photo.run(_photo_context(folder)))
+    result = json_ready(photo.run(_photo_context(folder)))
     methods = [r["method"] for r in result["rows"]]
     assert methods[-2:] == ["ours (ONNX Runtime)", "ours int8 (ONNX Runtime)"]
     int8_row = result["rows"][-1]

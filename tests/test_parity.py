@@ -72,14 +72,14 @@ def test_compare_polygraphy_rule() -> None:
     assert compare(np.array([np.nan, 100, 0], dtype=np.float32), ref, tol)[3] >= 1
 
 
-def _damage(src, dst, role: str) -> None:
-    """Copy the ONNX files, nudging one weight of `role` by 1e-2."""
+def _damage(src, dst, role: str, nudge: float = 1e-2) -> None:
+    """Copy the ONNX files, nudging one weight of `role` by `nudge` (1e-2; NaN makes that weight NaN)."""
     shutil.copytree(src, dst)
     path = dst / SPECS[role].file_name
     proto = onnx.load(str(path))
     init = max(proto.graph.initializer, key=lambda i: int(np.prod(i.dims)))
     weights = numpy_helper.to_array(init).copy()
-    weights.flat[0] += 1e-2
+    weights.flat[0] += nudge
     init.CopyFrom(numpy_helper.from_array(weights, init.name))
     onnx.save(proto, str(path))
 
@@ -105,6 +105,28 @@ def test_damaged_model_fails_parity(onnx_dir, trained_checkpoint, tmp_path, role
     assert report["passed"] is False
     failed = {(r["artifact"], r["batch_size"]) for r in report["results"] if not r["passed"]}
     assert (role, 1) in failed or (role, 64) in failed
+
+
+def _strict_json(text: str) -> dict:
+    """json.loads that refuses the NaN/Infinity tokens, as JavaScript's JSON.parse, jq and serde do."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_parity_json_with_nan_figures_is_strict_json(onnx_dir, trained_checkpoint, tmp_path) -> None:
+    """A file whose outputs are NaN fails parity with NaN errors; parity.json once held the bare token
+    `NaN`, which Python reads but strict JSON readers refuse. NaN and Inf figures are now null."""
+    damaged = tmp_path / "damaged"
+    _damage(onnx_dir, damaged, "denoiser", nudge=float("nan"))
+    args = ("--checkpoint", str(trained_checkpoint), "--onnx-dir", str(damaged), "--batch-sizes", "1")
+    done = run_cli("ae_export.cli", "parity", *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = _strict_json((damaged / "parity.json").read_text())
+    failed = [r for r in report["results"] if not r["passed"]]
+    assert failed and all(r["artifact"] == "denoiser" and r["max_abs"] is None for r in failed)
 
 
 def test_parity_cli_passes_on_good_files(onnx_dir, trained_checkpoint, tmp_path) -> None:

@@ -13,7 +13,6 @@ originals (PSNR, SSIM, as scikit-image defines them) and draws a contact sheet f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 
 from runtimes.cli import positive_int
-from runtimes.fileio import atomic_save, atomic_write_text
+from runtimes.fileio import atomic_save, atomic_write_json
 from train.data import DATASETS, DataError, load_dataset
 from train.metrics import SSIM_WIN, psnr_per_image, ssim_per_image
 
@@ -90,7 +89,7 @@ def score(clean_dir: Path, denoised_dir: Path, sheet: Path | None) -> int:
         f"SSIM {result['noisy_ssim']:.3f} -> denoised PSNR {result['denoised_psnr']:.2f} dB, "
         f"SSIM {result['denoised_ssim']:.3f} (gain {result['denoised_psnr'] - result['noisy_psnr']:+.2f} dB)"
     )
-    atomic_write_text(denoised_dir / "demo_scores.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(denoised_dir / "demo_scores.json", result)
     if sheet is not None:
         cols = min(16, len(rows))
         canvas = Image.new("L", (cols * 58 + 2, 3 * 58 + 2), 255)

@@ -12,7 +12,6 @@ would. Evaluation noise uses its own fixed seed, so every epoch and every run is
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtimes.fileio import atomic_save, atomic_write_text
+from runtimes.fileio import atomic_save, atomic_write_json
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from train.data import (
     DataError,
@@ -445,7 +444,7 @@ def _train(
         checkpoint = saving
         on_disk_now[:] = [saving]
         summary = {"config": asdict(config), "dataset": dataset_info, "epochs": history}
-        atomic_write_text(out / METRICS_NAME, json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(out / METRICS_NAME, summary)
         save_samples(model, data.val, config, out / SAMPLES_NAME, device)
         log(format_epoch(row, config.epochs))
     assert checkpoint is not None

@@ -14,7 +14,6 @@ noise of `eval_sigma` from a fixed seed; PSNR/SSIM are scikit-image's, averaged 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_json
 from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, save_checkpoint
 from train.fcn import FcnDenoiser, denoise_any_size
@@ -227,7 +226,7 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         )
         save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
         summary = {"config": asdict(config), "dataset": dataset_info, "steps": history}
-        atomic_write_text(out / METRICS_NAME, json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(out / METRICS_NAME, summary)
         log(
             f"STEP {step}/{config.steps} train loss {row['train_loss']:.5f} | val sigma "
             f"{config.noise_factor * 255:.0f}/255: psnr {row['psnr']:.2f} dB ssim {row['ssim']:.3f} "
