@@ -31,8 +31,9 @@ import openvino as ov
 
 from ae_export import fastgraph
 from ae_export.specs import COMPAT_JSON
-from ae_export.targets import ExportedFile, ManifestError, exported_files
+from ae_export.targets import ExportedFile, exported_files
 from runtimes.fileio import atomic_write_json
+from runtimes.manifest import ManifestError
 from runtimes.metadata import MetadataError, parse_metadata
 from runtimes.sessions import InvalidModelError, open_session
 

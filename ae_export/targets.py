@@ -5,30 +5,23 @@ that the export's own metadata lists (encoder, decoder, denoiser; the denoiser o
 without an encoder/decoder pair) under their role names, then every variant that the folder's `manifest.json`
 lists (fp16, int8, ... from `ae-export --variants`), named `<role>_<variant>`.
 
-The manifest (written by `ae-export --variants`) is read as `{"files": [{"file": "denoiser.fp16.onnx",
-"kind": "model", "role": "denoiser", "variant": "fp16", ...}, ...]}`; entries of another kind (reports,
-operator lists) are not models, and fp32 entries are the base files, not listed twice. `.ort` entries
-are kept, marked `onnx=False`: only ONNX Runtime reads that format, so each target leaves them out. A
-model entry without those keys is an error, never a silent skip.
+The manifest (written by `ae-export --variants`) is read by the runtime's reader (`runtimes.manifest`):
+entries of another kind than "model" (reports, operator lists) are not models, and fp32 entries are the
+base files, not listed twice. `.ort` entries are kept, marked `onnx=False`: only ONNX Runtime reads that
+format, so each target leaves them out. A model entry without its keys, a listed file that is missing,
+and one whose size or sha256 differ from the manifest's are errors, never a silent skip.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from ae_export.specs import SPECS
+from runtimes.manifest import DEFAULT_VARIANT, MANIFEST_FILE, ManifestError, load_manifest, resolve_model
 from runtimes.metadata import parse_metadata
-
-MANIFEST = "manifest.json"
-BASE_VARIANT = "fp32"
-
-
-class ManifestError(ValueError):
-    """manifest.json exists but does not list files the way this module reads them."""
 
 
 @dataclass(frozen=True)
@@ -50,25 +43,25 @@ def model_name(role: str, variant: str) -> str:
 
 
 def manifest_variants(onnx_dir: Path) -> list[ExportedFile]:
-    """The non-fp32 files `manifest.json` lists; empty when the folder has no manifest."""
-    path = onnx_dir / MANIFEST
-    if not path.is_file():
+    """The non-fp32 files `manifest.json` lists; empty when the folder has no manifest.
+
+    Read by the runtime's own reader (`runtimes.manifest`), so a target is offered exactly what
+    `Denoiser(folder, variant=...)` would load, and each file is checked against the manifest's size and
+    sha256 first: a replaced or damaged variant is a ManifestError naming it, not a file a Triton
+    repository or the compatibility matrix would serve or judge.
+    """
+    manifest = load_manifest(onnx_dir)
+    if manifest is None:
         return []
-    try:
-        entries = json.loads(path.read_text())["files"]
-        models = [e for e in entries if e.get("kind", "model") == "model"]
-        found = [
-            ExportedFile(model_name(e["role"], e["variant"]), e["role"], e["variant"], onnx_dir / e["file"])
-            for e in models
-            if e["variant"] != BASE_VARIANT
-        ]
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-        raise ManifestError(
-            f"{path}: expected {{'files': [{{'file', 'role', 'variant'}}, ...]}}: {err!r}"
-        ) from err
-    missing = [str(f.path) for f in found if not f.path.is_file()]
-    if missing:
-        raise ManifestError(f"{path} lists files that are not there: {', '.join(missing)}")
+    found = []
+    for entry in manifest["files"]:
+        if entry.get("kind") != "model" or entry["variant"] == DEFAULT_VARIANT:
+            continue
+        role, variant = entry["role"], entry["variant"]
+        if not (onnx_dir / entry["file"]).is_file():
+            raise ManifestError(f"{onnx_dir / MANIFEST_FILE} lists a file that is not there: {entry['file']}")
+        path = resolve_model(onnx_dir, role, variant)  # size and sha256 against the manifest
+        found.append(ExportedFile(model_name(role, variant), role, variant, path))
     return found
 
 
@@ -85,7 +78,7 @@ def base_artifacts(onnx_dir: Path) -> dict[str, str]:
 def exported_files(onnx_dir: Path) -> list[ExportedFile]:
     """The fp32 artifacts, then the manifest's variants; FileNotFoundError if the export is missing."""
     artifacts = base_artifacts(onnx_dir)
-    base = [ExportedFile(role, role, BASE_VARIANT, onnx_dir / file) for role, file in artifacts.items()]
+    base = [ExportedFile(role, role, DEFAULT_VARIANT, onnx_dir / file) for role, file in artifacts.items()]
     missing = [str(f.path) for f in base if not f.path.is_file()]
     if missing:
         raise FileNotFoundError(f"not exported yet: {', '.join(missing)} (run `ae-export` first)")

@@ -42,9 +42,9 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ae_export.specs import BATCH_AXIS
-from ae_export.targets import BASE_VARIANT, ExportedFile, exported_files
+from ae_export.targets import ExportedFile, exported_files
 from runtimes.batching import MicroBatcher
-from runtimes.manifest import PORTABLE_VARIANT
+from runtimes.manifest import DEFAULT_VARIANT, PORTABLE_VARIANT
 from runtimes.metadata import TensorContract, parse_metadata
 from runtimes.sessions import cuda_options
 
@@ -271,7 +271,7 @@ def sources(onnx_dir: Path, kind: str = "cpu") -> list[ExportedFile]:
     if kind != "gpu" or not twins:
         return files
     return [
-        dataclasses.replace(f, path=twins[f.role]) if f.variant == BASE_VARIANT and f.role in twins else f
+        dataclasses.replace(f, path=twins[f.role]) if f.variant == DEFAULT_VARIANT and f.role in twins else f
         for f in files
         if f.variant != PORTABLE_VARIANT
     ]

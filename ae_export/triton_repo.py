@@ -24,7 +24,6 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ae_export.specs import SPECS
-from ae_export.targets import ManifestError
 from ae_export.triton import (
     CONFIG_FILE,
     DEFAULT_MAX_BATCH_SIZE,
@@ -47,6 +46,7 @@ from ae_export.triton import (
     sources,
 )
 from runtimes.fileio import atomic_write_bytes, atomic_write_text
+from runtimes.manifest import ManifestError
 from runtimes.metadata import MetadataError
 
 

@@ -20,7 +20,8 @@ for _module in ("openvino", "cv2"):
 
 from ae_export.compat import BATCH_SIZES, CONSUMERS, TOLERANCES, check_file, run_compat
 from ae_export.specs import SPECS
-from ae_export.targets import ExportedFile, ManifestError, exported_files
+from ae_export.targets import ExportedFile, exported_files
+from runtimes.manifest import ManifestError, sha256_file
 from tests.helpers import run_cli
 
 
@@ -78,11 +79,18 @@ def variant_dir(onnx_dir, tmp_path_factory) -> Path:
     for spec in SPECS.values():
         shutil.copyfile(onnx_dir / spec.file_name, folder / spec.file_name)
     _col2im_variant(onnx_dir / "denoiser.onnx", folder / "denoiser.fast.onnx")
-    files = [{"file": s.file_name, "kind": "model", "role": r, "variant": "fp32"} for r, s in SPECS.items()]
-    files.append({"file": "denoiser.fast.onnx", "kind": "model", "role": "denoiser", "variant": "fast"})
+    files = [_entry(folder, s.file_name, r, "fp32") for r, s in SPECS.items()]
+    files.append(_entry(folder, "denoiser.fast.onnx", "denoiser", "fast"))
     files.append({"file": "mobile_usability.txt", "kind": "report"})  # not a model: left alone
     (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": files}))
     return folder
+
+
+def _entry(folder: Path, name: str, role: str, variant: str) -> dict:
+    """A manifest model entry as ae-export writes it (the runtime's reader checks size and sha256)."""
+    path = folder / name
+    size, digest = path.stat().st_size, sha256_file(path)
+    return {"file": name, "kind": "model", "role": role, "variant": variant, "size": size, "sha256": digest}
 
 
 def test_unloadable_file_is_reported_with_the_consumers_error(variant_dir) -> None:
@@ -121,13 +129,19 @@ def test_triton_serves_manifest_variants(variant_dir, tmp_path) -> None:
 def test_manifest_errors_are_clear(variant_dir, tmp_path) -> None:
     folder = tmp_path / "export"
     shutil.copytree(variant_dir, folder)
-    (folder / "manifest.json").write_text(json.dumps({"files": [{"file": "x.onnx", "role": "denoiser"}]}))
+    good = json.loads((folder / "manifest.json").read_text())
+    entry = {"file": "x.onnx", "kind": "model", "role": "denoiser", "size": 1, "sha256": "0"}
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": [entry]}))
     with pytest.raises(ManifestError, match="variant"):
         exported_files(folder)
-    (folder / "manifest.json").write_text(
-        json.dumps({"files": [{"file": "gone.onnx", "role": "d", "variant": "int8"}]})
-    )
+    entry = {**entry, "file": "gone.onnx", "variant": "int8"}
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": [entry]}))
     with pytest.raises(ManifestError, match="gone.onnx"):
+        exported_files(folder)
+    # A variant replaced after the export (its sha256 no longer the manifest's) is not offered to a target.
+    (folder / "manifest.json").write_text(json.dumps(good))
+    shutil.copyfile(folder / "denoiser.onnx", folder / "denoiser.fast.onnx")
+    with pytest.raises(ManifestError, match=r"denoiser\.fast\.onnx: does not match"):
         exported_files(folder)
     assert ExportedFile("denoiser", "denoiser", "ort", folder / "denoiser.ort").onnx is False
 
