@@ -49,7 +49,7 @@ def int_at_least(low: int, expected: str) -> Callable[[str], int]:
 
 
 positive_int = int_at_least(1, "a positive integer")
-_seed = int_at_least(0, "an integer >= 0")
+seed_int = int_at_least(0, "an integer >= 0")  # every --seed of every CLI
 
 
 def _noise_std(text: str) -> float:
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="demo: add clip(x + STD*N(0,1), 0, 1) noise first, save it as <stem>.noisy.png "
         "beside the result, and denoise that",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="seed for --add-noise (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed for --add-noise (default 0)")
     parser.add_argument(
         "--size-mode",
         choices=SIZE_MODES,

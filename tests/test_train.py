@@ -19,7 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tests.helpers import REPO, run_cli, train_tiny_photo_model
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import fixed_noisy, to_float, write_idx
-from train.loop import TrainConfig, TrainingInterrupted, evaluate, train
+from train.loop import TrainConfig, TrainingInterrupted, _epoch_generator, evaluate, train
 from train.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from train.model import DenoisingAutoencoder, ModelConfig
 from train.photo_train import PhotoTrainConfig, train_photos
@@ -556,3 +556,28 @@ def test_resume_already_at_epochs_writes_nothing_and_says_so(fmnist, tmp_path, e
     assert f"already trained 2 epochs (>= --epochs {epochs})" in done.stdout
     assert "wrote" not in done.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_any_seed_trains_and_seeds_that_fitted_keep_their_streams(fmnist, tmp_path) -> None:
+    """A 20-digit seed stopped the lecture loop with 'Overflow when unpacking long long' (its epoch
+    generator is seeded with seed * 1_000_003 + epoch, beyond torch's int64 for seeds past ~9.2e12). Seeds
+    are now reduced modulo 2**64 first, as torch itself does, so a seed that fitted keeps its stream."""
+    for seed, epoch in ((0, 1), (7, 3), (-5, 2)):
+        reference = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        assert torch.equal(
+            torch.rand(8, generator=_epoch_generator(seed, epoch)), torch.rand(8, generator=reference)
+        )
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), epochs=1, seed=10**20 + 3, **TINY)
+    checkpoint = train(config, quiet=True, dataset=fmnist, log=lambda _: None)
+    assert checkpoint.epoch == 1 and np.isfinite(checkpoint.metrics[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("preset", ["lecture", "photo"])
+def test_a_negative_seed_is_refused_naming_the_flag(tmp_path, preset) -> None:
+    """--seed -1 ran the lecture loop but stopped the photo run with numpy's bare 'expected non-negative
+    integer' (exit 2, no flag named); both now refuse it as ae-denoise does: an integer >= 0."""
+    done = run_cli("train.cli", "--preset", preset, "--seed", "-1", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2, done.stderr
+    assert "argument --seed: expected an integer >= 0, got -1" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from runtimes.cli import seed_int
 from train.data import DATASETS, DataError
 from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, TrainingInterrupted, train
 from train.model import MODEL_BUILDERS
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default {DEFAULTS.target}; 'clean' trains a denoiser; 'noisy' reproduces the lecture's slide "
         "(loss vs the noisy input)",
     )
-    p.add_argument("--seed", type=int, default=None, help=f"default {DEFAULTS.seed}")
+    p.add_argument("--seed", type=seed_int, default=None, help=f"an integer >= 0 (default {DEFAULTS.seed})")
     p.add_argument("--device", choices=DEVICES, default=None, help=f"default {DEFAULTS.device}")
     p.add_argument(
         "--out",

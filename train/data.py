@@ -251,6 +251,11 @@ def add_noise(x: torch.Tensor, factor: float, generator: torch.Generator | None 
     return apply_noise(x, factor, normal)
 
 
+# torch generators keep seeds modulo 2**64 and refuse ints outside [-2**63, 2**64): a seed reduced by this
+# first gives the same stream wherever it fitted, and fits whatever its size.
+TORCH_SEEDS = 1 << 64
+
+
 def fixed_noisy(images: torch.Tensor, factor: float, seed: int) -> torch.Tensor:
     """Noisy float copies of uint8 images with a fixed seed: the same evaluation set every epoch and run."""
     generator = torch.Generator().manual_seed(seed)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from runtimes.fileio import atomic_save, atomic_write_json
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from train.data import (
+    TORCH_SEEDS,
     DataError,
     Dataset,
     Split,
@@ -136,7 +137,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    # torch takes seeds in [-2**63, 2**64) and reduces them modulo 2**64 itself: reducing first gives every
+    # seed that fitted the same stream, and lets any seed fit (a 14-digit one overflowed: 'Overflow when
+    # unpacking long long').
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % TORCH_SEEDS)
 
 
 def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -388,7 +392,7 @@ def _train(
                 f"images, but {ckpt_path} trained on {had[0]} and {had[1]}: resume on the data it trained on"
             )
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed % TORCH_SEEDS)
     model_config = config.model_config()
     model = DenoisingAutoencoder(model_config).to(device)
     step_model: torch.nn.Module = model

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from runtimes.fileio import atomic_write_json
 from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, save_checkpoint
+from train.data import TORCH_SEEDS
 from train.fcn import FcnDenoiser, denoise_any_size
 from train.metrics import psnr_per_image, ssim_per_image
 from train.model import ModelConfig, build_model
@@ -149,7 +150,7 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         log(f"skipped {line}")
     rng = np.random.default_rng(config.seed)
     sampler = CropSampler(train_set, config.crop, rng)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed % TORCH_SEEDS)  # any seed >= 0 (numpy's generator takes any)
     model_config = config.model_config()
     model = build_model(model_config).to(device)
     # channels_last: oneDNN's convolutions run faster in NHWC (1.25x a step on a 2-core CPU, fp32); the
