@@ -37,6 +37,17 @@ KEY_GRAPH = PREFIX + "graph"
 KEY_RECEPTIVE_FIELD = PREFIX + "receptive_field"
 GRAPHS = ("portable", "fast")
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ROLE, KEY_MODEL, KEY_INPUT, KEY_OUTPUT, KEY_ARTIFACTS)
+# Keys whose value is a JSON object; the optional ones (not in REQUIRED_KEYS) may also be null.
+OBJECT_KEYS = (
+    KEY_MODEL,
+    KEY_INPUT,
+    KEY_OUTPUT,
+    KEY_ARTIFACTS,
+    KEY_NOISE,
+    KEY_TRAINING,
+    KEY_PROVENANCE,
+    KEY_TOLERANCE,
+)
 ROLES = ("encoder", "decoder", "denoiser")
 
 
@@ -138,13 +149,20 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             values[key] = json.loads(text)
         except json.JSONDecodeError as err:
             raise MetadataError(f"{source}: metadata {key!r} is not valid JSON: {err}") from err
-    if values[KEY_FORMAT] != FORMAT_VERSION:
+    if type(values[KEY_FORMAT]) is not int or values[KEY_FORMAT] != FORMAT_VERSION:
         raise MetadataError(
             f"{source}: metadata format {values[KEY_FORMAT]!r} is not supported (this runtime reads "
             f"format {FORMAT_VERSION})"
         )
     if values[KEY_ROLE] not in ROLES:
         raise MetadataError(f"{source}: role {values[KEY_ROLE]!r} is not one of {', '.join(ROLES)}")
+    # A value of another JSON type (a list, a string) was an AttributeError traceback further down.
+    for key in OBJECT_KEYS:
+        value = values.get(key)
+        if not isinstance(value, dict) and not (value is None and key not in REQUIRED_KEYS):
+            raise MetadataError(
+                f"{source}: metadata {key!r} must be a JSON object; got {type(value).__name__} {value!r}"
+            )
     graph = values.get(KEY_GRAPH, "portable")
     if graph not in GRAPHS:
         raise MetadataError(f"{source}: graph {graph!r} is not one of {', '.join(GRAPHS)}")

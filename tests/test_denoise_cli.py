@@ -429,7 +429,9 @@ def test_unsafe_outputs_refused(onnx_dir: Path, fmnist_test: np.ndarray, tmp_pat
 # Model and argument errors: exit 2 before any work
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "zero_bytes", "encoder", "folder_without_denoiser"])
+@pytest.mark.parametrize(
+    "case", ["missing", "text", "zero_bytes", "encoder", "folder_without_denoiser", "metadata_of_wrong_type"]
+)
 def test_bad_model_exits_2(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, case: str) -> None:
     save(tmp_path / "in" / "x.png", fmnist_test[0])
     model = tmp_path / "model.onnx"
@@ -441,6 +443,11 @@ def test_bad_model_exits_2(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Pa
         model = onnx_dir / "encoder.onnx"
     elif case == "folder_without_denoiser":
         model = tmp_path / "in"
+    elif case == "metadata_of_wrong_type":  # was an AttributeError traceback, exit 1
+        onnx = pytest.importorskip("onnx")
+        proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
+        next(p for p in proto.metadata_props if p.key == "ae_export.artifacts").value = '["encoder.onnx"]'
+        onnx.save(proto, str(model))
     proc = run_cli(CLI, "--onnx", str(model), str(tmp_path / "in"))
     assert proc.returncode == 2, proc.stderr
     assert "cannot use model" in proc.stderr and str(model) in proc.stderr

@@ -220,6 +220,31 @@ def test_malformed_receptive_field_refused(onnx_dir: Path, tmp_path: Path, value
         Denoiser(path, warmup=False)
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("ae_export.artifacts", '["encoder.onnx"]'),
+        ("ae_export.input", '"input"'),
+        ("ae_export.output", "[1, 28, 28]"),
+        ("ae_export.model_config", "null"),
+        ("ae_export.noise", "[0.3]"),
+        ("ae_export.tolerance", "1e-5"),
+    ],
+)
+def test_metadata_of_the_wrong_json_type_refused(
+    onnx_dir: Path, tmp_path: Path, key: str, value: str
+) -> None:
+    """Each object-valued key must hold an object (the optional ones may be null): a list or a string
+    there was an AttributeError traceback, not an InvalidModelError naming the key."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
+    next(p for p in proto.metadata_props if p.key == key).value = value
+    path = tmp_path / "denoiser.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(InvalidModelError, match=rf"metadata '{key}' must be a JSON object"):
+        Denoiser(path, warmup=False)
+
+
 def test_wrong_role(onnx_dir: Path) -> None:
     with pytest.raises(
         InvalidModelError, match=r"encoder\.onnx: is an ae-export encoder model; expected the denoiser"
