@@ -2,7 +2,8 @@
 
 Thin by design: it parses arguments, builds the plan and the model, and reports. The work is in
 `runtimes.pipeline`. Exit codes: 0 all done (skips included), 1 some files failed (each named on stderr
-with a reason), 2 usage error, unsafe output plan, or missing/invalid model (nothing written).
+with a reason), 2 usage error, unsafe output plan, or missing/invalid model (nothing written), 130
+interrupted (Ctrl-C: every output written is whole, and a re-run of the same command skips them).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from runtimes.sessions import (
 
 PROG = "ae-denoise"
 COLOR_CHOICES = ("auto", "gray")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def int_at_least(low: int, expected: str) -> Callable[[str], int]:
@@ -208,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         progress = tqdm(total=len(plan.jobs), unit="img", file=sys.stderr, dynamic_ncols=True)
 
+    finished = [0]  # files done, failed or skipped so far: what an interruption reports
+
     def on_outcome(outcome: Outcome) -> None:
+        finished[0] += 1
         if outcome.status == "failed":
             message = f"{PROG}: {outcome.job.source}: {outcome.reason}"
             if progress is not None:
@@ -232,6 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_outcome=on_outcome,
             color=args.color == "auto",
         )
+    except KeyboardInterrupt:
+        # The writes already under way have finished (the pipeline's pool waits for them), each atomic.
+        if progress is not None:
+            progress.close()
+        print(
+            f"{PROG}: interrupted after {finished[0]} of {len(plan.jobs)} file(s); every output written is "
+            "whole, and running the same command again skips them and goes on",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     finally:
         if progress is not None:
             progress.close()

@@ -108,3 +108,49 @@ def test_sigkill_then_rerun_leaves_no_temporaries(
     assert rerun.returncode == 0, rerun.stderr
     assert _temps(out) == []
     assert len(list(out.glob("*.png"))) == len(images)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_is_one_line_and_a_rerun_goes_on(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-run: exit 130 with one line saying how far it got, no traceback, whole outputs only,
+    and the same command run again finishes the rest. Before, a KeyboardInterrupt traceback."""
+    images = fmnist_test[:1500]
+    _images(tmp_path / "in", images)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A CI job started in the background inherits SIGINT ignored; give the child a terminal's default.
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and sum(1 for _ in out.glob("*.png")) >= 100:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    written = sorted(out.glob("*.png"))
+    assert 0 < len(written) < len(images), "the run was not interrupted mid-way; the test proves nothing"
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted after" in stderr and f"of {len(images)} file(s)" in stderr
+    assert _temps(out) == []
+    rerun = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(written)} skipped" in rerun.stderr
+    assert len(list(out.glob("*.png"))) == len(images)
