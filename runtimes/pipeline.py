@@ -349,7 +349,10 @@ def run_pipeline(
 def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:
     """What to do with a job whose output exists (no --overwrite): an Outcome, or None to denoise it.
 
-    The output's source record (`runtimes.pngmeta`) decides, so each output keeps its own input's result:
+    An output path that is not a regular file (a folder, a FIFO, a dangling symbolic link) holds no
+    result: the job fails, naming it, instead of being counted as skipped (a FIFO also hung the run).
+    Otherwise the output's source record (`runtimes.pngmeta`) decides, so each output keeps its own
+    input's result:
     * this job's input, or no record (a file we did not write, or one written before records existed),
       or a job without a label to compare: skipped, as always.
     * another input of this same run under the same root: that input's output name has changed since
@@ -359,6 +362,17 @@ def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:
     * any other input (one no longer in the run): failed, naming both files; nothing is written, since
       the file may be the only result of an input that is gone. --overwrite replaces it.
     """
+    if not os.path.isfile(job.output):  # a folder, a FIFO, a dangling link: no result is there to keep
+        if os.path.isdir(job.output):
+            what, fix = "a folder", "move it away"
+        elif os.path.islink(job.output) and not os.path.exists(job.output):
+            what = f"a symbolic link to the missing {os.readlink(job.output)}"
+            fix = "remove it, or use --overwrite to replace the link"
+        else:
+            what, fix = "not a regular file", "move it away, or use --overwrite to replace it"
+        return Outcome(
+            job, "failed", f"output {job.output} is {what} and holds no result; nothing written ({fix})"
+        )
     owner = read_png_source(job.output)
     if owner is None or owner == job.label or not job.label:
         return Outcome(job, "skipped")

@@ -13,6 +13,7 @@ must never be attached to a grayscale output (nor a CMYK profile to the RGB a CM
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from pathlib import PurePath
@@ -38,11 +39,13 @@ def read_png_source(path: str | os.PathLike[str]) -> str | None:
     """The `SOURCE_KEY` text of the PNG at `path`, or None if it has none or is not a readable PNG.
 
     Reads chunk headers up to the first IDAT and seeks past everything else: no pixel is decoded, and
-    Pillow's size limits do not apply (a re-run checks every existing output on one thread).
+    Pillow's size limits do not apply (a re-run checks every existing output on one thread). Anything but
+    a regular file gives None without being read: opening a FIFO would wait for a writer forever.
     """
     try:
-        with open(path, "rb") as handle:
-            if handle.read(8) != _PNG_SIGNATURE:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or handle.read(8) != _PNG_SIGNATURE:
                 return None
             while handle.tell() < _SCAN_LIMIT:
                 header = handle.read(8)

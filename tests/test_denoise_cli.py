@@ -350,6 +350,34 @@ def test_existing_file_without_a_source_record_is_skipped(
     assert (tmp_path / "out" / "a.png").read_bytes() == foreign
 
 
+def test_output_path_that_is_no_file_fails_instead_of_being_skipped(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """A folder, a dangling link or a FIFO where an output goes holds no result: each input fails, naming
+    it, and the rest are done. Before, the folder and the link counted as skipped (exit 0, no result
+    anywhere) and the FIFO hung the run, its record read waiting for a writer."""
+    for name in ("a", "b", "c", "d"):
+        save(tmp_path / "in" / f"{name}.png", fmnist_test[0])
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)
+    (out / "b.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(out / "c.png")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 done, 3 failed, 0 skipped" in proc.stderr
+    assert f"output {out / 'a.png'} is a folder and holds no result" in proc.stderr
+    assert (
+        f"output {out / 'b.png'} is a symbolic link to the missing {tmp_path / 'missing.png'}" in proc.stderr
+    )
+    assert f"output {out / 'c.png'} is not a regular file" in proc.stderr
+    assert read(out / "d.png").shape == (28, 28)
+    assert (
+        (out / "a.png").is_dir()
+        and (out / "b.png").is_symlink()
+        and stat.S_ISFIFO(os.lstat(out / "c.png").st_mode)
+    )
+
+
 def test_longest_legal_file_name(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
     """A 249-byte name gives a 249-byte output name; its temporary file must fit in 255 bytes too."""
     name = "x" * 245 + ".png"
