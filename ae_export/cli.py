@@ -136,6 +136,16 @@ def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list
     return values
 
 
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,7,64' -> [1, 7, 64]; ValueError names a size under 1 (0 once ended in numpy's "need at least one
+    array to concatenate", -3 in "expected non-negative integer", with nothing saying which flag)."""
+    sizes = _csv(text, int, "batch-sizes")
+    bad = [b for b in sizes if b < 1]
+    if bad:
+        raise ValueError(f"--batch-sizes: {bad} not valid; batch sizes are integers >= 1 (e.g. 1,7,64)")
+    return sizes
+
+
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'64x96,512x512' -> [(64, 96), (512, 512)]; ValueError names the entry that is not HxW."""
     sizes = []
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         providers = _csv(args.providers, str, "providers", PROVIDERS)
-        batch_sizes = _csv(args.batch_sizes, int, "batch-sizes")
+        batch_sizes = parse_batch_sizes(args.batch_sizes)
         checkpoint = load_checkpoint(args.checkpoint)
         sizes = parse_sizes(args.sizes)
         model = checkpoint.build_model()

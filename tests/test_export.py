@@ -145,6 +145,8 @@ def _mismatched(path, tmp_path):
         ("config/weights mismatch", _mismatched, [], "do not match its model config"),
         ("unsupported opset", lambda p, t: p, ["--opset", "99"], "valid opsets are 18.."),
         ("bad provider", lambda p, t: p, ["--providers", "tpu"], "choose from cpu, cuda"),
+        ("zero batch size", lambda p, t: p, ["--batch-sizes", "1,0"], "batch sizes are integers >= 1"),
+        ("negative batch size", lambda p, t: p, ["--batch-sizes=-3"], "batch sizes are integers >= 1"),
     ],
 )
 def test_export_cli_bad_input(trained_checkpoint, tmp_path, case, make, extra, message) -> None:
