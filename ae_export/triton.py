@@ -57,6 +57,7 @@ MARKER = "# Written by `ae-export triton`"  # the first line of every config.pbt
 SOURCE_LINE = re.compile(r"^# source: (.+)$", re.MULTILINE)
 SHA256_LINE = re.compile(r"^# .*sha256:? ([0-9a-f]{64})", re.MULTILINE)  # also the older one-line header
 KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+_NO_CUDA_KERNEL = {"Col2Im"}  # in the graphs ae-export writes
 _BATCHER = inspect.signature(MicroBatcher.__init__).parameters
 DEFAULT_MAX_BATCH_SIZE: int = _BATCHER["max_batch_size"].default
 DEFAULT_MAX_QUEUE_DELAY_US: int = _BATCHER["max_queue_delay_us"].default
@@ -275,6 +276,13 @@ def sources(onnx_dir: Path, kind: str = "cpu") -> list[ExportedFile]:
         for f in files
         if f.variant != PORTABLE_VARIANT
     ]
+
+
+def cpu_nodes_on_gpu(path: Path) -> list[str]:
+    """The op types of `path` that ONNX Runtime's CUDA provider has no kernel for and so runs on the CPU,
+    with a host copy around each call: the fast graph's Col2Im (see `sources`)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({n.op_type for n in model.graph.node if n.op_type in _NO_CUDA_KERNEL})
 
 
 def options_of(config: mc.ModelConfig) -> Options:

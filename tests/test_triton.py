@@ -197,6 +197,19 @@ def test_gpu_kind_and_missing_export(onnx_dir, tmp_path) -> None:
     assert result.returncode == 2 and "not exported yet" in result.stderr
 
 
+def test_gpu_kind_warns_when_the_export_has_no_portable_twins(onnx_dir, portable_onnx_dir, tmp_path) -> None:
+    """Once silent: a fast-graph export without twins went into a GPU repository whose decoder and
+    denoiser ran Col2Im on the CPU on every request, though --kind gpu is documented to serve the twins."""
+    args = ("ae_export.cli", "triton", "--kind", "gpu")
+    result = run_cli(*args, "--onnx-dir", str(onnx_dir), "--out", str(tmp_path / "fast"))
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "decoder runs Col2Im" in line and "denoiser runs Col2Im" in line and "encoder" not in line
+    assert "--graph portable" in line
+    result = run_cli(*args, "--onnx-dir", str(portable_onnx_dir), "--out", str(tmp_path / "portable"))
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_any_size_model_gets_variable_dims_and_concrete_warmup(repository, onnx_dir, tmp_path) -> None:
     """The fully convolutional model (denoiser only, height and width symbolic): dims -1, warmup at 28 px.
     Written over the lecture model's repository, it replaces it: no encoder/decoder is left to serve."""
