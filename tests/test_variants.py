@@ -170,20 +170,11 @@ def test_an_opset_int8_cannot_run_at_is_refused_before_anything_is_written(
     opset = next((o for o in range(18, max_supported_opset() + 1) if not int8_runs_at(o)), None)
     if opset is None:
         pytest.skip("this onnxruntime runs int8 at every opset the installed onnx offers")
-    out = tmp_path / "onnx"
-    out.mkdir()
-    for spec in SPECS.values():
-        shutil.copy(onnx_dir / spec.file_name, out / spec.file_name)
-    before = {p.name: sha256_file(p) for p in out.iterdir()}
-    proc = run_cli(
-        "ae_export.cli",
-        *("--checkpoint", str(trained_checkpoint), "--out", str(out), "--opset", str(opset)),
-        *("--variants", variants, "--batch-sizes", "7", "--providers", "cpu"),
+    stderr = _refused_before_anything_is_written(
+        onnx_dir, trained_checkpoint, tmp_path, "--opset", str(opset), "--variants", variants
     )
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"int8 at opset {opset}: onnxruntime" in proc.stderr
-    assert f"--opset {opset - 1} or lower, or --variants without int8" in proc.stderr
-    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert f"int8 at opset {opset}: onnxruntime" in stderr
+    assert f"--opset {opset - 1} or lower, or --variants without int8" in stderr
 
 
 @pytest.mark.parametrize("budget", ["int8=nan", "fp16=inf", "int8=-inf"])
@@ -192,6 +183,14 @@ def test_a_budget_that_is_not_a_finite_number_is_refused(
 ) -> None:
     """int8=nan once ran the whole export: a search aiming at nan dB, then a gate that no loss passes
     (exit 1, "budget nan dB"); inf turned the search and the gate off. Bad input loses nothing."""
+    stderr = _refused_before_anything_is_written(
+        onnx_dir, trained_checkpoint, tmp_path, "--psnr-budget", budget, "--variants", "fp16,int8"
+    )
+    assert f"--psnr-budget {budget!r}: DB must be a finite number of dB" in stderr
+
+
+def _refused_before_anything_is_written(onnx_dir: Path, checkpoint: Path, tmp_path: Path, *args: str) -> str:
+    """Run ae-export with `args` over a copy of an export; assert exit 2 and every file unchanged; stderr."""
     out = tmp_path / "onnx"
     out.mkdir()
     for spec in SPECS.values():
@@ -199,12 +198,21 @@ def test_a_budget_that_is_not_a_finite_number_is_refused(
     before = {p.name: sha256_file(p) for p in out.iterdir()}
     proc = run_cli(
         "ae_export.cli",
-        *("--checkpoint", str(trained_checkpoint), "--out", str(out), "--psnr-budget", budget),
-        *("--variants", "fp16,int8", "--batch-sizes", "7", "--providers", "cpu"),
+        *(
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            *args,
+            "--batch-sizes",
+            "7",
+            "--providers",
+            "cpu",
+        ),
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"--psnr-budget {budget!r}: DB must be a finite number of dB" in proc.stderr
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    return proc.stderr
 
 
 def test_suffix_tables_agree() -> None:
