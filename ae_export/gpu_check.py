@@ -394,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (args.out.exists() or args.out.is_symlink()) and not args.out.is_dir():
+        # Checked before the probe: the report folder must be usable with or without a GPU.
+        print(
+            f"gpu-check: error: --out {args.out} is not a folder (it must be a folder or a new path)",
+            file=sys.stderr,
+        )
+        return 2
     missing = [str(p) for p in (args.checkpoint, args.onnx_dir / "denoiser.onnx") if not p.is_file()]
     if missing and probe(args.onnx_dir)[0] != "none":  # without a GPU the files are not needed
         print(f"gpu-check: error: missing {', '.join(missing)} (run `make export` first)", file=sys.stderr)

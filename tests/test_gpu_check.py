@@ -100,3 +100,31 @@ def test_conv_search_bench_without_cuda_says_why(onnx_dir, tmp_path) -> None:
     result = run_cli("bench.cuda_conv_search", "--onnx-dir", str(onnx_dir), "--photo-onnx", str(onnx_dir))
     assert result.returncode == 2
     assert "this bench needs CUDA: CUDA execution provider not available" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_an_out_that_is_not_a_folder_is_refused_before_any_probe(tmp_path, kind) -> None:
+    out = tmp_path / "report"
+    if kind == "file":
+        out.write_text("keep\n")
+    else:
+        out.symlink_to(tmp_path / "gone")
+    result = run_cli(
+        "ae_export.gpu_check",
+        "--checkpoint",
+        str(tmp_path / "none.pt"),
+        "--onnx-dir",
+        str(tmp_path),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.strip()
+        == f"gpu-check: error: --out {out} is not a folder (it must be a folder or a new path)"
+    )
+    assert "probe" not in result.stdout and "Traceback" not in result.stderr
+    if kind == "file":
+        assert out.read_text() == "keep\n"
+    else:
+        assert out.is_symlink() and not out.exists()
