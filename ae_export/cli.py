@@ -29,6 +29,7 @@ from ae_export.export import (
     ExportError,
     check_folder_holds,
     check_opset,
+    check_out_dir,
     export_all,
     max_supported_opset,
 )
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda folder: check_manifest_files(model, folder, images, batch_sizes, variant_sizes),
             )
         out = Path(args.out)
+        check_out_dir(out)  # before the checks and exports that take minutes
         default = PHOTO_VARIANTS if any_size else DEFAULT_VARIANTS
         variants = _variants(args.variants if args.variants is not None else ",".join(default))
         budgets = _budgets(args.psnr_budget)

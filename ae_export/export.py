@@ -298,6 +298,17 @@ def write_model(proto: onnx.ModelProto, path: Path) -> None:
     atomic_write_bytes(path, proto.SerializeToString())
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """The export writes into a folder: `out_dir` must be one, or a new path under one."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise ExportError(
+                    f"{out_dir} must be a folder (an existing one or a new path): {path} is not one"
+                )
+            return
+
+
 @contextlib.contextmanager
 def staging_dir(out_dir: Path):
     """A temporary folder inside out_dir (same filesystem, so the final renames are atomic)."""
@@ -396,6 +407,7 @@ def export_all(
     out_dir = Path(out_dir)
     check_opset(opset)
     check_graph(graph)
+    check_out_dir(out_dir)
     try:
         with staging_dir(out_dir) as staged:
             specs = specs_for(checkpoint.model_config.arch)

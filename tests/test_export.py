@@ -229,3 +229,24 @@ def test_parity_against_another_models_checkpoint_names_the_difference(
     save_checkpoint(checkpoint, tmp_path / "retrained.pt")
     proc = run_cli("ae_export.cli", "parity", "--checkpoint", str(tmp_path / "retrained.pt"), *args)
     assert proc.returncode == 1 and "exported from another checkpoint" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["out", "parent", "dangling link"])
+def test_an_out_that_is_not_a_folder_is_refused_and_left_alone(trained_checkpoint, tmp_path, where) -> None:
+    """A file where the folder belongs stopped the export with a bare '[Errno 17] File exists'."""
+    blocker = tmp_path / "blocker"
+    if where == "dangling link":
+        blocker.symlink_to(tmp_path / "gone")
+    else:
+        blocker.write_text("keep\n")
+    out = blocker / "onnx" if where == "parent" else blocker
+    args = ("--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "none", "--no-parity")
+    done = run_cli("ae_export.cli", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        f"ae-export: error: {out} must be a folder (an existing one or a new path): {blocker} is not one"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+    assert blocker.is_symlink() if where == "dangling link" else blocker.read_text() == "keep\n"
+    with pytest.raises(ExportError, match="must be a folder"):
+        export_all(load_checkpoint(trained_checkpoint), out)
