@@ -7,8 +7,10 @@
 The configs themselves are derived and validated in `ae_export.triton`. A repository holds one export,
 since Triton serves every folder in it: folders an earlier run wrote (a config.pbtxt opening with
 `triton.MARKER`) are removed, and a folder without it is not ours, so the write is refused before
-anything is written. `--check` re-derives each config from its `model.onnx`, compares that file's sha256
-with the header's and the export's, and names folders the export lacks or lacks folders for.
+anything is written; so is a write over a folder of ours that holds a version folder besides `1/`
+(Triton serves the highest version). `--check` re-derives each config from its `model.onnx`, compares
+that file's sha256 with the header's and the export's, and names folders the export lacks or lacks
+folders for, and version folders it did not write.
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def _model_folders(repo: Path) -> list[Path]:
     return sorted(p for p in repo.iterdir() if p.is_dir()) if repo.is_dir() else []
 
 
+def _other_versions(folder: Path) -> list[str]:
+    """Version folders beside ours (`VERSION`): Triton takes every numbered subfolder as a version of the
+    model and, by default, serves the highest one, so a `2/` added by hand is served instead of ours."""
+    try:
+        return sorted((p.name for p in folder.iterdir() if p.name.isdigit() and p.name != VERSION), key=int)
+    except OSError:
+        return []
+
+
+def _version_problem(folder: Path, versions: list[str]) -> str:
+    served = f"version {versions[-1]}" if int(versions[-1]) > int(VERSION) else f"them beside {VERSION}/"
+    return (
+        f"{folder} holds version folders ae-export did not write ({', '.join(v + '/' for v in versions)}): "
+        f"Triton would serve {served}, not the exported {VERSION}/{MODEL_FILE}"
+    )
+
+
 def write_repository(
     onnx_dir: Path, out: Path, options: Options, warn: Callable[[str], None] = print
 ) -> tuple[list[Path], list[Path]]:
@@ -99,6 +118,11 @@ def write_repository(
             f"{out} holds folders that `ae-export triton` did not write (no config.pbtxt starting with "
             f"{MARKER!r}): {', '.join(foreign)}; nothing was written. Move them out or pick another --out: "
             "a repository holds one export, and these would be served beside it"
+        )
+    versions = [_version_problem(p, v) for p in existing if (v := _other_versions(p))]
+    if versions:
+        raise TritonConfigError(
+            f"{'; '.join(versions)}; nothing was written. Move them out or pick another --out"
         )
     written = []
     for source, data, text in plans:
@@ -136,6 +160,8 @@ def _check_model(folder: Path, found: list[Mismatch]) -> tuple[mc.ModelConfig | 
     except text_format.ParseError as err:
         found.append(Mismatch(name, CONFIG_FILE, f"not a valid Triton model config: {err}"))
         return None, None
+    if versions := _other_versions(folder):
+        found.append(Mismatch(name, "version folder", _version_problem(folder, versions)))
     if not model.is_file():
         found.append(Mismatch(name, "model file", f"{model} is missing"))
         return config, None

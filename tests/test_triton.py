@@ -155,6 +155,32 @@ def test_rewrite_removes_an_earlier_exports_models_and_keeps_others(repository, 
     assert (repo / "theirs" / "config.pbtxt").is_file() and not (repo / "encoder").exists()  # untouched
 
 
+@pytest.mark.parametrize("version", ["2", "0"])
+def test_a_version_folder_added_by_hand_is_named_and_kept(repository, onnx_dir, tmp_path, version) -> None:
+    """Triton serves a model's highest numbered folder: a `denoiser/2/model.onnx` beside our `1/` passed
+    --check and survived the rewrite, while Triton would serve it instead of the exported file."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    (repo / "denoiser" / version).mkdir()
+    theirs = repo / "denoiser" / version / "model.onnx"
+    shutil.copyfile(onnx_dir / "encoder.onnx", theirs)
+    result = run_cli("ae_export.cli", "triton", "--check", str(repo))
+    served = "version 2" if version == "2" else "them beside 1/"
+    named = (
+        f"{repo / 'denoiser'} holds version folders ae-export did not write ({version}/): Triton would serve"
+    )
+    assert result.returncode == 1, result.stdout
+    assert (
+        f"mismatch: denoiser: version folder: {named} {served}, not the exported 1/model.onnx"
+        in result.stderr
+    )
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(repo))
+    assert result.returncode == 2, result.stdout
+    assert named in result.stderr and "nothing was written" in result.stderr
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+
+
 def test_schema_and_load_rules_reject_invalid_configs(onnx_dir) -> None:
     config = derive_config(onnx_dir / "denoiser.onnx", "denoiser", Options())
     text = render_config(config, "0" * 64)
