@@ -8,7 +8,8 @@
 Thin: the work is in ae_export.export, ae_export.deploy (variants) and ae_export.parity. Exit codes:
 0 the fp32 files and every requested variant were written and passed; 1 parity failed (nothing written),
 or a requested variant missed its PSNR budget or its parity (that variant is not written, the rest is);
-2 bad input (missing/corrupt checkpoint, unwritable folder, unsupported opset, export fault).
+2 bad input (missing/corrupt checkpoint, unwritable folder, unsupported opset, export fault); 130
+interrupted (Ctrl-C: one line names the files written or removed so far, each whole).
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return tool.main(argv[1:])
     args = build_parser().parse_args(argv)
+    target = Path(args.onnx_dir if args.command == "parity" else args.out)
+    before = _files_in(target)
     try:
         providers = _csv(args.providers, str, "providers", PROVIDERS)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
@@ -311,6 +314,32 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportError, ManifestError, FileNotFoundError, ValueError, OSError) as err:
         print(f"ae-export: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nae-export: interrupted: {_changes(target, before, args.command)}", file=sys.stderr)
+        return 130
+
+
+def _files_in(folder: Path) -> dict[str, tuple[int, int]]:
+    """The files in `folder` (not the hidden temporaries of atomic writes): name -> (mtime_ns, size)."""
+    try:
+        stats = {p.name: p.stat() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    except OSError:
+        return {}
+    return {name: (st.st_mtime_ns, st.st_size) for name, st in stats.items()}
+
+
+def _changes(folder: Path, before: dict[str, tuple[int, int]], command: str) -> str:
+    """What an interrupted run changed in `folder`: each file it wrote whole or removed, by name."""
+    after = _files_in(folder)
+    written = sorted(name for name, stat in after.items() if before.get(name) != stat)
+    removed = sorted(set(before) - set(after))
+    again = f"the {'export' if command == 'export' else 'check'} did not finish: run the same command again"
+    if not written and not removed:
+        return f"nothing in {folder} was written or removed; {again}"
+    done = "; ".join(
+        f"{verb} {', '.join(names)}" for verb, names in (("wrote", written), ("removed", removed)) if names
+    )
+    return f"in {folder} it {done} (each whole); every other file is as it was; {again}"
 
 
 def _parity_command(
