@@ -25,6 +25,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ae_export.export import ExportError, check_out_dir
 from ae_export.specs import SPECS
 from ae_export.triton import (
     CONFIG_FILE,
@@ -95,6 +96,7 @@ def write_repository(
     portable twins: the fast graph's Col2Im), and how to export the twins."""
     if options.kind not in KINDS:
         raise ValueError(f"--kind {options.kind!r}: choose from {', '.join(KINDS)}")
+    check_out_dir(out)  # a file there stopped the write at its first mkdir, naming no flag
     if options.kind == "gpu":  # the base models hold the portable twins, where the export has them
         base = [f for f in sources(onnx_dir, "gpu") if f.variant == DEFAULT_VARIANT]
         slow = {f.name: ops for f in base if (ops := cpu_nodes_on_gpu(f.path))}
@@ -285,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         for folder in removed:
             print(f"removed {folder}: an earlier export's model, not in this one")
         return 0
-    except (TritonConfigError, MetadataError, ManifestError, FileNotFoundError, ValueError, OSError) as err:
+    except (
+        TritonConfigError,
+        ExportError,
+        MetadataError,
+        ManifestError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as err:
         print(f"ae-export triton: error: {err}", file=sys.stderr)
         return 2

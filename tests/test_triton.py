@@ -181,6 +181,21 @@ def test_a_version_folder_added_by_hand_is_named_and_kept(repository, onnx_dir, 
     assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_an_out_that_is_a_file_is_refused_by_name(onnx_dir, tmp_path, under) -> None:
+    """It stopped at the first mkdir with a bare '[Errno 20] Not a directory: .../decoder/1'."""
+    blocker = tmp_path / "repo"
+    blocker.write_text("keep\n")
+    out = blocker / "models" if under else blocker
+    result = run_cli("ae_export.cli", "triton", "--onnx-dir", str(onnx_dir), "--out", str(out))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip() == (
+        f"ae-export triton: error: {out} must be a folder (an existing one or a new path): "
+        f"{blocker} is not one"
+    )
+    assert blocker.read_text() == "keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
 def test_schema_and_load_rules_reject_invalid_configs(onnx_dir) -> None:
     config = derive_config(onnx_dir / "denoiser.onnx", "denoiser", Options())
     text = render_config(config, "0" * 64)
