@@ -30,6 +30,7 @@ import onnxruntime
 import openvino as ov
 
 from ae_export import fastgraph
+from ae_export.cli import parse_batch_sizes
 from ae_export.specs import COMPAT_JSON
 from ae_export.targets import ExportedFile, exported_files
 from runtimes.fileio import atomic_write_json
@@ -267,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     1 a consumer computed a different result or failed mid-run; 2 bad input."""
     args = build_parser().parse_args(argv)
     try:
-        batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-        if not batches or min(batches) < 1:
-            raise ValueError(f"--batch-sizes {args.batch_sizes!r}: positive integers, comma-separated")
+        batches = parse_batch_sizes(args.batch_sizes)  # ae-export's own reading of the flag
         rows = run_compat(Path(args.onnx_dir), [c for c in args.consumers.split(",") if c], batches)
         out = Path(args.json) if args.json else Path(args.onnx_dir) / COMPAT_JSON
         report = {"versions": versions(), "tolerances": TOLERANCES, "rows": [asdict(r) for r in rows]}

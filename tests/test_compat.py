@@ -168,3 +168,16 @@ def test_a_new_export_removes_the_earlier_compat_report(
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert not (folder / "compat.json").exists()
     assert "compat.json" in exported.stdout  # named among the files removed
+
+
+@pytest.mark.parametrize(
+    ("value", "named"), [("x", "expected comma-separated int values"), ("0", "[0] not valid")]
+)
+def test_a_batch_size_that_is_not_a_positive_integer_is_refused_naming_the_flag(
+    tmp_path, value, named
+) -> None:
+    """'x' ended in int()'s bare "invalid literal for int() with base 10: 'x'", naming no flag."""
+    result = run_cli("ae_export.cli", "compat", "--onnx-dir", str(tmp_path), "--batch-sizes", value)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("ae-export compat: error: --batch-sizes") and named in result.stderr
+    assert list(tmp_path.iterdir()) == []
