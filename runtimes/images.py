@@ -44,6 +44,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from runtimes.fileio import atomic_save
 from runtimes.layout import ImageLayout, prepare_images, restore_images
 from runtimes.pngmeta import SOURCE_KEY, profile_for
+from runtimes.pngtrns import load_png
 
 # Lower-case suffixes that `find_images` collects from folders.
 IMAGE_SUFFIXES = frozenset(
@@ -63,7 +64,6 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *_SIXTEEN_BIT_MODES})
 # Where Pillow's exif_transpose finds an orientation: EXIF blocks (JPEG, PNG eXIf/zTXt, WebP) and XMP.
 _ORIENTATION_INFO_KEYS = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
-_PNG_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}  # 2- and 4-bit grayscale PNGs: `_scale_png_transparency`
 
 
 class SizeMismatchError(ValueError):
@@ -236,8 +236,7 @@ def _decode(
                     f"{image.format} file holds {frames} frames (animation or pages); only single "
                     "images are denoised, so nothing was written (save the frames as separate files)",
                 )
-            _scale_png_transparency(image)  # before load(), which forgets the file's bit depth
-            image.load()  # decode now, so truncation and corruption surface as errors here
+            image = load_png(image, handle)  # decodes, with a PNG's tRNS on the decoded pixels' scale
             profile = image.info.get("icc_profile")
             if _may_have_orientation(image):
                 ImageOps.exif_transpose(image, in_place=True)
@@ -264,12 +263,6 @@ def _content_frames(image: Image.Image) -> int:
         frames -= int(image.tag_v2.get(254, 0)) & 1  # NewSubfileType bit 0: a reduced-resolution version
     image.seek(0)
     return frames
-
-
-def _scale_png_transparency(image: Image.Image) -> None:
-    """Put a 2- or 4-bit gray PNG's tRNS value on its pixels' 0..255 scale (Pillow scales only the pixels)."""
-    if image.format == "PNG" and image.tile and isinstance(image.info.get("transparency"), int):
-        image.info["transparency"] *= _PNG_LOW_BIT_SCALE.get(image.tile[0].args, 1)
 
 
 def _may_have_orientation(image: Image.Image) -> bool:

@@ -75,14 +75,27 @@ def test_16bit_transparency_composited_onto_black(tmp_path: Path) -> None:
     assert load_gray8(tmp_path / "g8.png").tolist() == expected  # the 8-bit rule it now matches
 
 
-def _gray_png_bytes(rows: list[list[int]], bits: int, transparent: int) -> bytes:
-    """A grayscale PNG of `bits` bits per pixel with a tRNS value, written chunk by chunk (Pillow writes no
-    2- or 4-bit grayscale PNG; optimisers such as optipng do)."""
+def _png_bytes(header: bytes, transparent: bytes, raw: bytes) -> bytes:
+    """A PNG of one IHDR, tRNS and IDAT chunk, written chunk by chunk (Pillow writes no tRNS for 2- or 4-bit
+    grayscale nor any 16-bit RGB PNG; optimisers such as optipng and 16-bit editors do)."""
     import struct
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"tRNS", transparent)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _gray_png_bytes(rows: list[list[int]], bits: int, transparent: int) -> bytes:
+    """A grayscale PNG of `bits` bits per pixel with a tRNS value."""
+    import struct
 
     per_byte = 8 // bits
     raw = b""
@@ -94,13 +107,7 @@ def _gray_png_bytes(rows: list[list[int]], bits: int, transparent: int) -> bytes
         ]
         raw += b"\0" + bytes(packed)  # filter type 0, then the packed samples
     header = struct.pack(">IIBBBBB", len(rows[0]), len(rows), bits, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"tRNS", struct.pack(">H", transparent))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
+    return _png_bytes(header, struct.pack(">H", transparent), raw)
 
 
 @pytest.mark.parametrize(("bits", "transparent"), [(2, 3), (2, 1), (4, 15), (4, 6)])
@@ -116,6 +123,28 @@ def test_low_bit_depth_gray_png_transparency_composited_onto_black(
     expected = [[0 if v == transparent else v * scale for v in row] for row in rows]
     assert load_gray8(tmp_path / "low.png").tolist() == expected
     assert load_image8(tmp_path / "low.png").tolist() == expected
+
+
+@pytest.mark.parametrize("transparent", [(40000, 20000, 1000), (255, 255, 255)])
+def test_16bit_rgb_png_transparency_composited_onto_black(
+    tmp_path: Path, transparent: tuple[int, ...]
+) -> None:
+    """Pillow decodes a 16-bit RGB PNG to 8 bits per channel but kept its 16-bit tRNS colour, so the
+    transparent pixels came back visible, and with tRNS (255, 255, 255), a near-black, every white pixel
+    came back black. Transparency is decided on all 16 bits: a pixel one step off the colour stays."""
+    import struct
+
+    wide = np.array(
+        [[(40000, 20000, 1000), (40000, 20000, 1001)], [(65535, 65535, 65535), (255, 255, 255)]], np.uint16
+    )
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in wide)  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0)
+    (tmp_path / "rgb16.png").write_bytes(_png_bytes(header, struct.pack(">HHH", *transparent), raw))
+    expected = (wide >> 8).astype(np.uint8)  # (2, 2, 3): the 8-bit values of the visible pixels
+    expected[np.all(wide == transparent, axis=-1)] = 0
+    assert load_image8(tmp_path / "rgb16.png").tolist() == expected.tolist()
+    gray = load_gray8(tmp_path / "rgb16.png")
+    assert gray.tolist() == [[0 if transparent[2] == 1000 else 93, 93], [255, 0]]
 
 
 @pytest.mark.parametrize(
