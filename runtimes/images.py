@@ -281,7 +281,14 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
         # 16-bit (and 32-bit "I", which Pillow uses for 16-bit PNGs on some versions): scale 0..65535 to
-        # 0..255 instead of Pillow's convert("L"), which clips everything above 255 to white.
+        # 0..255 instead of Pillow's convert("L"), which clips everything above 255 to white. A TIFF of 32
+        # bits per sample has no white level to scale from (0..65535 made it all white): refused.
+        if mode == "I" and image.format == "TIFF" and image.tag_v2.get(258) in ((32,), 32):
+            raise BadImageError(
+                path,
+                "unsupported image mode 'I' (a TIFF of 32-bit integers): its values have no defined white "
+                "level; save it with 8 or 16 bits per sample, or as floats in [0, 1]",
+            )
         raw = np.asarray(image)  # (H, W)
         wide = np.clip(raw, 0, 65535).astype(np.uint32)
         gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)

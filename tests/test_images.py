@@ -147,6 +147,24 @@ def test_16bit_rgb_png_transparency_composited_onto_black(
     assert gray.tolist() == [[0 if transparent[2] == 1000 else 93, 93], [255, 0]]
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32])
+@pytest.mark.parametrize("writer", ["pillow", "tifffile"])
+def test_32bit_integer_tiff_is_refused_naming_its_mode(tmp_path: Path, dtype: type, writer: str) -> None:
+    """A TIFF of 32-bit integers (Pillow mode "I") was scaled as if its white were 65535: 70000 and
+    2**31 - 1 came back white, a full-range uint32 file black or white by its sign bit. It has no defined
+    white level, so it is refused with the mode named; a 16-bit TIFF is still scaled from 0..65535."""
+    values = np.array([[0, 1000, 70000, 2**31 - 1]], dtype)
+    if writer == "pillow":
+        Image.fromarray(values).save(tmp_path / "wide.tif")
+    else:
+        pytest.importorskip("tifffile").imwrite(tmp_path / "wide.tif", values)
+    for load in (load_gray8, load_image8):
+        with pytest.raises(BadImageError, match=r"mode 'I' \(a TIFF of 32-bit integers\).*8 or 16 bits"):
+            load(tmp_path / "wide.tif")
+    Image.fromarray(np.array([[0, 1000, 65535]], np.uint16)).save(tmp_path / "16.tif")
+    assert load_gray8(tmp_path / "16.tif").tolist() == [[0, 4, 255]]
+
+
 @pytest.mark.parametrize(
     ("subfile_types", "frames"), [((1,), 1), ((1, 1), 1), ((0,), 2), ((1, 0, 1), 2), ((2, 2), 3)]
 )
