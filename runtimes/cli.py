@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=positive_int,
         default=None,
-        help="onnxruntime intra-op threads (default: physical cores)",
+        help="CPU inference: this many single-threaded ONNX Runtime sessions, each running a slice of a "
+        "large batch side by side (default: physical cores; 1 where other work holds the cores; no "
+        "effect on CUDA, where the batch runs whole)",
     )
     parser.add_argument(
         "--workers",

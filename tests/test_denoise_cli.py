@@ -512,6 +512,15 @@ def test_bad_arguments_name_valid_choices(
     assert proc.returncode == 2 and pattern in proc.stderr
 
 
+def test_threads_help_says_what_it_controls() -> None:
+    """--threads sets how many single-threaded sessions run slices of a batch (`OnnxModel`'s default
+    parallel="sessions"), yet its help said "onnxruntime intra-op threads", the other design."""
+    proc = run_cli(CLI, "--help")
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "intra-op" not in text
+    assert "--threads THREADS CPU inference: this many single-threaded ONNX Runtime sessions" in text
+
+
 def test_missing_input_exits_2(onnx_dir: Path, tmp_path: Path) -> None:
     proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "input not found" in proc.stderr
