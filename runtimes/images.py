@@ -3,7 +3,7 @@
 Loading turns whatever Pillow can read into one 8-bit grayscale array, the form the model was trained on:
 16-bit images are scaled (not clipped), transparency is composited onto black (Fashion-MNIST's
 background), EXIF orientation is applied, and a decompression-bomb guard runs on the header before any
-pixel is decoded (Pillow's own, lower-by-default limit is lifted to it for our decode, below).
+pixel is decoded (Pillow's own, lower-by-default limit is lifted to it for our decode: `pillowlimit`).
 `load_image8` keeps a colour image's colour instead, as 8-bit RGB (the photo model
 denoises each channel as a grayscale image); a grayscale picture stored as RGB comes back grayscale.
 Every failure for one file is a `BadImageError` carrying the path and a reason, so a batch job can report
@@ -28,12 +28,10 @@ fixed-size model (the lecture's 28x28):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import stat
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -43,6 +41,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from runtimes.fileio import atomic_save
 from runtimes.layout import ImageLayout, prepare_images, restore_images
+from runtimes.pillowlimit import pillow_limit_at_least
 from runtimes.pngmeta import SOURCE_KEY, profile_for
 from runtimes.pngtrns import load_png
 
@@ -186,42 +185,11 @@ def _load(path: Path, max_pixels: int, convert: Converter) -> tuple[np.ndarray, 
         return _decode(handle, path, max_pixels, convert)
 
 
-# Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is one process-wide value, checked when a
-# file is opened: a warning past it and an error past twice it, whose message knows nothing of
-# --max-pixels. Our own header check (in `_decode`) is the guard, so while a decode with a larger
-# `max_pixels` runs, Pillow's limit is raised to the largest such value (never removed: other threads of an
-# embedding app keep a limit no looser than what a caller explicitly allowed), and the last of those
-# decodes puts the app's own value back. With the default (25 MP, below Pillow's 89 MP) nothing changes.
-_PILLOW_LIMIT_LOCK = threading.Lock()
-_raised_for: list[int] = []  # max_pixels of the decodes now running with Pillow's limit raised
-_app_limit: list[int | None] = [None]  # Pillow's limit before the first of them
-
-
-@contextlib.contextmanager
-def _pillow_limit_at_least(max_pixels: int) -> Iterator[None]:
-    """Let Pillow open and decode images of up to `max_pixels` pixels without its own warning or error."""
-    with _PILLOW_LIMIT_LOCK:
-        base = _app_limit[0] if _raised_for else Image.MAX_IMAGE_PIXELS
-        raise_it = base is not None and base < max_pixels
-        if raise_it:
-            if not _raised_for:
-                _app_limit[0] = base
-            _raised_for.append(max_pixels)
-            Image.MAX_IMAGE_PIXELS = max(_raised_for)
-    try:
-        yield
-    finally:
-        if raise_it:
-            with _PILLOW_LIMIT_LOCK:
-                _raised_for.remove(max_pixels)
-                Image.MAX_IMAGE_PIXELS = max(_raised_for) if _raised_for else _app_limit[0]
-
-
 def _decode(
     handle: BinaryIO, path: Path, max_pixels: int, convert: Converter
 ) -> tuple[np.ndarray, bytes | None]:
     try:
-        with _pillow_limit_at_least(max_pixels), Image.open(handle) as image:
+        with pillow_limit_at_least(max_pixels), Image.open(handle) as image:
             width, height = image.size
             # The header is parsed, no pixel decoded yet: refuse before decoding allocates W*H bytes.
             if width * height > max_pixels:
