@@ -268,8 +268,7 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
         values = np.asarray(image, dtype=np.float32)
         if not np.isfinite(values).all():
             raise BadImageError(path, "float image holds NaN or Inf pixels")
-        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0  # [0, 1] floats or 0..255 floats
-        return np.rint(np.clip(values * scale, 0.0, 255.0)).astype(np.uint8)
+        return _float_to_gray8(values, path)
     try:
         if mode in _ALPHA_MODES or "transparency" in image.info:
             rgba = image.convert("RGBA")  # also resolves palette / tRNS transparency into an alpha channel
@@ -279,6 +278,24 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
         return np.asarray(image if mode == "L" else image.convert("L"), dtype=np.uint8)
     except ValueError as err:
         raise BadImageError(path, f"unsupported image mode {mode!r}: {err}") from err
+
+
+def _float_to_gray8(values: np.ndarray, path: Path) -> np.ndarray:
+    """Float pixels -> uint8. Floats up to 1 (half an 8-bit step more allowed) are [0, 1] pixels, scaled by
+    255 and clipped; whole numbers 0..255 are an 8-bit image stored as floats (Pillow's convert("F")) and
+    kept; any other range has no known white level and is refused: reading it as 0..255 made a [0, 1]
+    image with one pixel past 1 come back black."""
+    high = float(values.max()) if values.size else 0.0
+    if high <= 1 + 0.5 / 255:
+        return np.rint(np.clip(values * 255.0, 0.0, 255.0)).astype(np.uint8)
+    if values.min() >= 0 and high <= 255 and np.array_equal(values, np.rint(values)):
+        return values.astype(np.uint8)
+    raise BadImageError(
+        path,
+        f"unsupported image mode 'F' with values {float(values.min()):g}..{high:g}: float pixels are "
+        "read in [0, 1] (or as whole numbers 0..255); scale it into [0, 1] or save it with 8 or 16 bits per "
+        "sample",
+    )
 
 
 def _to_image8(image: Image.Image, path: Path) -> np.ndarray:

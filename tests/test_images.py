@@ -9,6 +9,7 @@ results are exactly the inputs and the tests need no training.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 import weakref
 from pathlib import Path
@@ -163,6 +164,36 @@ def test_32bit_integer_tiff_is_refused_naming_its_mode(tmp_path: Path, dtype: ty
             load(tmp_path / "wide.tif")
     Image.fromarray(np.array([[0, 1000, 65535]], np.uint16)).save(tmp_path / "16.tif")
     assert load_gray8(tmp_path / "16.tif").tolist() == [[0, 4, 255]]
+
+
+RAMP = np.linspace(0, 1, 8, dtype=np.float32)[None]  # (1, 8) float pixels in [0, 1]
+RAMP8 = [[0, 36, 73, 109, 146, 182, 219, 255]]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (RAMP, RAMP8),
+        (np.where(RAMP == 1, np.float32(1.001), RAMP), RAMP8),  # within half an 8-bit step of 1
+        (RAMP - np.float32(0.1), [[0, 11, 47, 84, 120, 157, 193, 230]]),  # below 0: black, as before
+        (np.arange(0, 256, 32, dtype=np.float32)[None], [[0, 32, 64, 96, 128, 160, 192, 224]]),
+        (np.where(RAMP == 1, np.float32(1.01), RAMP), "values 0..1.01"),
+        (np.where(RAMP == 1, np.float32(300), RAMP), "values 0..300"),
+        (np.arange(0, 256, 32, dtype=np.float32)[None] + np.float32(0.5), "values 0.5..224.5"),
+    ],
+    ids=["unit", "rounding_past_1", "negative", "whole_0_255", "past_1", "past_255", "fractional_0_255"],
+)
+def test_float_tiff_read_in_0_1_or_refused(tmp_path: Path, values: np.ndarray, expected: object) -> None:
+    """A float TIFF (Pillow mode "F") was read as [0, 1] when its largest value was at most 1 and as
+    0..255 otherwise, so a [0, 1] image with one pixel at 1.01 came back black (0..2 of 255). [0, 1] floats
+    and whole numbers 0..255 (an 8-bit image saved as floats) are read; any other range is refused."""
+    Image.fromarray(values, "F").save(tmp_path / "f.tif")
+    for load in (load_gray8, load_image8):
+        if isinstance(expected, str):
+            with pytest.raises(BadImageError, match=f"mode 'F' with {re.escape(expected)}: .*in \\[0, 1\\]"):
+                load(tmp_path / "f.tif")
+        else:
+            assert load(tmp_path / "f.tif").tolist() == expected
 
 
 @pytest.mark.parametrize(
