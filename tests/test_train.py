@@ -339,7 +339,7 @@ def test_photo_folder_takes_photographs_past_the_default_guard_with_max_pixels(t
     assert sorted(dataset["train"] + dataset["val"]) >= ["large.png", "small.png"]
     for flags, named in (
         (("--preset", "photo"), "--max-pixels applies to --data-dir's images"),
-        (("--preset", "lecture"), "apply to --preset photo only: --max-pixels: the 28x28 folder dataset"),
+        (("--preset", "lecture"), "--max-pixels applies to image files: --dataset folder or --preset photo"),
     ):
         refused = run_cli("train.cli", *flags, "--max-pixels", "300000", "--out", str(tmp_path / "no"))
         assert refused.returncode == 2 and named in refused.stderr, refused.stderr
@@ -386,6 +386,29 @@ def test_photo_validation_runs_a_large_photograph_as_halo_tiles_with_the_whole_i
         whole = torch.round(denoise_any_size(model, noisy) * 255.0) / 255.0  # (1, 1, 1100, 1000)
     assert scores["psnr"] == pytest.approx(float(psnr_per_image(whole, clean)[0]), abs=1e-4)
     assert scores["ssim"] == pytest.approx(float(ssim_per_image(whole, clean)[0]), abs=1e-5)
+
+
+def test_lecture_folder_dataset_takes_images_past_the_guard_with_max_pixels(tmp_path) -> None:
+    """The folder dataset's guard says to raise the limit with --max-pixels, but the lecture loop refused
+    the flag as photo-only: a folder holding a large photograph could not be trained on whole. The flag
+    now reaches the folder dataset and is recorded in the run's train_config."""
+    from skimage import data
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(data.camera()[:400, :500]).save(folder / "large.png")  # 200,000 pixels
+    for i in range(3):
+        Image.fromarray(data.coins()[i * 28 : i * 28 + 28, :28]).save(folder / f"small{i}.png")
+    base = ("train.cli", "--dataset", "folder", "--data-dir", str(folder), "--epochs", "1", "--quiet")
+    low = run_cli(*base, "--max-pixels", "100000", "--out", str(tmp_path / "low"))
+    assert low.returncode == 0, low.stderr
+    assert "large.png: decompression bomb guard" in low.stdout and "--max-pixels" in low.stdout
+    high = run_cli(*base, "--max-pixels", "300000", "--out", str(tmp_path / "high"))
+    assert high.returncode == 0, high.stderr
+    assert "large.png" not in high.stdout
+    metrics = json.loads((tmp_path / "high" / "metrics.json").read_text())
+    assert metrics["config"]["max_pixels"] == 300000
+    assert metrics["dataset"]["train_size"] + metrics["dataset"]["val_size"] == 4
 
 
 def test_photo_model_trained_on_a_relative_folder_exports_its_int8_twin_from_anywhere(tmp_path) -> None:

@@ -83,7 +83,6 @@ PHOTO_ONLY = {
     "steps": "the lecture loop's budget is --epochs",
     "threads": "the lecture loop uses torch's default threads",
     "precision": "the lecture loop trains in fp32",
-    "max_pixels": "the 28x28 folder dataset reads images of up to the default 25 MP",
 }
 
 
@@ -171,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels",
         type=int,
         default=None,
-        help="photos with --data-dir: read images of up to this many pixels; larger ones are skipped by "
-        f"the decompression-bomb guard (default {PHOTO_DEFAULTS.max_pixels})",
+        help="'folder', or photos with --data-dir: read images of up to this many pixels; larger ones are "
+        f"skipped by the decompression-bomb guard (default {PHOTO_DEFAULTS.max_pixels})",
     )
     return p
 
@@ -201,13 +200,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out=args.out or DEFAULTS.out,
         limit=args.limit,
         compile=_default(args.compile, DEFAULTS.compile),
+        max_pixels=_default(args.max_pixels, DEFAULTS.max_pixels),
     )
     return TrainConfig(**values)
 
 
 def explicit_fields(args: argparse.Namespace) -> frozenset[str]:
     """The TrainConfig fields the user set with a flag (the preset counts: `--preset` was typed)."""
-    names = {*RECIPE_FLAGS, "dataset", "data_dir", "loss", "target", "seed", "device", "limit", "compile"}
+    names = {
+        *RECIPE_FLAGS, "dataset", "data_dir", "loss", "target", "seed", "device", "limit", "compile",
+        "max_pixels",
+    }  # fmt: skip
     given = {name for name in names if getattr(args, name) is not None}
     return frozenset(given | ({"preset"} if args.preset is not None else set()))
 
@@ -272,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset == PHOTO_PRESET or args.dataset == "photos":
         return _train_photos(args)
     refusal = _not_applicable(args, PHOTO_ONLY, f"these flags apply to --preset {PHOTO_PRESET} only")
+    if refusal is None and args.max_pixels is not None and args.dataset != "folder" and not args.resume:
+        refusal = (
+            f"--max-pixels applies to image files: --dataset folder or --preset {PHOTO_PRESET} with "
+            f"--data-dir (--dataset {args.dataset or DEFAULTS.dataset} is 28x28 idx files)"
+        )
     if refusal:
         print(f"ae-train: error: {refusal}", file=sys.stderr)
         return 2

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtimes.images import IMAGE_SUFFIXES, BadImageError, find_images, fit_gray8, load_gray8
+from runtimes.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    BadImageError,
+    find_images,
+    fit_gray8,
+    load_gray8,
+)
 from runtimes.noise import apply_noise
 
 IMAGE_SIZE = 28
@@ -152,8 +159,13 @@ def load_idx_dataset(root: Path, name: str) -> Dataset:
 # -------------------------------------------------------------------------------------------------- folder
 
 
-def load_folder_dataset(root: Path, val_fraction: float = 0.1) -> Dataset:
+def load_folder_dataset(
+    root: Path, val_fraction: float = 0.1, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Dataset:
     """Every image under `root`, 8-bit grayscale 28x28; split by a hash of the relative path.
+
+    A file of more than `max_pixels` pixels is skipped by the decoder's decompression-bomb guard
+    (`ae-train --max-pixels`).
 
     Hashing the path (not shuffling with a seed) keeps each file in the same split when files are added
     or removed. Unreadable files are counted and reported, not fatal.
@@ -167,7 +179,7 @@ def load_folder_dataset(root: Path, val_fraction: float = 0.1) -> Dataset:
     for path in files:
         try:
             # The runtime's own decoder and resize: a file trains as the model input it is served as.
-            images.append(fit_gray8(load_gray8(path), (IMAGE_SIZE, IMAGE_SIZE)))
+            images.append(fit_gray8(load_gray8(path, max_pixels), (IMAGE_SIZE, IMAGE_SIZE)))
         except BadImageError as err:
             skipped.append(f"{path}: {err.reason}")
             continue
@@ -200,15 +212,22 @@ def _torchvision_fashion(root: Path) -> Dataset:
     return load_idx_dataset(root / "FashionMNIST" / "raw", "fashion-mnist")
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """Load a dataset by name; errors say where we looked and how to get the data."""
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Dataset:
+    """Load a dataset by name; errors say where we looked and how to get the data.
+
+    `max_pixels` is the largest image 'folder' reads (the idx datasets are 28x28 by format)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
     root = Path(data_dir) if data_dir is not None else None
     if name == "folder":
         if root is None:
             raise DataError("dataset 'folder' needs --data-dir pointing at a folder of images")
-        return load_folder_dataset(root)
+        return load_folder_dataset(root, max_pixels=max_pixels)
     if name == "mnist":
         if root is None:
             raise DataError("dataset 'mnist' needs --data-dir with the MNIST idx files (gzipped or not)")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from runtimes.fileio import atomic_save, atomic_write_json
+from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from train.data import (
     TORCH_SEEDS,
@@ -79,6 +80,7 @@ class TrainConfig:
     out: str = "artifacts"
     limit: int | None = None
     compile: bool = False  # torch.compile + channels_last for the training step (see `compiled_step_model`)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # 'folder': files past this many pixels are skipped (bomb guard)
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -95,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"noise_factor {self.noise_factor} outside [0, 10]")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1; got {self.max_pixels}")
         self.model_config()  # a bad combination of model knobs fails here, naming the knob
 
     @classmethod
@@ -379,7 +383,11 @@ def _train(
                 f"the weights will differ from an uninterrupted {config.epochs}-epoch run"
             )
 
-    data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
+    data = (
+        dataset
+        if dataset is not None
+        else load_dataset(config.dataset, config.data_dir, max_pixels=config.max_pixels)
+    )
     for line in data.skipped_files:
         log(f"skipped unreadable file {line}")
     train_split = data.train.head(config.limit)
