@@ -50,6 +50,7 @@ from ae_export.variants import (
     EvalSet,
     Quality,
     calibration_images,
+    fp16_overflow,
     quantize_int8,
     run_file,
     score_denoiser,
@@ -98,8 +99,9 @@ class VariantsResult:
 
 def _fp16(
     fp32: Mapping[str, Path], portable: Mapping[str, onnx.ModelProto] | None
-) -> dict[str, onnx.ModelProto]:
-    """fp16 files, converted from the portable graph where the fp32 files hold the fast one.
+) -> tuple[dict[str, onnx.ModelProto], str]:
+    """fp16 files, converted from the portable graph where the fp32 files hold the fast one, and "", or
+    no files and why float16 cannot hold the model's weights (`fp16_overflow`).
 
     Why: float16 pays on GPUs and mobile accelerators, and neither runs the fast graph's Col2Im (ONNX
     Runtime's CUDA provider has no kernel for it: an fp16 fast graph ran its Col2Im and a Cast on the CPU
@@ -107,12 +109,15 @@ def _fp16(
     the fast graph wins, float16 does not pay at all (its convolutions run through Casts).
     """
     sources = portable or {role: onnx.load(str(fp32[role])) for role in SPECS}
+    for role, source in sources.items():
+        if overflow := fp16_overflow(source):
+            return {}, f"{role}: {overflow}"
     protos = {}
     for role, source in sources.items():
         proto = onnx.ModelProto()
         proto.CopyFrom(source)  # the converter edits its argument; the portable twin is written as well
         protos[role] = to_fp16(proto)
-    return protos
+    return protos, ""
 
 
 def _int8(
@@ -224,7 +229,9 @@ def export_variants(
             if variant is PORTABLE_VARIANT:
                 protos = dict(portable)
             elif name == "fp16":
-                protos = _fp16(fp32, portable)
+                protos, outcome.rejected = _fp16(fp32, portable)
+                if outcome.rejected:
+                    continue
             else:
                 protos, outcome.excluded, extra_records[name] = _int8(
                     fp32, calibration, search, outcome.budget_db, log

@@ -183,6 +183,38 @@ def tag_variant(
 # -------------------------------------------------------------------------------------------------- fp16
 
 
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def fp16_overflow(proto: onnx.ModelProto) -> str:
+    """Why float16 cannot hold this graph's weights, naming the largest one; "" when it can.
+
+    The converter clamps a float32 weight past float16's range to +-65504 without a word: the fp16 file
+    would compute something else than the model, and without parity nothing would notice.
+    """
+    tensors = [(t.name, t) for t in proto.graph.initializer] + [
+        (node.name or node.output[0], attr.t)
+        for node in proto.graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "value"
+    ]
+    worst = ("", 0.0)
+    for name, tensor in tensors:
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(tensor)
+        peak = float(np.abs(values[np.isfinite(values)]).max(initial=0.0))
+        if peak > worst[1]:
+            worst = (name, peak)
+    if worst[1] <= FP16_MAX:
+        return ""
+    return (
+        f"weight {worst[0]} holds {worst[1]:.6g}, past float16's largest value {FP16_MAX:g}: converting "
+        "would clamp it and change the model (serve the fp32 files)"
+    )
+
+
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     """float16 weights and compute, float32 graph inputs/outputs (callers need no change).
 

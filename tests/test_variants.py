@@ -157,6 +157,35 @@ def test_a_variant_whose_outputs_are_nan_is_recorded_in_the_manifest(
     assert {e["variant"] for e in manifest["files"] if e["kind"] == "model"} == {"fp32", "fp32.ort"}
 
 
+@pytest.mark.slow
+def test_fp16_is_refused_when_a_weight_is_past_float16s_range(
+    trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The converter clamps a weight past 65504 in silence: with --no-parity (the quality gate alone, which
+    a saturated output passes) such an fp16 file was written and listed in the manifest, computing another
+    function than the model. It is refused now, the weight named, and recorded like any rejection."""
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(trained_checkpoint)
+    checkpoint.model_state["encoder.lin.0.weight"][0, 0] = 1e5
+    checkpoint.optimizer_state = None
+    save_checkpoint(checkpoint, tmp_path / "large.pt")
+    out = tmp_path / "onnx"
+    proc = run_cli(
+        "ae_export.cli",
+        *("--checkpoint", str(tmp_path / "large.pt"), "--out", str(out), "--variants", "fp16,ort"),
+        "--no-parity",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (
+        "variant fp16 not written: encoder: weight lin.0.weight holds 100000, past float16's" in proc.stderr
+    )
+    assert not list(out.glob("*.fp16.*"))
+    manifest = load_manifest(out)
+    assert [r["variant"] for r in manifest["rejected"]] == ["fp16"]
+    assert {e["variant"] for e in manifest["files"] if e["kind"] == "model"} == {"fp32", "fp32.ort"}
+
+
 @pytest.mark.parametrize("variants", ["int8", "fp16,int8,ort"])
 def test_an_opset_int8_cannot_run_at_is_refused_before_anything_is_written(
     trained_checkpoint: Path, onnx_dir: Path, tmp_path: Path, variants: str
