@@ -8,8 +8,9 @@
 
 Thin: the measurements are in the section modules, the orchestration in bench.report. Quick mode is the
 default (a few minutes on 2 cores); --full measures longer; --tiny runs every path in seconds (the smoke
-test; its numbers mean nothing). Exit codes: 0 ok, 2 bad input (missing checkpoint or data, bad option,
-an --out that cannot be written: checked before the first section runs).
+test; its numbers mean nothing). Exit codes: 0 ok, 2 bad input (missing checkpoint or data, data too
+small for a chosen section, bad option, an --out that cannot be written: checked before the first section
+runs).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.machine import machine_info
 from bench.quality import TUNE_START
 from bench.report import (
     SECTIONS,
+    check_data,
     check_extras,
     load_fashion,
     needs_data,
@@ -169,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         checkpoints = [load_checkpoint(path) for path in paths]
         data = load_fashion(args.data_dir) if needs_data(args.sections) else None
+        check_data(args.sections, budget, data)
     except (CheckpointError, DataError) as err:
         return _error(err)
     photo = next((c for c in checkpoints if c.model_config.arch not in ARCHS), None)

@@ -163,17 +163,23 @@ def _model_rows(
     ]
 
 
+def check_data(data: Dataset, budget: Budget) -> None:
+    """The test split must hold the evaluated images and the tuning slice after them (`bench.report`
+    checks this before any section runs)."""
+    if len(data.val) < TUNE_START + budget.tune_images:
+        raise DataError(
+            f"quality benchmark needs {TUNE_START + budget.tune_images} test images; "
+            f"the dataset has {len(data.val)}"
+        )
+
+
 def bench_quality(
     data: Dataset, models: Sequence[ModelUnderTest], threads: int, budget: Budget, full: bool = False
 ) -> dict[str, Any]:
     """Every method on test[:N] with the same noisy images; classical ones tuned on the tuning slice."""
+    check_data(data, budget)
     test: Split = data.val
     n_eval = min(budget.quality_images, TUNE_START)
-    if len(test) < TUNE_START + budget.tune_images:
-        raise DataError(
-            f"quality benchmark needs {TUNE_START + budget.tune_images} test images; "
-            f"the dataset has {len(test)}"
-        )
     clean = to_float(test.images[:n_eval])  # (N, 1, H, W)
     noisy = fixed_noisy(test.images[:n_eval], NOISE_STD, EVAL_SEED)
     tune_images = test.images[TUNE_START : TUNE_START + budget.tune_images]

@@ -59,6 +59,16 @@ def check_extras(sections: Sequence[str]) -> None:
             ) from err
 
 
+def check_data(sections: Sequence[str], budget: Budget, data: Dataset | None) -> None:
+    """Fail before anything runs when the data cannot serve a chosen section (too few images, files
+    missing), with the section's own DataError; a section declares the check as `check_data(data, budget)`.
+    """
+    for name in sections:
+        check = getattr(SECTIONS[name], "check_data", None)
+        if check is not None and data is not None:
+            check(data, budget)
+
+
 def render(name: str, result: dict[str, Any]) -> str:
     """One section's Markdown: its numbered heading and its tables."""
     section = SECTIONS[name]
@@ -134,6 +144,7 @@ def run_bench(
     if data is None and needs_data(sections):
         wanting = [s for s in sections if SECTIONS[s].NEEDS_DATA]
         raise ValueError(f"sections {', '.join(wanting)} need Fashion-MNIST")
+    check_data(sections, budget, data)
     first = _open_denoiser(models[0].onnx_dir)
     if first is None:
         raise ValueError(f"{models[0].onnx_dir}: no {DENOISER_FILE}")

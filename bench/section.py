@@ -1,7 +1,9 @@
 """The section interface: what every benchmark section receives (`BenchContext`) and provides (`Section`).
 
 A section is a module with `NEEDS_DATA`, `heading(result)`, `TABLES` and `run(ctx) -> dict`; the dict is
-JSON-ready and its "rows" are what the tables show. `bench.report.SECTIONS` lists them in report order.
+JSON-ready and its "rows" are what the tables show. A section whose data can fall short may add
+`check_data(data, budget)`, raising DataError: it runs before the first section does.
+`bench.report.SECTIONS` lists them in report order.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from torch import nn
 
 from bench.section import NOISE_STD, BenchContext
 from bench.tables import Column, Result, Table
+from bench.timing import Budget
 from train.data import DataError, Dataset, add_noise
 from train.loop import TrainConfig, train_epoch
 from train.model import DenoisingAutoencoder, ModelConfig
@@ -45,17 +46,37 @@ def torchvision_root(source: Path, root: Path) -> Path:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for stem in TORCHVISION_RAW:
-        for folder in (source, source / "raw", source / "FashionMNIST" / "raw"):
-            if (folder / stem).is_file():
-                shutil.copyfile(folder / stem, raw / stem)
-                break
-            if (folder / f"{stem}.gz").is_file():
-                with gzip.open(folder / f"{stem}.gz", "rb") as src, open(raw / stem, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                break
+        found = _raw_file(source, stem)
+        if found.suffix == ".gz":
+            with gzip.open(found, "rb") as src, open(raw / stem, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         else:
-            raise DataError(f"{source}: no {stem}[.gz] for the lecture-style torchvision loop")
+            shutil.copyfile(found, raw / stem)
     return root
+
+
+def _raw_file(source: Path, stem: str) -> Path:
+    """Where the idx file `stem` (or `stem`.gz) is beside the dataset; DataError naming it if nowhere."""
+    for folder in (source, source / "raw", source / "FashionMNIST" / "raw"):
+        for name in (stem, f"{stem}.gz"):
+            if (folder / name).is_file():
+                return folder / name
+    raise DataError(f"{source}: no {stem}[.gz] for the lecture-style torchvision loop")
+
+
+def _check_train_size(data: Dataset, images: int) -> None:
+    if len(data.train) < images:
+        raise DataError(
+            f"training benchmark needs {images} training images; the dataset has {len(data.train)}"
+        )
+
+
+def check_data(data: Dataset, budget: Budget) -> None:
+    """The training split must hold the timed steps, and the idx files must be there for the lecture-style
+    loop (`bench.report` checks this before any section runs)."""
+    _check_train_size(data, budget.train_steps * TRAIN_BATCH)
+    for stem in TORCHVISION_RAW:
+        _raw_file(Path(data.source), stem)
 
 
 def _lecture_style_epoch(
@@ -129,10 +150,7 @@ def bench_training(
     warm_model, warm_opt = fresh()
     _compute_floor(warm_model, warm_opt, 2, sample_shape)  # warm-up: oneDNN primitives, allocator, autograd
     images = steps * TRAIN_BATCH
-    if len(data.train) < images:
-        raise DataError(
-            f"training benchmark needs {images} training images; the dataset has {len(data.train)}"
-        )
+    _check_train_size(data, images)
     train_config = TrainConfig(batch_size=TRAIN_BATCH, noise_factor=NOISE_STD, seed=seed, device="cpu")
     model, optimizer = fresh()
     start = time.perf_counter()

@@ -365,6 +365,46 @@ def test_unwritable_out_is_refused_before_the_run(
     assert (tmp_path / "notes.txt").read_text() == "kept" and list((tmp_path / "reports").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "section,train_n,test_n,labels,message",
+    [
+        ("quality", 600, 100, True, "quality benchmark needs 2012 test images; the dataset has 100"),
+        ("training", 256, 100, True, "training benchmark needs 512 training images; the dataset has 256"),
+        ("training", 600, 100, False, "no train-labels-idx1-ubyte[.gz] for the lecture-style torchvision"),
+    ],
+)
+def test_data_a_section_cannot_use_is_refused_before_the_first_section_runs(
+    trained_checkpoint: Path,
+    onnx_dir: Path,
+    fmnist,
+    tmp_path: Path,
+    section,
+    train_n,
+    test_n,
+    labels,
+    message,
+) -> None:
+    """Too few images, or idx files missing, once stopped the run only when that section came, after the
+    earlier sections had measured for minutes (and nothing was written); it is one line, exit 2, first."""
+    from train.data import write_idx
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", train_n), ("t10k", test_n)):
+        source = fmnist.train if split == "train" else fmnist.val
+        write_idx(data / f"{split}-images-idx3-ubyte", source.images[:n].numpy())
+        if labels:
+            write_idx(data / f"{split}-labels-idx1-ubyte", np.zeros(n, np.uint8))
+    proc = run_cli(
+        "bench.cli", "--tiny", "--sections", f"inference,{section}", "--threads", "1", "--checkpoint",
+        str(trained_checkpoint), "--onnx-dir", str(onnx_dir), "--data-dir", str(data),
+        "--out", str(tmp_path / "bench.json"), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "Inference" not in proc.stdout and not (tmp_path / "bench.json").exists()
+
+
 @pytest.mark.parametrize("fault", ["not onnx", "no ae-export metadata"])
 def test_unreadable_denoiser_in_onnx_dir_is_a_usage_error(
     trained_checkpoint: Path, tmp_path: Path, fault: str
