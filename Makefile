@@ -17,8 +17,13 @@ DENOISER := $(ONNX)/denoiser.onnx
 DEMO := $(ART)/demo
 DATA_DIR := /usr/share/datasets/fashion-mnist
 DATA_PKG := dataset-fashion-mnist
+# Extra flags: TRAIN_ARGS/EXPORT_ARGS for the lecture model's targets (train, export, demo, the presets'
+# exports), PHOTO_TRAIN_ARGS/PHOTO_EXPORT_ARGS for the photo model's (photo, photo-bench): the two take
+# different flags (--epochs vs --steps), so one never reaches the other's ae-train.
 TRAIN_ARGS ?=
 EXPORT_ARGS ?=
+PHOTO_TRAIN_ARGS ?=
+PHOTO_EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -118,11 +123,11 @@ PHOTO_CKPT := $(PHOTO)/checkpoint.pt
 PHOTO_DENOISER := $(PHOTO)/onnx/denoiser.onnx
 
 $(PHOTO_CKPT): | setup
-	$(BIN)/ae-train --preset photo --out $(PHOTO) $(TRAIN_ARGS)
+	$(BIN)/ae-train --preset photo --out $(PHOTO) $(PHOTO_TRAIN_ARGS)
 
 # denoiser.onnx, and its int8 twin where it keeps its quality on the validation photographs (exit 1 if not).
 $(PHOTO_DENOISER): $(PHOTO_CKPT) | setup
-	$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(EXPORT_ARGS)
+	$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(PHOTO_EXPORT_ARGS)
 
 photo: setup $(PHOTO_DENOISER)
 

@@ -604,3 +604,37 @@ def test_a_negative_seed_is_refused_naming_the_flag(tmp_path, preset) -> None:
     assert done.returncode == 2, done.stderr
     assert "argument --seed: expected an integer >= 0, got -1" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "variables,lecture,photo",
+    [
+        (("TRAIN_ARGS=--epochs 3",), "--epochs 3", ""),
+        (("PHOTO_TRAIN_ARGS=--steps 9",), "", "--steps 9"),
+        (("TRAIN_ARGS=--epochs 3", "PHOTO_TRAIN_ARGS=--steps 9"), "--epochs 3", "--steps 9"),
+    ],
+)
+def test_make_gives_the_lecture_and_photo_runs_their_own_flags(tmp_path, variables, lecture, photo) -> None:
+    """The photo targets once took TRAIN_ARGS/EXPORT_ARGS too, so `make train photo TRAIN_ARGS="--epochs 3"`
+    gave the photo run --epochs, which it refuses (exit 2): each model has its own variables now."""
+    import shutil
+    import subprocess
+
+    from tests.helpers import REPO
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    art = tmp_path / "art"
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(REPO), f"ART={art}", f"VENV={tmp_path / 'venv'}", "AE_NO_APT=1",
+         "train", "photo", *variables, "EXPORT_ARGS=--variants none", "PHOTO_EXPORT_ARGS=--budget int8=0.5"],
+        capture_output=True, text=True, env={**os.environ, "AE_NO_APT": "1"}, timeout=60,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    train_line = next(line for line in lines if f"ae-train --out {art} " in line + " ")
+    photo_line = next(line for line in lines if "ae-train --preset photo" in line)
+    photo_export = next(line for line in lines if f"--out {art}/photo/onnx" in line)
+    assert train_line.split(f"--out {art}")[1].strip() == lecture
+    assert photo_line.split(f"--out {art}/photo")[1].strip() == photo
+    assert photo_export.endswith("--budget int8=0.5") and "--variants none" not in photo_export
