@@ -64,17 +64,21 @@ def _raw_file(source: Path, stem: str) -> Path:
     raise DataError(f"{source}: no {stem}[.gz] for the lecture-style torchvision loop")
 
 
-def _check_train_size(data: Dataset, images: int) -> None:
-    if len(data.train) < images:
+def _check_train_size(data: Dataset, steps: int) -> None:
+    """`steps` batches of TRAIN_BATCH, the last one possibly short (full mode's 235 steps are one epoch of
+    60,000 images, its last batch 96)."""
+    needed = (steps - 1) * TRAIN_BATCH + 1
+    if len(data.train) < needed:
         raise DataError(
-            f"training benchmark needs {images} training images; the dataset has {len(data.train)}"
+            f"training benchmark needs {needed} training images for {steps} batches of {TRAIN_BATCH}; "
+            f"the dataset has {len(data.train)}"
         )
 
 
 def check_data(data: Dataset, budget: Budget) -> None:
     """The training split must hold the timed steps, and the idx files must be there for the lecture-style
     loop (`bench.report` checks this before any section runs)."""
-    _check_train_size(data, budget.train_steps * TRAIN_BATCH)
+    _check_train_size(data, budget.train_steps)
     for stem in TORCHVISION_RAW:
         _raw_file(Path(data.source), stem)
 
@@ -149,8 +153,8 @@ def bench_training(
 
     warm_model, warm_opt = fresh()
     _compute_floor(warm_model, warm_opt, 2, sample_shape)  # warm-up: oneDNN primitives, allocator, autograd
-    images = steps * TRAIN_BATCH
-    _check_train_size(data, images)
+    _check_train_size(data, steps)
+    images = min(steps * TRAIN_BATCH, len(data.train))
     train_config = TrainConfig(batch_size=TRAIN_BATCH, noise_factor=NOISE_STD, seed=seed, device="cpu")
     model, optimizer = fresh()
     start = time.perf_counter()
