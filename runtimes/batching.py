@@ -29,6 +29,7 @@ worker carries on too: a worker that died silently would leave every caller wait
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import queue
@@ -49,6 +50,8 @@ _STOP = object()
 # The longest max_queue_delay_us accepted (one minute): a batch that waits longer for company is a
 # misconfiguration, and queue timeouts past threading.TIMEOUT_MAX raise OverflowError in the worker.
 MAX_QUEUE_DELAY_US = 60_000_000
+# Batchers not yet collected, closed at interpreter exit (see `_close_at_exit`). Weak: no lifetime change.
+_LIVE: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
 
 
 @dataclass(slots=True)
@@ -95,6 +98,7 @@ class MicroBatcher:
         self.largest_batch = 0
         self._begin()
         restart_after_fork(self)
+        _LIVE.add(self)
 
     def _begin(self) -> None:
         """A fresh queue, lock and worker thread: at construction, and in a forked child (requests queued
@@ -257,6 +261,19 @@ class MicroBatcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close every live batcher when the interpreter exits: its queued requests are served and its worker
+    joined, as `concurrent.futures` does with its pools' queued work.
+
+    Why: the worker is a daemon thread, and one still inside an onnxruntime call while the interpreter
+    finalizes outlives onnxruntime's own teardown: the process aborted ("terminate called without an
+    active exception", exit 134) when a script or server returned with requests still queued.
+    """
+    for batcher in list(_LIVE):
+        batcher.close()
 
 
 def _serve(requests: queue.SimpleQueue[_Request | object]) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from runtimes.batching import MicroBatcher
 from runtimes.denoiser import Denoiser
-from tests.helpers import exit_code_of_forked_child
+from tests.helpers import exit_code_of_forked_child, run_script
 
 THREADS = 16
 REQUESTS = 500
@@ -266,3 +266,29 @@ def test_batcher_serves_in_a_forked_child(denoiser: Denoiser, fmnist_test: np.nd
 
         assert exit_code_of_forked_child(check) == 0  # -14: the child hung
         assert np.array_equal(batcher(images[1]), expected[1])  # the parent's worker is untouched
+
+
+def test_interpreter_exit_serves_queued_requests_and_joins(onnx_dir: Path) -> None:
+    """A script that returns with requests still queued: its batcher's daemon worker used to be inside an
+    onnxruntime call while the interpreter finalized, and the process could abort ("terminate called
+    without an active exception", exit 134). Now exit closes the batcher: every request is served, the
+    worker joined, before the interpreter goes down."""
+    code = """
+import atexit, sys
+import numpy as np
+state = {}
+
+def report() -> None:  # registered first, so it runs after the runtime's own exit handlers
+    print("done", sum(f.done() and f.exception() is None for f in state["futures"]))
+    print("worker alive", state["worker"].is_alive())
+
+atexit.register(report)
+from runtimes import Denoiser, MicroBatcher
+batcher = MicroBatcher(Denoiser(sys.argv[1], provider="cpu", warmup=False), max_batch_size=2)
+image = np.random.default_rng(0).random((28, 28), dtype=np.float32)
+state["futures"] = [batcher.submit(image) for _ in range(200)]
+state["worker"] = batcher._worker
+"""
+    result = run_script(code, str(onnx_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["done 200", "worker alive False"]
