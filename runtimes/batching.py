@@ -243,11 +243,17 @@ class MicroBatcher:
             self._deliver(request, result)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop intake, finish every submitted request, join the worker. Idempotent."""
+        """Stop intake, finish every submitted request, join the worker. Idempotent.
+
+        Called on the worker thread itself (a Future's done callback runs there), it cannot wait for
+        itself: it stops intake and returns, and the worker serves what is queued, then ends.
+        """
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._queue.put(_STOP)
+        if threading.current_thread() is self._worker:
+            return
         self._worker.join(timeout)
         if self._worker.is_alive():
             raise TimeoutError(f"MicroBatcher worker still running after {timeout} s")

@@ -292,3 +292,29 @@ state["worker"] = batcher._worker
     result = run_script(code, str(onnx_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["done 200", "worker alive False"]
+
+
+def test_close_from_a_done_callback(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    """A Future's done callback runs on the worker thread: close() there raised 'cannot join current
+    thread' (logged by concurrent.futures as a callback failure). It stops intake and the batch is
+    still delivered to every caller."""
+    # The first request waits up to 5 s for company, so its callback is attached before it runs.
+    batcher = MicroBatcher(denoiser, max_batch_size=4, max_queue_delay_us=5_000_000)
+    errors: list[BaseException] = []
+    threads: list[threading.Thread] = []
+
+    def close_batcher(_future: Future) -> None:
+        threads.append(threading.current_thread())
+        try:
+            batcher.close()
+        except BaseException as err:
+            errors.append(err)
+
+    first = batcher.submit(fmnist_test[0])
+    first.add_done_callback(close_batcher)
+    futures = [first, *(batcher.submit(image) for image in fmnist_test[1:4])]
+    for future, image in zip(futures, fmnist_test[:4], strict=True):
+        np.testing.assert_array_equal(future.result(timeout=10), denoiser.denoise(image))
+    batcher.close(timeout=10)
+    assert threads == [batcher._worker] and errors == []
+    assert batcher.closed and not batcher._worker.is_alive()
