@@ -53,6 +53,16 @@ def _expected(image_shape: tuple[int, int] | None) -> str:
     )
 
 
+def _conversion_hint(dtype: np.dtype) -> str:
+    """How to convert images of an unaccepted dtype: dividing float images already in [0, 1] by 255,
+    which the one hint for every dtype said, made them near-black and passed the range check."""
+    if dtype.kind == "f":
+        return "floats in [0, 1]: convert with .astype(np.float32); 0-255 floats: .astype(np.float32) / 255"
+    if dtype.kind == "u" and dtype.itemsize == 2:
+        return "16-bit images: .astype(np.float32) / 65535; 0-255 values: .astype(np.uint8)"
+    return "convert with .astype(np.float32) for values in [0, 1], or .astype(np.uint8) for 0-255"
+
+
 def _check_range(batch: np.ndarray) -> None:
     """The exact float32 [0, 1] check with the error message; only run when the bit test failed."""
     lo, hi = batch.min(), batch.max()  # NaN propagates, so one test covers NaN, Inf and range
@@ -91,7 +101,7 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     else:
         raise ValueError(
             f"expected dtype float32 (values in [0, 1]) or uint8 (0-255); got {images.dtype} "
-            f"(convert with .astype(np.float32) / 255 or .astype(np.uint8) first)"
+            f"({_conversion_hint(dtype)})"
         )
     shape = images.shape
     ndim = len(shape)

@@ -7,6 +7,7 @@ files, model-file errors and provider selection.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -127,6 +128,28 @@ def test_bad_arrays_raise_value_error(denoiser: Denoiser, case: str) -> None:
     make, pattern = BAD_ARRAYS[case]
     with pytest.raises(ValueError, match=pattern):
         denoiser.denoise(make())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "conversion"),
+    [
+        ("float64", 1, ".astype(np.float32);"),
+        (">f4", 1, ".astype(np.float32);"),
+        ("uint16", 65535, "/ 65535"),
+    ],
+)
+def test_dtype_error_names_the_conversion_that_keeps_the_image(
+    images: np.ndarray, dtype: str, scale: int, conversion: str
+) -> None:
+    """Every dtype was told `.astype(np.float32) / 255`: float64 images in [0, 1] converted so came out
+    near-black and passed the range check, 16-bit ones came out 0-257 and were refused next."""
+    original = images[:2]
+    given = (original * scale).round().astype(dtype) if scale > 1 else original.astype(dtype)
+    with pytest.raises(ValueError, match=rf"got {dtype} \(.*{re.escape(conversion)}"):
+        prepare_images(given, (28, 28))
+    converted = given.astype(np.float32) / scale if scale > 1 else given.astype(np.float32)
+    batch, _layout = prepare_images(converted, (28, 28))
+    np.testing.assert_allclose(batch[:, 0], original, atol=1 / 65535)
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 50])
