@@ -260,5 +260,20 @@ class Denoiser:
         images = decoder.run(np.ascontiguousarray(batch))  # (N, 1, H, W)
         return images[0, 0] if single else images
 
+    def close(self) -> None:
+        """Stop the per-core worker threads of the denoiser and of the encoder/decoder it opened (they
+        also stop when the Denoiser is garbage-collected). Idempotent; later calls still work, each model
+        call on one thread."""
+        with self._lock:
+            models = [m for m in (self.model, self._encoder, self._decoder) if m is not None]
+        for model in models:
+            model.close()
+
+    def __enter__(self) -> Denoiser:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"Denoiser({str(self.path)!r}, provider={self.provider!r}, image_shape={self.image_shape})"

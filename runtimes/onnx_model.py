@@ -358,6 +358,12 @@ class OnnxModel:
         for worker in self._workers:
             worker.close()
 
+    def __enter__(self) -> OnnxModel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return (
             f"OnnxModel({str(self.path)!r}, role={self.metadata.role!r}, provider={self.provider!r}, "

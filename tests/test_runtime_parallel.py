@@ -219,3 +219,21 @@ def test_one_image_fast_path_checks_the_range(cpu_denoiser, value, message) -> N
     else:
         with pytest.raises(ValueError, match=message):
             cpu_denoiser.denoise(x)
+
+
+def test_denoiser_closes_its_threads_and_its_siblings(onnx_dir, fmnist_test) -> None:
+    """A Denoiser had no close() and no `with`: an app could only stop its worker threads (and those of
+    the encoder/decoder it opened) by dropping every reference and waiting for the collector."""
+    images = fmnist_test[:64]
+    with Denoiser(onnx_dir, provider="cpu", threads=2) as denoiser:
+        expected = denoiser(images)
+        denoiser.decode(denoiser.encode(images))
+        models = [denoiser.model, denoiser._encoder, denoiser._decoder]
+        threads = [worker._thread for model in models for worker in model._workers]
+        assert len(threads) == 3 and all(thread.is_alive() for thread in threads)
+    assert not any(thread.is_alive() for thread in threads)
+    np.testing.assert_array_equal(denoiser(images), expected)  # still runs, on one thread
+    denoiser.close()  # idempotent
+    with OnnxModel(onnx_dir / "denoiser.onnx", provider="cpu", threads=2) as model:
+        threads = [worker._thread for worker in model._workers]
+    assert threads and not any(thread.is_alive() for thread in threads)
