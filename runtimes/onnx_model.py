@@ -116,6 +116,9 @@ class OnnxModel:
             raise ValueError(f"max_batch must be a positive int; got {max_batch!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None (= physical cores); got {threads!r}")
+        for name, flag in (("spinning", spinning), ("warmup", warmup)):
+            if not isinstance(flag, bool):  # "no" or 0.0 would pass as their truth value
+                raise ValueError(f"{name} must be True or False; got {flag!r}")
         if parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}; got {parallel!r}")
         self.threads = threads if threads is not None else physical_cores()

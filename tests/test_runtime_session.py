@@ -306,6 +306,13 @@ def test_bad_threads_and_max_batch(onnx_dir: Path, bad: object) -> None:
         Denoiser(onnx_dir, max_batch=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("flag", ["spinning", "warmup"])
+def test_bool_options_refuse_other_values(onnx_dir: Path, flag: str) -> None:
+    """spinning="no" turned spinning on (the string is truthy), the opposite of what it says."""
+    with pytest.raises(ValueError, match=rf"^{flag} must be True or False; got 'no'$"):
+        Denoiser(onnx_dir, provider="cpu", **{flag: "no"})  # type: ignore[arg-type]
+
+
 def _cuda_error(onnx_dir: Path) -> ProviderUnavailableError | None:
     try:
         Denoiser(onnx_dir, provider="cuda")
