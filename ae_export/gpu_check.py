@@ -38,6 +38,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ae_export.export import ExportError, check_out_dir
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_write_json, atomic_write_text
 from runtimes.manifest import DEFAULT_VARIANT, variants_present
@@ -394,12 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.out.exists() or args.out.is_symlink()) and not args.out.is_dir():
-        # Checked before the probe: the report folder must be usable with or without a GPU.
-        print(
-            f"gpu-check: error: --out {args.out} is not a folder (it must be a folder or a new path)",
-            file=sys.stderr,
-        )
+    try:  # before the probe: the report folder must be usable with or without a GPU
+        check_out_dir(args.out)
+    except ExportError as err:
+        print(f"gpu-check: error: --out {err}", file=sys.stderr)
         return 2
     missing = [str(p) for p in (args.checkpoint, args.onnx_dir / "denoiser.onnx") if not p.is_file()]
     if missing and probe(args.onnx_dir)[0] != "none":  # without a GPU the files are not needed

@@ -20,15 +20,7 @@ from tests.helpers import run_cli
 )
 def test_without_a_gpu_it_says_so_and_runs_nothing(tmp_path) -> None:
     out = tmp_path / "report"
-    result = run_cli(
-        "ae_export.gpu_check",
-        "--checkpoint",
-        str(tmp_path / "none.pt"),
-        "--onnx-dir",
-        str(tmp_path),
-        "--out",
-        str(out),
-    )
+    result = _gpu_check_without_files(tmp_path, out)
     assert result.returncode == 0, result.stderr
     assert "NOT RUN: no GPU on this machine" in result.stdout
     report = json.loads((out / "gpu_check.json").read_text())
@@ -109,7 +101,21 @@ def test_an_out_that_is_not_a_folder_is_refused_before_any_probe(tmp_path, kind)
         out.write_text("keep\n")
     else:
         out.symlink_to(tmp_path / "gone")
-    result = run_cli(
+    result = _gpu_check_without_files(tmp_path, out)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"gpu-check: error: --out {out} must be a folder (an existing one or a new path): {out} is not one"
+    )
+    assert "probe" not in result.stdout and "Traceback" not in result.stderr
+    if kind == "file":
+        assert out.read_text() == "keep\n"
+    else:
+        assert out.is_symlink() and not out.exists()
+
+
+def _gpu_check_without_files(tmp_path, out):
+    """gpu-check with no checkpoint and no export: only a machine without a GPU, or --out, gets past them."""
+    return run_cli(
         "ae_export.gpu_check",
         "--checkpoint",
         str(tmp_path / "none.pt"),
@@ -118,13 +124,3 @@ def test_an_out_that_is_not_a_folder_is_refused_before_any_probe(tmp_path, kind)
         "--out",
         str(out),
     )
-    assert result.returncode == 2, result.stderr
-    assert (
-        result.stderr.strip()
-        == f"gpu-check: error: --out {out} is not a folder (it must be a folder or a new path)"
-    )
-    assert "probe" not in result.stdout and "Traceback" not in result.stderr
-    if kind == "file":
-        assert out.read_text() == "keep\n"
-    else:
-        assert out.is_symlink() and not out.exists()
