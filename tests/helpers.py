@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,42 @@ def _run_python(argv: list[str], cwd: Path | None, timeout: float) -> subprocess
         text=True,
         timeout=timeout,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def running_cli(module: str, *args: str, stdout: int = subprocess.PIPE) -> Iterator[subprocess.Popen]:
+    """`python -m module args` started as from a terminal, for tests that stop it mid-run; killed on exit.
+
+    A CI job started in the background inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: the child gets the default disposition, as a terminal's Ctrl-C finds it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()  # a no-op once it has exited
+        proc.wait()
+
+
+def stop_cli(
+    proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Send `sig` to a `running_cli` process and wait for it to exit: its return code and what is left of
+    its output."""
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def exit_code_of_forked_child(check: Callable[[], bool], alarm_s: int = 20) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from runtimes.fileio import atomic_open, atomic_write_bytes, remove_stale_temps
-from tests.helpers import REPO, exit_code_of_forked_child, run_cli
+from tests.helpers import exit_code_of_forked_child, run_cli, running_cli, stop_cli
 
 CLI = "runtimes.cli"
 
@@ -89,16 +88,7 @@ def test_sigkill_then_rerun_leaves_no_temporaries(
     images = fmnist_test[:1500]  # enough files for the run to be mid-way when killed
     _images(tmp_path / "in", images)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), "-q"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and sum(1 for _ in out.glob("*.png")) >= 100:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    _stop_mid_run(onnx_dir, tmp_path / "in", out, signal.SIGKILL)
     written = sorted(out.glob("*.png"))
     assert 0 < len(written) < len(images), "the run was not killed mid-way; the test proves nothing"
     for path in written:  # atomic writes: every output that exists is a whole PNG
@@ -110,8 +100,16 @@ def test_sigkill_then_rerun_leaves_no_temporaries(
     assert len(list(out.glob("*.png"))) == len(images)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _stop_mid_run(onnx_dir: Path, folder: Path, out: Path, sig: int) -> subprocess.CompletedProcess:
+    """Run ae-denoise on `folder` and send it `sig` once 100 outputs exist."""
+    args = ["--onnx", str(onnx_dir), str(folder), "-o", str(out), "-q"]
+    with running_cli(CLI, *args, stdout=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and sum(1 for _ in out.glob("*.png")) >= 100:
+                break
+            time.sleep(0.01)
+        return stop_cli(proc, sig)
 
 
 def test_ctrl_c_is_one_line_and_a_rerun_goes_on(
@@ -122,31 +120,11 @@ def test_ctrl_c_is_one_line_and_a_rerun_goes_on(
     images = fmnist_test[:1500]
     _images(tmp_path / "in", images)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out), "-q"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # A CI job started in the background inherits SIGINT ignored; give the child a terminal's default.
-    proc = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir() and sum(1 for _ in out.glob("*.png")) >= 100:
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    result = _stop_mid_run(onnx_dir, tmp_path / "in", out, signal.SIGINT)
+    stderr = result.stderr
     written = sorted(out.glob("*.png"))
     assert 0 < len(written) < len(images), "the run was not interrupted mid-way; the test proves nothing"
-    assert proc.returncode == 130, stderr
+    assert result.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "interrupted after" in stderr and f"of {len(images)} file(s)" in stderr
     assert _temps(out) == []

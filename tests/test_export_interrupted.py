@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import onnx
 
-from tests.helpers import REPO
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+from tests.helpers import running_cli, stop_cli
 
 
 def test_ctrl_c_names_the_files_written_so_far(trained_checkpoint: Path, tmp_path: Path) -> None:
@@ -25,25 +17,12 @@ def test_ctrl_c_names_the_files_written_so_far(trained_checkpoint: Path, tmp_pat
     out.mkdir()
     (out / "notes.txt").write_text("keep\n")
     args = ["--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp16,int8"]
-    # A CI job started in the background inherits SIGINT ignored; give the child a terminal's default.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ae_export.cli", *args, "--batch-sizes", "7", "--providers", "cpu"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
-    try:
+    with running_cli("ae_export.cli", *args, "--batch-sizes", "7", "--providers", "cpu") as proc:
         deadline = time.monotonic() + 300
         for line in proc.stdout:  # the fp32 files are in place once it says so
             if line.startswith("wrote ") or time.monotonic() > deadline:
                 break
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+        stderr = stop_cli(proc, timeout=120).stderr
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert stderr.strip() == (

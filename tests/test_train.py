@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tests.helpers import REPO, run_cli, train_tiny_photo_model
+from tests.helpers import REPO, run_cli, running_cli, stop_cli, train_tiny_photo_model
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import fixed_noisy, to_float, write_idx
 from train.loop import TrainConfig, TrainingInterrupted, _epoch_generator, evaluate, train
@@ -164,38 +163,19 @@ def test_samples_and_metrics_values_are_finite(trained_checkpoint) -> None:
         assert all(np.isfinite(v) for v in row.values() if isinstance(v, float))
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
     """Stop ae-train mid-epoch: checkpoint.pt still loads and holds the last whole epoch."""
     out = tmp_path / "run"
     args = ["--limit", "2000", "--batch-size", "16", "--epochs", "50", "--out", str(out), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "train.cli", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A CI job started in the background inherits SIGINT ignored, and Python then never raises
-        # KeyboardInterrupt; give the child the default disposition, as a terminal's Ctrl-C finds it.
-        preexec_fn=_default_sigint,
-    )
-    try:
+    with running_cli("train.cli", *args) as proc:
         deadline = time.monotonic() + 120
         while not (out / "metrics.json").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert (out / "metrics.json").exists(), "no epoch finished in time"
         time.sleep(0.5)  # well inside the next epoch
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+        stderr = stop_cli(proc, sig).stderr
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     if sig == signal.SIGINT:
         assert proc.returncode == 130, stderr
@@ -618,9 +598,6 @@ def test_make_gives_the_lecture_and_photo_runs_their_own_flags(tmp_path, variabl
     """The photo targets once took TRAIN_ARGS/EXPORT_ARGS too, so `make train photo TRAIN_ARGS="--epochs 3"`
     gave the photo run --epochs, which it refuses (exit 2): each model has its own variables now."""
     import shutil
-    import subprocess
-
-    from tests.helpers import REPO
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
