@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ae_export.cliargs import parse_batch_sizes, parse_csv, parse_sizes
 from ae_export.deploy import export_variants
 from ae_export.export import (
     DEFAULT_GRAPH,
@@ -124,41 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list:
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{name} {text!r}: expected comma-separated {cast.__name__} values") from None
-    if choices is not None:
-        bad = [v for v in values if v not in choices]
-        if bad:
-            raise ValueError(f"--{name}: {bad} not valid; choose from {', '.join(choices)}")
-    if not values:
-        raise ValueError(f"--{name} is empty")
-    return values
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    """'1,7,64' -> [1, 7, 64]; ValueError names a size under 1 (0 once ended in numpy's "need at least one
-    array to concatenate", -3 in "expected non-negative integer", with nothing saying which flag)."""
-    sizes = _csv(text, int, "batch-sizes")
-    bad = [b for b in sizes if b < 1]
-    if bad:
-        raise ValueError(f"--batch-sizes: {bad} not valid; batch sizes are integers >= 1 (e.g. 1,7,64)")
-    return sizes
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'64x96,512x512' -> [(64, 96), (512, 512)]; ValueError names the entry that is not HxW."""
-    sizes = []
-    for item in _csv(text, str, "sizes"):
-        height, _, width = item.lower().partition("x")
-        if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
-            raise ValueError(f"--sizes: {item!r} is not HxW with positive integers (e.g. 64x96)")
-        sizes.append((int(height), int(width)))
-    return sizes
-
-
 def checkpoint_data(checkpoint: Checkpoint, data_dir: str | None) -> Dataset | None:
     """The checkpoint's dataset, or None with a warning (then parity uses random inputs only)."""
     name = checkpoint.dataset.get("name", "fashion-mnist")
@@ -176,7 +142,7 @@ def parity_images(data: Dataset | None) -> np.ndarray | None:
 
 
 def _variants(text: str) -> list[str]:
-    return [] if text.strip() == "none" else _csv(text, str, "variants", VARIANT_CHOICES)
+    return [] if text.strip() == "none" else parse_csv(text, str, "variants", VARIANT_CHOICES)
 
 
 def _budgets(items: list[str]) -> dict[str, float]:
@@ -213,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(args.onnx_dir if args.command == "parity" else args.out)
     before = _files_in(target)
     try:
-        providers = _csv(args.providers, str, "providers", PROVIDERS)
+        providers = parse_csv(args.providers, str, "providers", PROVIDERS)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
         checkpoint = load_checkpoint(args.checkpoint)
         sizes = parse_sizes(args.sizes)

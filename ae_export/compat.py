@@ -30,7 +30,7 @@ import onnxruntime
 import openvino as ov
 
 from ae_export import fastgraph
-from ae_export.cli import parse_batch_sizes
+from ae_export.cliargs import parse_batch_sizes
 from ae_export.specs import COMPAT_JSON
 from ae_export.targets import ExportedFile, exported_files
 from runtimes.fileio import atomic_write_json

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ae_export.cliargs import parse_sizes
 from bench.tables import Column, Result, Table, print_and_write, render_table
 from runtimes.denoiser import DEFAULT_TILE_PIXELS, Denoiser
 from runtimes.sessions import physical_cores
@@ -240,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
             args.onnx, args.image, args.result, args.tile_pixels or None, args.threads or None, args.provider
         )
         return 0
-    from ae_export.cli import parse_sizes  # here, not at the top: a child process imports no torch
-
     try:
         result = run_tile_bench(args.onnx, parse_sizes(args.sizes), provider=args.provider)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

@@ -4,7 +4,8 @@
 data, training) may import `runtimes`; `ae_export` (export, parity, deployment) may import both; `bench`
 sits on top and nothing imports it. Every import counts, also one inside a function: a lazy import that
 points against the direction hides a cycle rather than removing it. Read from the source with `ast`, so
-the rule holds for code paths no test happens to run.
+the rule holds for code paths no test happens to run. Within a package the command (`cli.py`) sits on top
+too: it reads flags and calls the library, so no other module of its package imports it.
 """
 
 from __future__ import annotations
@@ -49,8 +50,51 @@ def violations(root: Path) -> list[str]:
     return problems
 
 
+def command_imports(root: Path) -> list[str]:
+    """Every import of a package's command module (`<package>.cli`) by another module of that package."""
+    problems = []
+    for package in STAGES:
+        command = f"{package}.cli"
+        for path in sorted((root / package).rglob("*.py")):
+            if path == root / package / "cli.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+                if command in names:
+                    problems.append(f"{path.relative_to(root)}:{node.lineno} imports {command}")
+    return problems
+
+
 def test_imports_run_one_way() -> None:
     assert violations(REPO) == []
+
+
+def test_no_module_imports_its_own_packages_command() -> None:
+    assert command_imports(REPO) == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "from ae_export.cli import parse_batch_sizes\n",
+        "def f():\n    import ae_export.cli\n",
+        "from ae_export import cli\n",
+    ],
+)
+def test_checker_catches_a_module_importing_its_command(tmp_path: Path, statement: str) -> None:
+    for name in STAGES:
+        (tmp_path / name).mkdir()
+    (tmp_path / "ae_export" / "cli.py").write_text("from ae_export.lib import f\n")
+    (tmp_path / "ae_export" / "lib.py").write_text(statement)
+    (tmp_path / "bench" / "cli.py").write_text(
+        "from ae_export.cli import main\n"
+    )  # another package's: not this rule
+    found = command_imports(tmp_path)
+    assert len(found) == 1 and found[0].startswith("ae_export/lib.py:"), found
 
 
 @pytest.mark.parametrize(
