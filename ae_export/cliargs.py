@@ -8,10 +8,10 @@ from __future__ import annotations
 
 
 def parse_csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list:
-    """'fp16,int8' -> ['fp16', 'int8']: comma-separated items, empty ones dropped, each cast and checked
-    against `choices`."""
+    """'fp16, int8' -> ['fp16', 'int8']: comma-separated items, each stripped of the spaces around it
+    (' int8' was once refused as not valid), empty ones dropped, cast and checked against `choices`."""
     try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
+        values = [cast(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--{name} {text!r}: expected comma-separated {cast.__name__} values") from None
     if choices is not None:

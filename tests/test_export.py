@@ -157,6 +157,30 @@ def test_export_cli_bad_input(trained_checkpoint, tmp_path, case, make, extra, m
     assert not list((tmp_path / "out").glob("*.onnx")) if (tmp_path / "out").exists() else True
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--providers", "cpu, cuda, tpu", "--providers: ['tpu'] not valid; choose from cpu, cuda"),
+        (
+            "--variants",
+            "fp16, int8, fp8",
+            "--variants: ['fp8'] not valid; choose from fp16, int8, ort, portable",
+        ),
+        ("--sizes", "64x96, 32 x 32", "--sizes: '32 x 32' is not HxW with positive integers (e.g. 64x96)"),
+    ],
+)
+def test_a_space_after_a_comma_is_no_part_of_a_list_flags_item(
+    trained_checkpoint, tmp_path, flag, value, error
+) -> None:
+    """'fp16, int8' was refused as "[' int8'] not valid", the space read as part of the name: only the item
+    that is wrong is named, and nothing is written."""
+    args = ("--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "out"), flag, value)
+    done = run_cli("ae_export.cli", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == f"ae-export: error: {error}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_cli_unwritable_out(trained_checkpoint, tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should go")
