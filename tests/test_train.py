@@ -296,6 +296,27 @@ def test_photo_folder_with_an_image_smaller_than_ssims_window_trains(tmp_path, h
     assert dataset["train"] == dataset["val"] == ["camera.png"] and dataset["skipped_files"] == 1
 
 
+@pytest.mark.parametrize("run", [("--preset", "photo"), ("--dataset", "folder")], ids=["photo", "folder"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_max_pixels_under_one_is_refused_naming_the_flag(tmp_path, run, value) -> None:
+    """0 ended in "max_pixels must be >= 1; got 0", naming the config's field rather than the flag typed.
+    The folder does not exist: the flag is refused before any data is looked for."""
+    args = (
+        *run,
+        "--data-dir",
+        str(tmp_path / "missing"),
+        "--max-pixels",
+        value,
+        "--out",
+        str(tmp_path / "o"),
+    )
+    refused = run_cli("train.cli", *args)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    error = f"ae-train: error: argument --max-pixels: expected a positive integer, got {value}"
+    assert refused.stderr.strip().splitlines()[-1] == error, refused.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_photo_folder_takes_photographs_past_the_default_guard_with_max_pixels(tmp_path) -> None:
     """The guard's message says to raise the limit with --max-pixels, which ae-train did not have: a
     folder of large photographs could not be trained on. The limit is a photo run's flag now, and the

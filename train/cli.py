@@ -22,7 +22,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from runtimes.cli import seed_int
+from runtimes.cli import positive_int, seed_int
 from train.data import DATASETS, DataError
 from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, TrainingInterrupted, train
 from train.model import MODEL_BUILDERS
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         default=None,
         help="'folder', or photos with --data-dir: read images of up to this many pixels; larger ones are "
         f"skipped by the decompression-bomb guard (default {PHOTO_DEFAULTS.max_pixels})",
