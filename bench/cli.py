@@ -39,7 +39,7 @@ from bench.report import (
 )
 from bench.timing import BUDGETS
 from runtimes.cli import positive_int
-from runtimes.fileio import atomic_write_json
+from runtimes.fileio import atomic_write_json, unwritable_file
 from runtimes.sessions import InvalidModelError, physical_cores
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import DataError
@@ -137,19 +137,6 @@ def _error(message: object) -> int:
     return EXIT_USAGE
 
 
-def _unwritable(out: Path) -> str | None:
-    """Why bench.json cannot be written at `out`, found before minutes of measuring; None if it can."""
-    if out.is_dir():
-        return f"--out {out}: is a folder; give the report's file path, e.g. {out / 'bench.json'}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):  # the folder takes a new file (read-only, full?)
-            pass
-    except OSError as err:
-        return f"--out {out}: cannot write in {out.parent} ({err.strerror or err})"
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     budget = BUDGETS["tiny" if args.tiny else "full" if args.full else "quick"]
@@ -185,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(name: str, result: dict[str, Any]) -> None:
         print(render(name, result) + f"\n\n({name}: {result['seconds']:.1f} s)\n", flush=True)
 
-    unwritable = _unwritable(args.out)
+    unwritable = unwritable_file(args.out, "--out", "bench.json")
     if unwritable:
         return _error(unwritable)
     with tempfile.TemporaryDirectory(prefix="ae-bench-") as scratch:

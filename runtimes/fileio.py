@@ -129,6 +129,27 @@ def atomic_save(path: str | os.PathLike[str], save: Callable[[IO[bytes]], None],
         save(handle)
 
 
+def unwritable_file(path: str | os.PathLike[str], flag: str, example: str) -> str | None:
+    """Why a command cannot write its output file at `path` (given by `flag`), found before the minutes
+    of work that produce it; None if it can. Creates nothing: the caller makes a missing folder as it writes.
+
+    `path` may be a new file in an existing folder or under a new one; it may not be a folder (the
+    message suggests the file `example` in it) or lie under a regular file, and the nearest folder that
+    exists must take a new file (not read-only, not full)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{flag} {path}: is a folder; give the file's path, e.g. {path / example}"
+    folder = next(p for p in path.parents if p.exists() or p.is_symlink())
+    if not folder.is_dir():
+        return f"{flag} {path}: {folder} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{flag} {path}: cannot write in {folder} ({err.strerror or err})"
+    return None
+
+
 def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
     """Remove the temporary files a killed writer left beside these destinations; return how many.
 

@@ -181,3 +181,35 @@ def test_a_batch_size_that_is_not_a_positive_integer_is_refused_naming_the_flag(
     assert result.returncode == 2, result.stdout
     assert result.stderr.startswith("ae-export compat: error: --batch-sizes") and named in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_a_json_path_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, where) -> None:
+    """--json naming a folder (or a path under a file) was found only when the report was written, after
+    every consumer had run every file (minutes). The --onnx-dir here holds nothing: the --json error comes
+    first, so it is checked before a single file is read."""
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "notes.txt").write_text("kept")
+    out = tmp_path / "reports" if where == "a folder" else tmp_path / "notes.txt" / "compat.json"
+    empty = tmp_path / "onnx"
+    empty.mkdir()
+    result = run_cli("ae_export.cli", "compat", "--onnx-dir", str(empty), "--json", str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"ae-export compat: error: --json {out}: "
+        + (
+            f"is a folder; give the file's path, e.g. {out / 'compat.json'}"
+            if where == "a folder"
+            else f"{tmp_path / 'notes.txt'} is not a folder"
+        )
+    ]
+    assert (tmp_path / "notes.txt").read_text() == "kept" and list((tmp_path / "reports").iterdir()) == []
+
+
+def test_a_json_path_in_a_new_folder_is_written(onnx_dir, tmp_path) -> None:
+    """The report's folder is made as it is written: a new one ended in FileNotFoundError after the run."""
+    out = tmp_path / "reports" / "2026" / "compat.json"
+    args = ("--onnx-dir", str(onnx_dir), "--batch-sizes", "1", "--consumers", "opencv", "--json", str(out))
+    result = run_cli("ae_export.cli", "compat", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(out.read_text())["rows"] and f"wrote {out}" in result.stdout
