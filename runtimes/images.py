@@ -250,13 +250,16 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
     if mode in _SIXTEEN_BIT_MODES:
         # 16-bit (and 32-bit "I", which Pillow uses for 16-bit PNGs on some versions): scale 0..65535 to
         # 0..255 instead of Pillow's convert("L"), which clips everything above 255 to white. A TIFF of 32
-        # bits per sample has no white level to scale from (0..65535 made it all white): refused.
-        if mode == "I" and image.format == "TIFF" and image.tag_v2.get(258) in ((32,), 32):
-            raise BadImageError(
-                path,
-                "unsupported image mode 'I' (a TIFF of 32-bit integers): its values have no defined white "
-                "level; save it with 8 or 16 bits per sample, or as floats in [0, 1]",
-            )
+        # bits per sample has no white level to scale from (0..65535 made it all white), nor has one of
+        # signed 16-bit integers (its white 32767 came back half bright, negatives black): both refused.
+        if mode == "I" and image.format == "TIFF":
+            kind = _tiff_integer_kind(image)
+            if kind:
+                raise BadImageError(
+                    path,
+                    f"unsupported image mode 'I' (a TIFF of {kind}): its values have no defined white "
+                    "level; save it with unsigned 8 or 16 bits per sample, or as floats in [0, 1]",
+                )
         raw = np.asarray(image)  # (H, W)
         wide = np.clip(raw, 0, 65535).astype(np.uint32)
         gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
@@ -278,6 +281,17 @@ def _to_gray8(image: Image.Image, path: Path) -> np.ndarray:
         return np.asarray(image if mode == "L" else image.convert("L"), dtype=np.uint8)
     except ValueError as err:
         raise BadImageError(path, f"unsupported image mode {mode!r}: {err}") from err
+
+
+def _tiff_integer_kind(image: Image.Image) -> str | None:
+    """'32-bit integers' or 'signed 16-bit integers' for a TIFF whose integers have no white level Pillow's
+    mode says (both open as mode 'I'), else None (unsigned 16-bit: white is 65535)."""
+    bits, sample_format = image.tag_v2.get(258), image.tag_v2.get(339)  # BitsPerSample, SampleFormat
+    if bits in ((32,), 32):
+        return "32-bit integers"
+    if sample_format in ((2,), 2):  # 2: two's complement signed integer
+        return "signed 16-bit integers"
+    return None
 
 
 def _float_to_gray8(values: np.ndarray, path: Path) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, TiffImagePlugin
 
 import runtimes.pipeline as pipeline
 from runtimes import images
@@ -164,6 +164,27 @@ def test_32bit_integer_tiff_is_refused_naming_its_mode(tmp_path: Path, dtype: ty
             load(tmp_path / "wide.tif")
     Image.fromarray(np.array([[0, 1000, 65535]], np.uint16)).save(tmp_path / "16.tif")
     assert load_gray8(tmp_path / "16.tif").tolist() == [[0, 4, 255]]
+
+
+@pytest.mark.parametrize("writer", ["pillow", "tifffile"])
+def test_signed_16bit_tiff_is_refused_naming_its_kind(tmp_path: Path, writer: str) -> None:
+    """A TIFF of signed 16-bit integers opens as Pillow mode "I" with 16 bits per sample, like an unsigned
+    one, and was scaled from 0..65535: its white 32767 came back at 127 (half bright), negatives black.
+    Its white level is not defined (0..32767? -32768..32767?), so it is refused, naming what it holds."""
+    values = np.array([[-32768, -6, 0, 20000, 32767]], np.int16)
+    if writer == "pillow":
+        tags = TiffImagePlugin.ImageFileDirectory_v2()
+        tags[339] = 2  # SampleFormat: signed integer
+        Image.frombytes("I;16", (5, 1), values.astype("<i2").tobytes()).save(
+            tmp_path / "s.tif", tiffinfo=tags
+        )
+    else:
+        pytest.importorskip("tifffile").imwrite(tmp_path / "s.tif", values)
+    with Image.open(tmp_path / "s.tif") as opened:  # the case at hand: mode 'I', 16 bits, signed
+        assert opened.mode == "I" and np.asarray(opened).min() == -32768
+    for load in (load_gray8, load_image8):
+        with pytest.raises(BadImageError, match=r"mode 'I' \(a TIFF of signed 16-bit integers\).*unsigned 8"):
+            load(tmp_path / "s.tif")
 
 
 RAMP = np.linspace(0, 1, 8, dtype=np.float32)[None]  # (1, 8) float pixels in [0, 1]
