@@ -145,9 +145,17 @@ class MicroBatcher:
 
         Cheaper than `submit(image).result()`: the caller waits, so its image cannot change before the
         batch runs (no defensive copy), and it sleeps on a bare lock rather than a Future's Condition.
+
+        Not from the worker thread (a Future's done callback runs there): it would wait for a batch only
+        that thread can run, so it raises RuntimeError instead of hanging every caller for good.
         """
         if self._closed:
             raise RuntimeError("MicroBatcher is closed; submit before close()")
+        if threading.current_thread() is self._worker:
+            raise RuntimeError(
+                "a MicroBatcher call from its own worker thread (a Future's done callback) would wait for "
+                "itself; use submit() there and take the result in another callback"
+            )
         sample, layout = self.denoiser.prepare(image)  # (1, 1, H, W); raises ValueError for this caller
         if layout.count != 1:
             raise ValueError(

@@ -318,3 +318,32 @@ def test_close_from_a_done_callback(denoiser: Denoiser, fmnist_test: np.ndarray)
     batcher.close(timeout=10)
     assert threads == [batcher._worker] and errors == []
     assert batcher.closed and not batcher._worker.is_alive()
+
+
+def test_blocking_call_from_a_done_callback_raises(denoiser: Denoiser, fmnist_test: np.ndarray) -> None:
+    """`batcher(image)` in a Future's done callback runs on the worker thread and waited for a batch only
+    that thread could run: the worker hung for good, and with it every caller and close(). It raises
+    RuntimeError there; the batcher keeps serving (submit from a callback is fine)."""
+    # The first request waits up to 5 s for company, so its callback is attached before it runs.
+    batcher = MicroBatcher(denoiser, max_batch_size=2, max_queue_delay_us=5_000_000)
+    seen: list[BaseException | Future] = []
+    called = threading.Event()
+
+    def call_batcher(_future: Future) -> None:
+        try:
+            seen.append(batcher.submit(fmnist_test[2]))  # allowed: returns a Future
+            batcher(fmnist_test[1])
+        except BaseException as err:
+            seen.append(err)
+        called.set()
+
+    first = batcher.submit(fmnist_test[0])
+    first.add_done_callback(call_batcher)
+    second = batcher.submit(fmnist_test[3])  # fills the batch: it runs now
+    assert called.wait(timeout=10), "the worker hung in the done callback"
+    assert isinstance(seen[1], RuntimeError) and "own worker thread" in str(seen[1])
+    assert isinstance(seen[0], Future)
+    np.testing.assert_array_equal(seen[0].result(timeout=10), denoiser.denoise(fmnist_test[2]))
+    np.testing.assert_array_equal(second.result(timeout=10), denoiser.denoise(fmnist_test[3]))
+    batcher.close(timeout=10)
+    assert not batcher._worker.is_alive()
