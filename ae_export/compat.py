@@ -30,7 +30,7 @@ import onnxruntime
 import openvino as ov
 
 from ae_export import fastgraph
-from ae_export.cliargs import parse_batch_sizes
+from ae_export.cliargs import parse_batch_sizes, parse_csv
 from ae_export.specs import COMPAT_JSON
 from ae_export.targets import ExportedFile, exported_files
 from runtimes.fileio import atomic_write_json, unwritable_file
@@ -269,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         batches = parse_batch_sizes(args.batch_sizes)  # ae-export's own reading of the flag
+        consumers = parse_csv(args.consumers, str, "consumers", CONSUMERS)  # ' opencv' was unknown
         out = Path(args.json) if args.json else Path(args.onnx_dir) / COMPAT_JSON
         unwritable = unwritable_file(out, "--json", COMPAT_JSON) if args.json else None
         if unwritable:  # before every consumer runs every file (minutes), not after
             raise ValueError(unwritable)
-        rows = run_compat(Path(args.onnx_dir), [c for c in args.consumers.split(",") if c], batches)
+        rows = run_compat(Path(args.onnx_dir), consumers, batches)
         report = {"versions": versions(), "tolerances": TOLERANCES, "rows": [asdict(r) for r in rows]}
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, report)

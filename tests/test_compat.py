@@ -213,3 +213,28 @@ def test_a_json_path_in_a_new_folder_is_written(onnx_dir, tmp_path) -> None:
     result = run_cli("ae_export.cli", "compat", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(out.read_text())["rows"] and f"wrote {out}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (",", "--consumers is empty"),  # ran no consumer and wrote an empty report, exit 0
+        ("openvino,opencl", "--consumers: ['opencl'] not valid; choose from openvino, opencv"),
+    ],
+    ids=["empty", "unknown"],
+)
+def test_consumers_flag_is_checked_before_anything_runs(tmp_path, value, message) -> None:
+    result = run_cli("ae_export.cli", "compat", "--onnx-dir", str(tmp_path), "--consumers", value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == f"ae-export compat: error: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_consumers_flag_takes_spaces_after_commas(onnx_dir, tmp_path) -> None:
+    """ "--consumers 'opencv, openvino'" was refused as "unknown consumer(s) [' openvino']", unlike every
+    other list flag of ae-export."""
+    out = tmp_path / "compat.json"
+    args = ("--onnx-dir", str(onnx_dir), "--batch-sizes", "1", "--consumers", "opencv, openvino")
+    result = run_cli("ae_export.cli", "compat", *args, "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {row["consumer"] for row in json.loads(out.read_text())["rows"]} == {"opencv", "openvino"}
