@@ -50,7 +50,8 @@ def int_at_least(low: int, expected: str) -> Callable[[str], int]:
 
 
 positive_int = int_at_least(1, "a positive integer")
-seed_int = int_at_least(0, "an integer >= 0")  # every --seed of every CLI
+nonnegative_int = int_at_least(0, "an integer >= 0")
+seed_int = nonnegative_int  # every --seed of every CLI
 
 
 def _noise_std(text: str) -> float:

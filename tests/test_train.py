@@ -636,3 +636,42 @@ def test_make_gives_the_lecture_and_photo_runs_their_own_flags(tmp_path, variabl
     assert train_line.split(f"--out {art}")[1].strip() == lecture
     assert photo_line.split(f"--out {art}/photo")[1].strip() == photo
     assert photo_export.endswith("--budget int8=0.5") and "--variants none" not in photo_export
+
+
+COUNT_FLAGS = (
+    "--epochs",
+    "--batch-size",
+    "--latent-dim",
+    "--hidden-dim",
+    "--width",
+    "--steps",
+    "--limit",
+    "--threads",
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        *((flag, value, "a positive integer") for flag in COUNT_FLAGS for value in ("0", "-1")),
+        ("--blocks", "-1", "an integer >= 0"),
+    ],
+)
+def test_count_flags_are_refused_as_the_flags_own_error(capsys, flag: str, value: str, expected: str) -> None:
+    """A count under its minimum reached the config and was refused naming fields the user never typed
+    ("epochs, batch_size and latent_dim must be >= 1", "limit must be >= 1"), or, for --threads, by torch
+    ("set_num_threads expects a positive integer"); now argparse names the flag, before any work."""
+    from train.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args([flag, value])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"ae-train: error: argument {flag}: expected {expected}, got {value}"
+
+
+def test_zero_blocks_is_a_valid_count() -> None:
+    """--blocks counts residual blocks per stage: 0 (the lecture layout) stays valid."""
+    from train.cli import build_parser
+
+    assert build_parser().parse_args(["--blocks", "0"]).blocks == 0

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from runtimes.cli import positive_int, seed_int
+from runtimes.cli import nonnegative_int, positive_int, seed_int
 from train.data import DATASETS, DataError
 from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, TrainingInterrupted, train
 from train.model import MODEL_BUILDERS
@@ -35,15 +36,17 @@ PHOTO_DEFAULTS = PhotoTrainConfig()
 PHOTO_PRESET = "photo"  # the fully convolutional denoiser trained on photographs (train/photo_train.py)
 EXIT_DIVERGED = 3
 # Flags a preset may set: their argparse default is None ("not given"), so a preset value is only
-# overridden by a flag the user actually typed.
-RECIPE_FLAGS: dict[str, type] = {
-    "epochs": int,
-    "batch_size": int,
+# overridden by a flag the user actually typed. Counts are checked as the flag's own argparse error
+# ("argument --epochs: expected a positive integer, got 0"), not later by the config, whose message
+# named fields the user never typed ("epochs, batch_size and latent_dim must be >= 1").
+RECIPE_FLAGS: dict[str, Callable[[str], Any]] = {
+    "epochs": positive_int,
+    "batch_size": positive_int,
     "arch": str,
-    "latent_dim": int,
-    "hidden_dim": int,
-    "width": int,
-    "blocks": int,
+    "latent_dim": positive_int,
+    "hidden_dim": positive_int,
+    "width": positive_int,
+    "blocks": nonnegative_int,  # residual blocks per stage; 0 is the lecture layout
     "lr": float,
     "schedule": str,
     "weight_decay": float,
@@ -124,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"overrides the preset (lecture: {getattr(DEFAULTS, name)}){PHOTO_NOTES.get(name, '')}",
         )
     p.add_argument(
-        "--steps", type=int, default=None, help=f"photos: optimizer steps (default {PHOTO_DEFAULTS.steps})"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help=f"photos: optimizer steps (default {PHOTO_DEFAULTS.steps})",
     )
     p.add_argument("--loss", choices=LOSSES, default=None, help=f"default {DEFAULTS.loss}")
     p.add_argument(
@@ -141,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"folder for checkpoint.pt, metrics.json (default {DEFAULTS.out}; photos: {PHOTO_DEFAULTS.out})",
     )
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="use only the first N images of each split"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -156,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--threads", type=int, default=None, help="photos: torch CPU threads (default: torch's, all cores)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="photos: torch CPU threads (default: torch's, all cores)",
     )
     p.add_argument(
         "--precision",
