@@ -22,7 +22,13 @@ from runtimes.layout import (
     prepare_images,
     restore_images,
 )
-from runtimes.manifest import DEFAULT_VARIANT, PORTABLE_VARIANT, resolve_model, variants_present
+from runtimes.manifest import (
+    DEFAULT_VARIANT,
+    PORTABLE_VARIANT,
+    resolve_model,
+    variants_present,
+    verify_listed,
+)
 from runtimes.metadata import ModelMetadata
 from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
 from runtimes.sessions import DEFAULT_CONV_SEARCH, ConvSearch, InvalidModelError, Provider, wants_cuda
@@ -64,7 +70,9 @@ class Denoiser:
 
     Construction fails fast, before any work, with FileNotFoundError (a missing variant names those
     present) or InvalidModelError (a ValueError) naming the path, and with ProviderUnavailableError when
-    provider="cuda" cannot really start.
+    provider="cuda" cannot really start. Opened as a folder, the encoder and decoder that `encode` and
+    `decode` open are checked against its manifest too: a replaced or damaged one is a ManifestError, as
+    the denoiser is, not latents from another model.
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class Denoiser:
             None if self.image_shape is None or self.provider != "cpu" else (1, 1, *self.image_shape)
         )
         self._warmup = warmup
+        self._folder = folder  # opened as an export folder: its manifest vouches for the siblings too
         self._encoder: OnnxModel | None = None
         self._decoder: OnnxModel | None = None
         self._lock = threading.Lock()
@@ -209,6 +218,8 @@ class Denoiser:
                 raise FileNotFoundError(
                     f"{role} file not found: {sibling_path} (named in the metadata of {self.path})"
                 )
+            if self._folder is not None:
+                verify_listed(self._folder, name)
             # The provider the denoiser really got, so all three models of an export run on one device.
             model = OnnxModel(
                 sibling_path,

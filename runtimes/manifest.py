@@ -124,10 +124,31 @@ def resolve_model(
         )
     path = folder / entry["file"]
     if verify:
-        size = path.stat().st_size
-        if size != entry["size"] or sha256_file(path) != entry["sha256"]:
-            raise ManifestError(
-                f"{path}: does not match {folder / MANIFEST_FILE} (size {size} vs {entry['size']} bytes or "
-                "sha256 differs); re-export, or load the file by its path to use it anyway"
-            )
+        _check_entry(folder, path, entry)
     return path
+
+
+def verify_listed(folder: str | Path, name: str) -> None:
+    """Raise ManifestError when the folder's manifest lists the model file `name` and the file on disk is
+    not that one (size or sha256); a folder without a manifest, or a file it does not list, passes.
+
+    For the files a model's metadata names (a denoiser's encoder and decoder): the denoiser itself is
+    checked by `resolve_model`, and a replaced or damaged sibling must not slip through beside it.
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if manifest is None:
+        return
+    for entry in manifest["files"]:
+        if entry.get("kind") == "model" and entry.get("file") == name:
+            _check_entry(folder, folder / name, entry)
+            return
+
+
+def _check_entry(folder: Path, path: Path, entry: dict[str, Any]) -> None:
+    size = path.stat().st_size
+    if size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        raise ManifestError(
+            f"{path}: does not match {folder / MANIFEST_FILE} (size {size} vs {entry['size']} bytes or "
+            "sha256 differs); re-export, or load the file by its path to use it anyway"
+        )

@@ -517,6 +517,32 @@ def test_changed_file_is_refused_by_the_manifest(variants_dir: Path, tmp_path: P
         resolve_model(folder, "denoiser", "fp16")
 
 
+@pytest.mark.parametrize(
+    ("variant", "role"), [("fp32", "encoder"), ("fp32", "decoder"), ("int8.ort", "encoder")]
+)
+def test_a_replaced_sibling_is_refused_by_the_manifest(
+    variants_dir: Path, tmp_path: Path, variant: str, role: str
+) -> None:
+    """A folder's encoder or decoder is checked against its manifest like the denoiser: one replaced by
+    another variant's file (a real, loadable model of the same role) gave that model's latents or images
+    from encode/decode in silence. The file opened by its path still runs, as the message says."""
+    from runtimes import Denoiser
+
+    folder = tmp_path / "copy"
+    shutil.copytree(variants_dir, folder)
+    sibling = folder / f"{role}{VARIANT_SUFFIXES[variant]}"
+    other = "fp16" if variant == "fp32" else "fp32.ort"
+    shutil.copy(folder / f"{role}{VARIANT_SUFFIXES[other]}", sibling)
+    denoiser = Denoiser(folder, provider="cpu", variant=variant, warmup=False)
+    image = np.full((28, 28), 0.5, np.float32)
+    denoiser(image)  # the denoiser itself matches its manifest entry
+    latent_dim = denoiser.metadata.model_config["latent_dim"]
+    with pytest.raises(ManifestError, match=rf"{sibling.name}: does not match .*manifest\.json"):
+        denoiser.encode(image) if role == "encoder" else denoiser.decode(np.zeros(latent_dim, np.float32))
+    by_path = Denoiser(folder / f"denoiser{VARIANT_SUFFIXES[variant]}", provider="cpu", warmup=False)
+    assert by_path.encode(image).shape == (latent_dim,)
+
+
 @pytest.mark.parametrize(("key", "value"), [("sha256", None), ("size", "12 KiB"), ("variant", None)])
 def test_a_damaged_manifest_entry_is_a_clear_error(
     variants_dir: Path, tmp_path: Path, key: str, value: object
