@@ -141,6 +141,7 @@ class Denoiser:
         self._encoder: OnnxModel | None = None
         self._decoder: OnnxModel | None = None
         self._lock = threading.Lock()
+        self._closed = False  # close() was called: siblings opened later get no worker threads either
 
     @property
     def path(self) -> Path:
@@ -232,6 +233,8 @@ class Denoiser:
                 conv_search=self.model.conv_search,
                 role=role,
             )
+            if self._closed:
+                model.close()  # as close() left the denoiser: it runs, each call on one thread
             if role == "encoder":
                 self._encoder = model
             else:
@@ -274,8 +277,9 @@ class Denoiser:
     def close(self) -> None:
         """Stop the per-core worker threads of the denoiser and of the encoder/decoder it opened (they
         also stop when the Denoiser is garbage-collected). Idempotent; later calls still work, each model
-        call on one thread."""
+        call on one thread, `encode`/`decode` included when their model is first opened after close()."""
         with self._lock:
+            self._closed = True
             models = [m for m in (self.model, self._encoder, self._decoder) if m is not None]
         for model in models:
             model.close()

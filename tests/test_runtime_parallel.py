@@ -221,6 +221,21 @@ def test_one_image_fast_path_checks_the_range(cpu_denoiser, value, message) -> N
             cpu_denoiser.denoise(x)
 
 
+@pytest.mark.parametrize("role", ["encoder", "decoder"])
+def test_a_sibling_first_opened_after_close_starts_no_thread(onnx_dir, fmnist_test, role) -> None:
+    """close() promises later calls on one thread, but an encoder or decoder first opened after it got
+    its own worker threads, which nothing closed: an app shut down with a thread it had never seen."""
+    denoiser = Denoiser(onnx_dir, provider="cpu", threads=2, warmup=False)
+    latents = denoiser.encode(fmnist_test[:64]) if role == "decoder" else None
+    denoiser.close()
+    result = denoiser.encode(fmnist_test[:64]) if role == "encoder" else denoiser.decode(latents)
+    model = denoiser._encoder if role == "encoder" else denoiser._decoder
+    assert model._workers and not any(worker._thread.is_alive() for worker in model._workers)
+    with Denoiser(onnx_dir, provider="cpu", threads=1, warmup=False) as one:  # the same values
+        expected = one.encode(fmnist_test[:64]) if role == "encoder" else one.decode(latents)
+    np.testing.assert_array_equal(result, expected)
+
+
 def test_denoiser_closes_its_threads_and_its_siblings(onnx_dir, fmnist_test) -> None:
     """A Denoiser had no close() and no `with`: an app could only stop its worker threads (and those of
     the encoder/decoder it opened) by dropping every reference and waiting for the collector."""
