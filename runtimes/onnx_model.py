@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from runtimes.layout import FLOAT32
+from runtimes.layout import FLOAT32, describe
 from runtimes.metadata import MetadataError, ModelMetadata, parse_metadata
 from runtimes.sessions import (
     DEFAULT_CONV_SEARCH,
@@ -240,10 +240,19 @@ class OnnxModel:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(B, *input_sample_shape) float32 -> (B, *output_sample_shape) float32, chunked by max_batch."""
-        shape = batch.shape
+        try:
+            shape = batch.shape
+        except AttributeError:  # a list, a scalar: refused below by name, not an AttributeError traceback
+            shape = ()
         if shape[1:] == self._fixed_sample and 0 < shape[0] <= self._bound_batch and batch.dtype is FLOAT32:
             return self._run_bound(batch)  # the batch-1 path: one tuple test, no generator
         expected = self.input_sample_shape
+        if not isinstance(batch, np.ndarray):
+            shown = tuple("any" if d is None else d for d in expected)
+            raise ValueError(
+                f"{self.path.name}: expected a float32 numpy array of shape (B, *{shown}); "
+                f"got {describe(batch)}"
+            )
         if (
             batch.dtype != np.float32
             or batch.ndim != 1 + len(expected)

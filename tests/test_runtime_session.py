@@ -298,6 +298,21 @@ def test_conv_search_names_choices_and_reaches_the_cuda_options(onnx_dir: Path) 
     assert denoiser.model.conv_search == "exhaustive"
 
 
+@pytest.mark.parametrize("role", ["denoiser", "encoder"])
+@pytest.mark.parametrize("kind", ["list", "tuple", "None"])
+def test_onnx_model_run_names_what_is_not_an_array(onnx_dir: Path, role: str, kind: str) -> None:
+    """OnnxModel.run read `.shape` first: a list of images (what `images.tolist()` gives) was an
+    AttributeError traceback, where the wrong dtype or shape is a ValueError saying what it takes."""
+    model = OnnxModel(onnx_dir / f"{role}.onnx", provider="cpu", warmup=False)
+    image = np.zeros((1, 1, 28, 28), np.float32)
+    bad = {"list": image.tolist(), "tuple": (image,), "None": None}[kind]
+    expected = rf"^{role}\.onnx: expected a float32 numpy array of shape \(B, \*\(1, 28, 28\)\); got "
+    with pytest.raises(
+        ValueError, match=expected + {"list": "list", "tuple": "tuple", "None": "NoneType"}[kind]
+    ):
+        model.run(bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_bad_threads_and_max_batch(onnx_dir: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="threads"):
