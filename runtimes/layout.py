@@ -4,7 +4,9 @@ People have images as (N, 1, H, W), (N, H, W) or one (H, W); float32 in [0, 1] o
 functions turn any of them into the model's float32 (N, 1, H, W) batch in one cheap pass, and turn the
 model's output back into the caller's own layout and kind. For a model of any height and width (the
 photo model), colour images are accepted channels-last too, one (H, W, 3) or (N, H, W, 3): each channel
-is a sample, denoised as the grayscale image it is (as `ae-denoise` does with colour files).
+is a sample, denoised as the grayscale image it is (as `ae-denoise` does with colour files). One (H, W, 1),
+(H, W, 2) or (H, W, 4) image (a gray plane channels-last, gray + alpha, RGBA) is refused, naming the
+slice to pass: read as a batch of H images 1, 2 or 4 pixels wide, it came back denoised row by row.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def _expected(image_shape: tuple[int, int] | None) -> str:
         f"images as (N, 1, {h}, {w}), (N, {h}, {w}) or one ({h}, {w}) array{colour}{any_size}, float32 in "
         "[0, 1] or uint8 0-255"
     )
+
+
+# Channels-last images of other channel counts than 3, which an any-size model would otherwise read as a
+# batch of (N, H, W) images a few pixels wide (each row of the image one image): the fix for each.
+_OTHER_CHANNELS = {
+    1: "one gray plane: pass image[..., 0]",
+    2: "gray and alpha: pass image[..., 0]; the alpha is not denoised",
+    4: "RGBA: pass image[..., :3]; the alpha is not denoised",
+}
 
 
 def _conversion_hint(dtype: np.dtype) -> str:
@@ -111,6 +122,12 @@ def prepare_images(images: np.ndarray, image_shape: tuple[int, int] | None) -> t
     if image_shape is None:  # any size: (H, W) are the last two axes, if there are two
         if ndim < 2 or min(shape[-2:]) < 1:
             raise ValueError(f"expected {_expected(None)}; got shape {shape}")
+        if ndim == 3 and shape[-1] in _OTHER_CHANNELS:
+            raise ValueError(
+                f"expected {_expected(None)}; got shape {shape}, an image channels-last with "
+                f"{shape[-1]} channel(s) ({_OTHER_CHANNELS[shape[-1]]}), not {shape[0]} images "
+                f"{shape[-1]} pixel(s) wide"
+            )
         image_shape = (int(shape[-2]), int(shape[-1]))
     h, w = image_shape
     form: ImageForm

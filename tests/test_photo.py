@@ -353,6 +353,32 @@ def test_denoiser_takes_colour_arrays_channels_last(photo_onnx) -> None:
         batcher(batch[0])
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize(
+    ("channels", "fix"),
+    [(1, r"image\[\.\.\., 0\]"), (2, r"image\[\.\.\., 0\]"), (4, r"image\[\.\.\., :3\]")],
+    ids=["gray", "gray-alpha", "rgba"],
+)
+def test_other_channels_last_images_are_refused(photo_onnx, channels: int, fix: str, dtype: str) -> None:
+    """An (H, W, 1) gray plane, (H, W, 2) gray + alpha or (H, W, 4) RGBA array was read as a batch of H
+    images 1, 2 or 4 pixels wide: accepted, and each row of the photograph came back denoised alone."""
+    from skimage import data
+
+    from runtimes import Denoiser, MicroBatcher
+
+    denoiser = Denoiser(photo_onnx[0], provider="cpu", warmup=False)
+    rgba = np.asarray(Image.fromarray(data.astronaut()[:40, :48]).convert("RGBA"))
+    image = {1: rgba[..., :1], 2: rgba[..., [0, 3]], 4: rgba}[channels]
+    image = image if dtype == "uint8" else image.astype(np.float32) / 255
+    message = rf"got shape \(40, 48, {channels}\), an image channels-last with {channels} channel.*{fix}"
+    with pytest.raises(ValueError, match=message):
+        denoiser.denoise(image)
+    with MicroBatcher(denoiser) as batcher, pytest.raises(ValueError, match=message):
+        batcher.submit(image)
+    plane = image[..., :3] if channels == 4 else image[..., 0]  # what the message says to pass
+    assert denoiser.denoise(plane).shape == plane.shape
+
+
 def test_fixed_size_model_gets_grayscale_from_colour(onnx_dir: Path, tmp_path: Path) -> None:
     """The lecture's model was trained on grayscale Fashion-MNIST: colour input is converted, as before."""
     (tmp_path / "in").mkdir()
