@@ -91,16 +91,20 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 
 def plan_jobs(
-    inputs: Sequence[str | os.PathLike[str]],
+    inputs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
     with_noisy: bool = False,
 ) -> Plan:
     """Map inputs (files or folders) to output paths; raise PlanError for unsafe or colliding outputs.
 
+    `inputs` is a list of paths, or one path (a string is one path, not a sequence of one-letter names).
+
     Layout: a folder `D` goes to `OUT/<relative path>.png` with `-o OUT` and one input, to
     `OUT/<D name>/...` with several inputs, and to the sibling folder `D_denoised/` without `-o`. A file
     `F` goes to `OUT/<F stem>.png`, or beside itself as `<F stem>_denoised.png` without `-o`.
     """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
     if not inputs:
         raise PlanError("no inputs given")
     roots = [Path(p) for p in inputs]

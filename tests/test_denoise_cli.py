@@ -740,3 +740,18 @@ def test_resize_round_trip_shape(size: tuple[int, int]) -> None:
 def test_plan_rejects_missing_input(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="input not found"):
         plan_jobs([tmp_path / "nope"])
+
+
+@pytest.mark.parametrize("kind", [str, Path])
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_plan_takes_one_path_as_one_input(tmp_path: Path, kind: type, what: str) -> None:
+    """A string is a sequence too: plan_jobs("photos") planned each letter as an input ("input not found:
+    p, h, o, ..."), and a Path was a TypeError traceback ('PosixPath' object is not iterable)."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "in" / "a.png")
+    source = tmp_path / "in" if what == "folder" else tmp_path / "in" / "a.png"
+    plan = plan_jobs(kind(source), kind(tmp_path / "out"))
+    assert [(job.source, job.output) for job in plan.jobs] == [
+        (tmp_path / "in" / "a.png", tmp_path / "out" / "a.png")
+    ]
+    assert plan.jobs == plan_jobs([source], tmp_path / "out").jobs
