@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import math
+import numbers
 import queue
 import threading
 import time
@@ -44,6 +45,7 @@ import numpy as np
 
 from runtimes.denoiser import Denoiser
 from runtimes.layout import ImageLayout, restore_images
+from runtimes.onnx_model import positive_int
 from runtimes.workers import restart_after_fork
 
 _STOP = object()
@@ -76,11 +78,10 @@ class MicroBatcher:
     """
 
     def __init__(self, denoiser: Denoiser, max_batch_size: int = 64, max_queue_delay_us: int = 0) -> None:
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be a positive int; got {max_batch_size!r}")
+        max_batch_size = positive_int("max_batch_size", max_batch_size)  # type: ignore[assignment]
         if (
             isinstance(max_queue_delay_us, bool)
-            or not isinstance(max_queue_delay_us, int | float)
+            or not isinstance(max_queue_delay_us, numbers.Real)  # numpy numbers too (np.arange gives them)
             or not math.isfinite(max_queue_delay_us)
             or not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US
         ):
@@ -90,8 +91,13 @@ class MicroBatcher:
             )
         self.denoiser = denoiser
         self.max_batch_size = max_batch_size
-        self.max_queue_delay_us = max_queue_delay_us
-        self._delay_s = max_queue_delay_us / 1e6
+        # A Python number: np.float32's microseconds would make every deadline a numpy scalar.
+        self.max_queue_delay_us = (
+            int(max_queue_delay_us)
+            if isinstance(max_queue_delay_us, numbers.Integral)
+            else float(max_queue_delay_us)
+        )
+        self._delay_s = self.max_queue_delay_us / 1e6
         self._closed = False
         self.batches = 0  # model calls made; with `items`, the mean batch size (for benchmarks and tests)
         self.items = 0

@@ -30,7 +30,7 @@ from runtimes.manifest import (
     verify_listed,
 )
 from runtimes.metadata import ModelMetadata
-from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
+from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel, positive_int
 from runtimes.sessions import DEFAULT_CONV_SEARCH, ConvSearch, InvalidModelError, Provider, wants_cuda
 from runtimes.tiling import plan_tiles, run_tiled
 
@@ -88,9 +88,7 @@ class Denoiser:
         tile_pixels: int | None = DEFAULT_TILE_PIXELS,
         conv_search: ConvSearch = DEFAULT_CONV_SEARCH,
     ) -> None:
-        if tile_pixels is not None and (type(tile_pixels) is not int or tile_pixels < 1):
-            raise ValueError(f"tile_pixels must be a positive int or None (never tile); got {tile_pixels!r}")
-        self.tile_pixels = tile_pixels
+        self.tile_pixels = positive_int("tile_pixels", tile_pixels, none="never tile")
         path = Path(path)
         folder = path if path.is_dir() else None
         if folder is None and variant != DEFAULT_VARIANT:

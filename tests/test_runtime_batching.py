@@ -191,6 +191,22 @@ def test_queue_delay_must_be_a_finite_range(denoiser: Denoiser, delay: float) ->
         assert batcher.max_queue_delay_us == 60_000_000
 
 
+@pytest.mark.parametrize("number", [np.int64, np.int32, np.uint16, np.float32], ids=lambda t: t.__name__)
+def test_numpy_numbers_are_settings_too(denoiser: Denoiser, fmnist_test: np.ndarray, number: type) -> None:
+    """A sweep over np.arange(...) passed np.int64 values: max_batch_size=np.int64(8) was refused as
+    not 'a positive int' and max_queue_delay_us=np.int64(100) as not 'a finite number of microseconds
+    in [0, 60000000]', which it is. They are taken, as the Python numbers they equal."""
+    kwargs = {"max_queue_delay_us": number(100)}
+    if np.issubdtype(number, np.integer):
+        kwargs["max_batch_size"] = number(8)
+    with MicroBatcher(denoiser, **kwargs) as batcher:
+        np.testing.assert_array_equal(batcher(fmnist_test[0]), denoiser.denoise(fmnist_test[0]))
+    assert batcher.max_queue_delay_us == 100 and type(batcher.max_queue_delay_us) in (int, float)
+    assert type(batcher.max_batch_size) is int
+    with pytest.raises(ValueError, match=r"^max_batch_size must be a positive int; got np\.True_$"):
+        MicroBatcher(denoiser, max_batch_size=np.True_)
+
+
 class BrokenOnce(MicroBatcher):
     """A batcher whose batch handling fails once with an error that is no model error: a bug."""
 

@@ -321,6 +321,25 @@ def test_bad_threads_and_max_batch(onnx_dir: Path, bad: object) -> None:
         Denoiser(onnx_dir, max_batch=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("number", [np.int64, np.int32, np.uint8], ids=lambda t: t.__name__)
+def test_numpy_integers_are_counts_too(onnx_dir: Path, images: np.ndarray, number: type) -> None:
+    """threads=np.int64(1) (from np.arange, a config read with numpy) was refused as not 'a positive
+    int', and so were max_batch and tile_pixels; they are taken as the Python ints they equal."""
+    denoiser = Denoiser(
+        onnx_dir, provider="cpu", threads=number(1), max_batch=number(8), tile_pixels=number(64), warmup=False
+    )
+    assert (denoiser.model.threads, denoiser.model.max_batch, denoiser.tile_pixels) == (1, 8, 64)
+    assert all(
+        type(v) is int for v in (denoiser.model.threads, denoiser.model.max_batch, denoiser.tile_pixels)
+    )
+    with Denoiser(onnx_dir, provider="cpu", threads=1, warmup=False) as plain:
+        np.testing.assert_array_equal(denoiser(images[:20]), plain(images[:20]))
+    with pytest.raises(
+        ValueError, match=r"^threads must be a positive int or None \(= physical cores\); got"
+    ):
+        Denoiser(onnx_dir, provider="cpu", threads=number(0))
+
+
 @pytest.mark.parametrize("flag", ["spinning", "warmup"])
 def test_bool_options_refuse_other_values(onnx_dir: Path, flag: str) -> None:
     """spinning="no" turned spinning on (the string is truthy), the opposite of what it says."""
