@@ -176,10 +176,12 @@ def _load(path: Path, max_pixels: int, convert: Converter) -> tuple[np.ndarray, 
         raise BadImageError(path, "unreadable: file not found") from None
     except OSError as err:
         raise BadImageError(path, f"unreadable: {err.strerror or err}") from err
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a folder's fd with "Is a directory: 3"
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise BadImageError(path, f"unreadable: {kind}")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadImageError(path, "unreadable: not a regular file")
         if info.st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")
         return _decode(handle, path, max_pixels, convert)

@@ -9,6 +9,7 @@ results are exactly the inputs and the tests need no training.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import warnings
 import weakref
@@ -264,6 +265,18 @@ def test_max_pixels_above_pillows_own_limit(tmp_path: Path, monkeypatch: pytest.
         with pytest.raises(BadImageError, match="this run's limit is 900 pixels; raise it with --max-pixels"):
             load_gray8(tmp_path / "60.png", max_pixels=900)
     assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+@pytest.mark.parametrize("load", [load_gray8, load_image8], ids=["gray8", "image8"])
+@pytest.mark.parametrize("what", ["folder", "fifo"])
+def test_a_path_that_is_no_file_is_a_bad_image(tmp_path: Path, load, what: str) -> None:
+    """load_gray8 on a folder raised IsADirectoryError ('[Errno 21] Is a directory: 3', the number a file
+    descriptor), not the BadImageError its docstring promises, so an app catching that crashed."""
+    path = tmp_path / "x.png"
+    path.mkdir() if what == "folder" else os.mkfifo(path)
+    reason = "a folder" if what == "folder" else "not a regular file"
+    with pytest.raises(BadImageError, match=rf"^{re.escape(str(path))}: unreadable: {reason}$"):
+        load(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
