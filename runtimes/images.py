@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from runtimes.fileio import atomic_save
-from runtimes.layout import ImageLayout, prepare_images, restore_images
+from runtimes.layout import ImageLayout, describe, prepare_images, restore_images
 from runtimes.pillowlimit import pillow_limit_at_least
 from runtimes.pngmeta import SOURCE_KEY, profile_for
 from runtimes.pngtrns import load_png
@@ -349,10 +349,12 @@ def save_png(
     belongs to. `icc_profile` is embedded as is; the caller makes sure it describes the pixels
     (`LoadedImage.icc_profile` does).
     """
-    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
-        raise ValueError(
-            f"save_png expects a (H, W) or (H, W, 3) uint8 array; got {pixels.dtype} {pixels.shape}"
-        )
+    if (
+        not isinstance(pixels, np.ndarray)  # a list: named below, not an AttributeError traceback
+        or pixels.dtype != np.uint8
+        or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3))
+    ):
+        raise ValueError(f"save_png expects a (H, W) or (H, W, 3) uint8 array; got {describe(pixels)}")
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)

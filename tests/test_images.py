@@ -279,6 +279,25 @@ def test_a_path_that_is_no_file_is_a_bad_image(tmp_path: Path, load, what: str) 
         load(path)
 
 
+@pytest.mark.parametrize(
+    ("pixels", "got"),
+    [
+        (np.zeros((4, 5), np.uint8).tolist(), "list"),
+        (np.zeros((4, 5, 4), np.uint8), r"uint8 array of shape \(4, 5, 4\)"),
+        (np.zeros((4, 5)), r"float64 array of shape \(4, 5\)"),
+    ],
+    ids=["list", "rgba", "float"],
+)
+def test_save_png_names_what_it_cannot_write(tmp_path: Path, pixels: object, got: str) -> None:
+    """A list of rows was an AttributeError traceback ('list' object has no attribute 'dtype'); every
+    refusal is the ValueError naming what save_png takes, and nothing is written."""
+    with pytest.raises(
+        ValueError, match=rf"^save_png expects a \(H, W\) or \(H, W, 3\) uint8 array; got {got}$"
+    ):
+        save_png(tmp_path / "out.png", pixels)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------------------
 # ICC profiles
 
