@@ -45,7 +45,7 @@ import numpy as np
 
 from runtimes.denoiser import Denoiser
 from runtimes.layout import ImageLayout, restore_images
-from runtimes.onnx_model import positive_int
+from runtimes.sessions import positive_int
 from runtimes.workers import restart_after_fork
 
 _STOP = object()

@@ -30,8 +30,15 @@ from runtimes.manifest import (
     verify_listed,
 )
 from runtimes.metadata import ModelMetadata
-from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel, positive_int
-from runtimes.sessions import DEFAULT_CONV_SEARCH, ConvSearch, InvalidModelError, Provider, wants_cuda
+from runtimes.onnx_model import DEFAULT_MAX_BATCH, OnnxModel, Parallel
+from runtimes.sessions import (
+    DEFAULT_CONV_SEARCH,
+    ConvSearch,
+    InvalidModelError,
+    Provider,
+    positive_int,
+    wants_cuda,
+)
 from runtimes.tiling import plan_tiles, run_tiled
 
 DENOISER_FILE = "denoiser.onnx"

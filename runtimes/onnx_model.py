@@ -7,7 +7,6 @@ library, numpy and onnxruntime: edge devices have no torch.
 
 from __future__ import annotations
 
-import numbers
 import os
 import threading
 import warnings
@@ -25,8 +24,10 @@ from runtimes.sessions import (
     ConvSearch,
     InvalidModelError,
     Provider,
+    check_flag,
     open_session,
     physical_cores,
+    positive_int,
 )
 from runtimes.workers import SliceWorker, close_when_collected
 
@@ -41,18 +42,6 @@ MIN_SLICE = 16
 # fixed cost is negligible next to their model time. Caps the buffers one thread keeps per input shape.
 BOUND_MAX_ELEMENTS = 1 << 16
 BOUND_MAX_SHAPES = 8  # per thread; an any-size model sees many shapes, the oldest binding is dropped
-
-
-def positive_int(name: str, value: object, none: str | None = None) -> int | None:
-    """`value` as a Python int >= 1, or None where `none` says what None means; else a ValueError naming
-    `name`. numpy integers count (np.arange gives them, and a sweep over one passed np.int64(64), which
-    was refused as not a positive int); bool does not (True is not a count)."""
-    if value is None and none is not None:
-        return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
-        return int(value)
-    or_none = f" or None ({none})" if none is not None else ""
-    raise ValueError(f"{name} must be a positive int{or_none}; got {value!r}")
 
 
 # One thread's binding for one input shape: (binding, input buffer, output buffer, their OrtValues).
@@ -127,9 +116,8 @@ class OnnxModel:
             raise InvalidModelError(self.path, "not a regular file (expected an .onnx file from `ae-export`)")
         max_batch = positive_int("max_batch", max_batch)  # type: ignore[assignment]
         threads = positive_int("threads", threads, none="= physical cores")
-        for name, flag in (("spinning", spinning), ("warmup", warmup)):
-            if not isinstance(flag, bool):  # "no" or 0.0 would pass as their truth value
-                raise ValueError(f"{name} must be True or False; got {flag!r}")
+        check_flag("spinning", spinning)
+        check_flag("warmup", warmup)
         if parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}; got {parallel!r}")
         self.threads = threads if threads is not None else physical_cores()

@@ -8,6 +8,7 @@ Imports only the standard library and onnxruntime: edge devices have no torch.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,25 @@ class InvalidModelError(ValueError):
 
 class ProviderUnavailableError(RuntimeError):
     """The requested execution provider cannot start here. Raised instead of a silent CPU fallback."""
+
+
+def positive_int(name: str, value: object, none: str | None = None) -> int | None:
+    """`value` as a Python int >= 1, or None where `none` says what None means; else a ValueError naming
+    `name`. numpy integers count (np.arange gives them, and a sweep over one passed np.int64(64), which
+    was refused as not a positive int); bool does not (True is not a count)."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    or_none = f" or None ({none})" if none is not None else ""
+    raise ValueError(f"{name} must be a positive int{or_none}; got {value!r}")
+
+
+def check_flag(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is True or False: "no" or 0.0 would pass as their truth value, and
+    spinning="no" turned spinning on, the opposite of what it says."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
 
 
 def physical_cores() -> int:
@@ -84,6 +104,8 @@ def session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
     `session.run`. Spinning threads burn CPU between runs, though: where other threads need the cores
     (the `ae-denoise` pipeline decodes and encodes images beside the model) pass `spinning=False`.
     """
+    threads = positive_int("threads", threads)  # type: ignore[assignment]
+    check_flag("spinning", spinning)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

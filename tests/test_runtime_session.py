@@ -19,7 +19,13 @@ from runtimes.denoiser import Denoiser
 from runtimes.layout import prepare_images
 from runtimes.metadata import MetadataError
 from runtimes.onnx_model import OnnxModel
-from runtimes.sessions import InvalidModelError, ProviderUnavailableError, physical_cores
+from runtimes.sessions import (
+    InvalidModelError,
+    ProviderUnavailableError,
+    open_session,
+    physical_cores,
+    session_options,
+)
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -345,6 +351,29 @@ def test_bool_options_refuse_other_values(onnx_dir: Path, flag: str) -> None:
     """spinning="no" turned spinning on (the string is truthy), the opposite of what it says."""
     with pytest.raises(ValueError, match=rf"^{flag} must be True or False; got 'no'$"):
         Denoiser(onnx_dir, provider="cpu", **{flag: "no"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"spinning": "no"}, r"spinning must be True or False; got 'no'"),
+        ({"spinning": 0.0}, r"spinning must be True or False; got 0\.0"),
+        ({"threads": 0}, r"threads must be a positive int; got 0"),
+        ({"threads": -1}, r"threads must be a positive int; got -1"),
+        ({"threads": 2.5}, r"threads must be a positive int; got 2\.5"),
+    ],
+    ids=["spinning-no", "spinning-float", "threads-0", "threads-neg", "threads-float"],
+)
+def test_open_session_checks_its_options(onnx_dir: Path, kwargs: dict[str, object], message: str) -> None:
+    """open_session, the one session opener (exported by runtimes), took spinning="no" by its truth
+    value and turned spinning on, took threads=0 or -1 to onnxruntime as they were, and threads=2.5 was
+    a pybind11 TypeError listing signatures: the checks Denoiser and OnnxModel make now live here."""
+    with pytest.raises(ValueError, match=rf"^{message}$"):
+        open_session(onnx_dir / "denoiser.onnx", "cpu", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"^{message}$"):
+        session_options(**{"threads": 1, "spinning": True, **kwargs})  # type: ignore[arg-type]
+    session, provider = open_session(onnx_dir / "denoiser.onnx", "cpu", threads=np.int64(1), spinning=False)
+    assert provider == "cpu" and session.get_session_options().intra_op_num_threads == 1
 
 
 def _cuda_error(onnx_dir: Path) -> ProviderUnavailableError | None:
