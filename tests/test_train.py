@@ -215,6 +215,51 @@ def test_diverging_photo_run_is_an_error_line_and_writes_nothing(tmp_path) -> No
     assert "ae-train: error: training diverged: step" in done.stderr
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["empty-out", "earlier-run-in-out"])
+def test_photo_run_stopped_before_its_first_save_says_it_wrote_nothing(tmp_path, earlier) -> None:
+    """Ctrl-C before the photo loop's first evaluation (step 400): exit 130 and the line says this run
+    wrote nothing (and that an earlier run's checkpoint.pt is untouched), not that the file holds a step."""
+    out = tmp_path / "photo"
+    before = train_tiny_photo_model(out).read_bytes() if earlier else None
+    with running_cli("train.cli", "--preset", "photo", "--batch-size", "1", "--out", str(out)) as proc:
+        assert "training arithmetic" in proc.stdout.readline()  # the steps have begun
+        done = stop_cli(proc)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted: this run wrote nothing" in done.stderr
+    if earlier:
+        assert f"({out / 'checkpoint.pt'} is an earlier run's, untouched)" in done.stderr
+        assert (out / "checkpoint.pt").read_bytes() == before
+    else:
+        assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("stop_at", ["training arithmetic", "STEP 3/"], ids=["before-first-save", "after-it"])
+def test_interrupted_photo_run_says_which_step_checkpoint_holds(tmp_path, stop_at) -> None:
+    """Ctrl-C (here raised from the log line) comes out as TrainingInterrupted naming the saved step."""
+    config = PhotoTrainConfig(
+        steps=6,
+        batch_size=2,
+        crop=32,
+        fcn_width=4,
+        fcn_levels=2,
+        fcn_depth=1,
+        eval_every=3,
+        out=str(tmp_path),
+    )
+
+    def log(line: str) -> None:
+        if line.startswith(stop_at):
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as caught:
+        train_photos(config, log=log)
+    if stop_at.startswith("STEP"):
+        assert str(caught.value) == f"{tmp_path / 'checkpoint.pt'} holds step 3"
+        assert load_checkpoint(tmp_path / "checkpoint.pt").epoch == 3
+    else:
+        assert str(caught.value) == "this run wrote nothing"
+
+
 def test_photo_preset_refuses_flags_it_would_ignore(tmp_path) -> None:
     out = tmp_path / "photo"
     flags = ["--noise-factor", "0.05", "--loss", "bce", "--target", "noisy", "--width", "4", "--limit", "10"]

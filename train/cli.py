@@ -267,8 +267,11 @@ def _train_photos(args: argparse.Namespace) -> int:
             precision=_default(args.precision, PHOTO_DEFAULTS.precision),
         )
         checkpoint = train_photos(config)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {out}/checkpoint.pt holds the last evaluated step", file=sys.stderr)
+    except TrainingInterrupted as err:  # it says which step checkpoint.pt holds, or that this run wrote none
+        print(f"\ninterrupted: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before train_photos began: nothing written yet
+        print("\ninterrupted before training began: this run wrote nothing", file=sys.stderr)
         return 130
     except FloatingPointError as err:
         print(f"ae-train: error: training diverged: {err}", file=sys.stderr)

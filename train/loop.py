@@ -289,10 +289,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; its message says what checkpoint.pt holds (`on_disk`)."""
 
 
-def on_disk(ckpt_path: Path, saved: Checkpoint | None) -> str:
-    """What `ckpt_path` holds when a run stops early: the last epoch saved, or that this run saved none."""
+def on_disk(ckpt_path: Path, saved: Checkpoint | None, unit: str = "epoch") -> str:
+    """What `ckpt_path` holds when a run stops early: the last epoch (photo runs: `unit="step"`) saved, or
+    that this run saved none."""
     if saved is not None:
-        return f"{ckpt_path} holds epoch {saved.epoch}"
+        return f"{ckpt_path} holds {unit} {saved.epoch}"
     earlier = f" ({ckpt_path} is an earlier run's, untouched)" if ckpt_path.exists() else ""
     return "this run wrote nothing" + earlier
 

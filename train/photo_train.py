@@ -31,6 +31,7 @@ from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, save_checkpoint
 from train.data import TORCH_SEEDS
 from train.fcn import FcnDenoiser, denoise_any_size
+from train.loop import TrainingInterrupted, on_disk
 from train.metrics import psnr_per_image, ssim_per_image
 from train.model import ModelConfig, build_model
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
@@ -137,7 +138,22 @@ def evaluate_photos(
 
 
 def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -> Checkpoint:
-    """Train the fcn denoiser for `config.steps` steps; writes checkpoint.pt and metrics.json to `out`."""
+    """Train the fcn denoiser for `config.steps` steps; writes checkpoint.pt and metrics.json to `out`.
+
+    Ctrl-C (KeyboardInterrupt) comes out as TrainingInterrupted, whose message says what checkpoint.pt
+    holds: the last step this run saved, or that it saved none (an earlier run's file untouched)."""
+    saved: list[Checkpoint] = []  # the checkpoint checkpoint.pt holds for this run, once there is one
+    try:
+        return _train_photos(config, log, saved)
+    except KeyboardInterrupt as err:
+        ckpt_path = Path(config.out) / CHECKPOINT_NAME
+        raise TrainingInterrupted(on_disk(ckpt_path, saved[-1] if saved else None, "step")) from err
+
+
+def _train_photos(
+    config: PhotoTrainConfig, log: Callable[[str], None], saved: list[Checkpoint]
+) -> Checkpoint:
+    """train_photos()'s body; `saved` is kept holding the checkpoint that checkpoint.pt holds for this run."""
     if config.data_dir is not None:  # recorded absolute: the export reads the folder again, from anywhere
         config = replace(config, data_dir=os.path.abspath(config.data_dir))
     out = Path(config.out)
@@ -189,11 +205,7 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
         optimizer.step()
         value = loss.item()
         if not math.isfinite(value):  # stop at once; the diverged steps since the last save are not saved
-            kept = (
-                f"{out / CHECKPOINT_NAME} holds step {checkpoint.epoch}"
-                if checkpoint
-                else "this run wrote nothing"
-            )
+            kept = on_disk(out / CHECKPOINT_NAME, checkpoint, "step")
             raise FloatingPointError(
                 f"step {step}: training loss is {value}; try a lower --lr than {config.lr}; {kept}"
             )
@@ -226,6 +238,7 @@ def train_photos(config: PhotoTrainConfig, log: Callable[[str], None] = print) -
             dataset=dataset_info,
         )
         save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
+        saved[:] = [checkpoint]
         summary = {"config": asdict(config), "dataset": dataset_info, "steps": history}
         atomic_write_json(out / METRICS_NAME, summary)
         log(
