@@ -126,9 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def checkpoint_data(checkpoint: Checkpoint, data_dir: str | None) -> Dataset | None:
-    """The checkpoint's dataset, or None with a warning (then parity uses random inputs only)."""
+    """The checkpoint's dataset, or None with a warning (then parity uses random inputs only).
+
+    From `data_dir` if given, else from the folder the checkpoint recorded; Fashion-MNIST from Debian's
+    package where that folder is gone (a machine without the package trains on torchvision's download or
+    a --data-dir, and only the recorded folder holds its files)."""
     name = checkpoint.dataset.get("name", "fashion-mnist")
-    source = data_dir or (checkpoint.dataset.get("source") if name != "fashion-mnist" else None)
+    source = data_dir or checkpoint.dataset.get("source")
+    if data_dir is None and name == "fashion-mnist" and source is not None and not Path(source).is_dir():
+        source = None
     try:
         return load_dataset(name, source, download=False)
     except DataError as err:

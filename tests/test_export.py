@@ -16,8 +16,9 @@ from ae_export.export import ExportError, check_batch_axis, export_all, export_a
 from ae_export.specs import BATCH_AXIS, SPECS
 from ae_export.stackconv import STACK_MARK
 from runtimes.metadata import parse_metadata
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_script
 from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from train.data import write_idx
 from train.model import ModelConfig
 
 
@@ -229,6 +230,40 @@ def test_folder_dataset_checkpoint_exports_with_its_variants_and_manifest(fmnist
     held_out = manifest["standard_test"]["images"]
     assert 0 < held_out < 2000 and manifest["standard_test"]["description"].startswith(f"test[:{held_out}]")
     assert (out / f"denoiser.{variant}.onnx").is_file()
+
+
+# ae-export run as on a machine without Debian's dataset-fashion-mnist (where ae-train downloads the data
+# through torchvision, or is given --data-dir): the package's folder is made one that does not exist.
+NO_DEBIAN_PACKAGE = """
+import sys
+from pathlib import Path
+import train.data
+train.data.DEBIAN_FASHION_DIR = Path("/nonexistent/fashion-mnist")
+from ae_export.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [".", "FashionMNIST/raw"], ids=["data-dir", "torchvision-download"])
+def test_fashion_mnist_checkpoint_exports_from_the_folder_it_trained_on(fmnist, tmp_path, layout) -> None:
+    """Without Debian's package, a Fashion-MNIST checkpoint's data is where it recorded it: ae-export
+    looked only in the package's folder and stopped with 'pass --data-dir', so `make demo` failed there."""
+    data = tmp_path / "data" / layout
+    data.mkdir(parents=True)
+    write_idx(data / "train-images-idx3-ubyte", fmnist.train.images[:512].numpy())
+    write_idx(data / "t10k-images-idx3-ubyte", fmnist.val.images[:600].numpy())
+    out = tmp_path / "run"
+    train = run_cli("train.cli", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--quiet")
+    assert train.returncode == 0, train.stderr
+    args = ("--checkpoint", str(out / "checkpoint.pt"), "--batch-sizes", "1", "--providers", "cpu")
+    proc = run_script(NO_DEBIAN_PACKAGE, *args, "--out", str(tmp_path / "onnx"), "--variants", "fp16")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no real images" not in proc.stderr
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["standard_test"]["images"] == 600  # the recorded folder's test split, not the package's
+    proc = run_script(NO_DEBIAN_PACKAGE, "parity", *args, "--onnx-dir", str(tmp_path / "onnx"))
+    assert proc.returncode == 0 and "no real images" not in proc.stderr, proc.stdout + proc.stderr
 
 
 def test_parity_against_another_models_checkpoint_names_the_difference(
