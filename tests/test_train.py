@@ -260,6 +260,27 @@ def test_interrupted_photo_run_says_which_step_checkpoint_holds(tmp_path, stop_a
         assert str(caught.value) == "this run wrote nothing"
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_photo_run_takes_device_as_the_lecture_loop_does(tmp_path, device) -> None:
+    """--device auto is CUDA where torch sees it (the photo loop once trained on the CPU whatever the
+    machine had), and cuda without CUDA is ae-train's own one-line refusal naming the choices (it was
+    torch's 'Found no NVIDIA driver on your system')."""
+    out = tmp_path / "photo"
+    args = ("--preset", "photo", "--steps", "1", "--batch-size", "1", "--device", device)
+    done = run_cli("train.cli", *args, "--out", str(out))
+    if device == "cuda" and not torch.cuda.is_available():
+        assert done.returncode == 2, done.stderr
+        assert (
+            "ae-train: error: --device cuda: torch sees no CUDA device; valid choices: auto, cpu, cuda"
+            in (done.stderr)
+        )
+        assert not (out / "checkpoint.pt").exists()
+        return
+    assert done.returncode == 0, done.stderr
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert load_checkpoint(out / "checkpoint.pt").train_config["device"] == expected
+
+
 def test_photo_preset_refuses_flags_it_would_ignore(tmp_path) -> None:
     out = tmp_path / "photo"
     flags = ["--noise-factor", "0.05", "--loss", "bce", "--target", "noisy", "--width", "4", "--limit", "10"]

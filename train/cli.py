@@ -25,7 +25,16 @@ from typing import Any
 
 from runtimes.cli import nonnegative_int, positive_int, seed_int
 from train.data import DATASETS, DataError
-from train.loop import DEVICES, LOSSES, SCHEDULES, TARGETS, TrainConfig, TrainingInterrupted, train
+from train.loop import (
+    DEVICES,
+    LOSSES,
+    SCHEDULES,
+    TARGETS,
+    TrainConfig,
+    TrainingInterrupted,
+    resolve_device,
+    train,
+)
 from train.model import MODEL_BUILDERS
 from train.photo_train import PRECISIONS, PhotoTrainConfig, train_photos
 from train.photos import PhotoDataError
@@ -260,7 +269,7 @@ def _train_photos(args: argparse.Namespace) -> int:
             lr=_default(args.lr, PHOTO_DEFAULTS.lr),
             weight_decay=_default(args.weight_decay, PHOTO_DEFAULTS.weight_decay),
             seed=_default(args.seed, PHOTO_DEFAULTS.seed),
-            device="cuda" if args.device == "cuda" else "cpu",
+            device=resolve_device(args.device or DEFAULTS.device).type,  # auto: CUDA where torch sees it
             out=out,
             eval_every=min(PHOTO_DEFAULTS.eval_every, steps),
             threads=args.threads,
