@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ae_export.cliargs import parse_batch_sizes, parse_csv, parse_sizes
+from ae_export.cliargs import HelpFormatter, parse_batch_sizes, parse_csv, parse_sizes
 from ae_export.deploy import export_variants
 from ae_export.export import (
     DEFAULT_GRAPH,
@@ -74,11 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ae-export",
         description="Export encoder, decoder and denoiser to ONNX (dynamic batch) and check parity.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--checkpoint", default="artifacts/checkpoint.pt")
+    common.add_argument(
+        "--checkpoint", default="artifacts/checkpoint.pt", help="checkpoint.pt written by ae-train"
+    )
     common.add_argument(
         "--providers", default=",".join(PROVIDERS), help=f"comma-separated subset of {', '.join(PROVIDERS)}"
     )
@@ -91,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(f"{h}x{w}" for h, w in ANY_SIZE_PARITY_SIZES),
         help="comma-separated HxW parity image sizes (models with dynamic height/width only)",
     )
-    exp = sub.add_parser("export", parents=[common], help="export and check parity (the default command)")
+    exp = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export and check parity (the default command)",
+        formatter_class=HelpFormatter,
+    )
     exp.add_argument("--out", default="artifacts/onnx", help="folder for the .onnx files and parity.json")
     exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"18..{max_supported_opset()}")
     exp.add_argument(
@@ -118,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a variant's PSNR budget (dB it may lose vs fp32 on the standard test; for the photo "
         "model, at any sigma on the validation photographs), e.g. int8=0.2",
     )
-    par = sub.add_parser("parity", parents=[common], help="check parity of existing files")
-    par.add_argument("--onnx-dir", default="artifacts/onnx")
+    par = sub.add_parser(
+        "parity", parents=[common], help="check parity of existing files", formatter_class=HelpFormatter
+    )
+    par.add_argument("--onnx-dir", default="artifacts/onnx", help="the export folder (ae-export --out)")
     sub.add_parser("triton", help="write or --check a Triton model repository (see ae-export triton -h)")
     sub.add_parser("compat", help="OpenVINO / OpenCV DNN vs ONNX Runtime matrix (see ae-export compat -h)")
     return p

@@ -6,6 +6,19 @@ values or raises ValueError naming the flag, which the command prints as its one
 
 from __future__ import annotations
 
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, as argparse words it, where the flag has one to show: a default of
+    None, False or [] (the flag's text says what its absence means) printed '(default: None)' after text
+    that had just named the real default ('default artifacts/onnx ... (default: None)')."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def parse_csv(text: str, cast: type, name: str, choices: tuple | None = None) -> list:
     """'fp16, int8' -> ['fp16', 'int8']: comma-separated items, each stripped of the spaces around it

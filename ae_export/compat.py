@@ -30,7 +30,7 @@ import onnxruntime
 import openvino as ov
 
 from ae_export import fastgraph
-from ae_export.cliargs import parse_batch_sizes, parse_csv
+from ae_export.cliargs import HelpFormatter, parse_batch_sizes, parse_csv
 from ae_export.specs import COMPAT_JSON
 from ae_export.targets import ExportedFile, exported_files
 from runtimes.fileio import atomic_write_json, unwritable_file
@@ -252,11 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ae-export compat",
         description="Load every exported file in OpenVINO and OpenCV DNN and compare with ONNX Runtime.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--onnx-dir", default="artifacts/onnx")
+    p.add_argument("--onnx-dir", default="artifacts/onnx", help="the export folder (ae-export --out)")
     p.add_argument("--consumers", default=",".join(CONSUMERS), help=f"subset of {', '.join(CONSUMERS)}")
-    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated")
     p.add_argument(
         "--json", default=None, help=f"write the rows and versions here (default: ONNX_DIR/{COMPAT_JSON})"
     )

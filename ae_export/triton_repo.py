@@ -25,6 +25,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ae_export.cliargs import HelpFormatter
 from ae_export.export import ExportError, check_out_dir
 from ae_export.specs import SPECS
 from ae_export.triton import (
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ae-export triton",
         description="Write (or --check) a Triton model repository derived from the exported ONNX files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--onnx-dir",

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ae_export.cliargs import HelpFormatter
 from bench import frontier
 from bench.report import load_fashion, render_header, run_bench
 from bench.section import DENOISER_FILE, ModelUnderTest
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.frontier_cli",
         description="Measure the trained presets (the frontier section), draw them, refresh the README.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--presets-dir", type=Path, default=Path("artifacts/presets"))
     p.add_argument(

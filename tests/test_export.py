@@ -232,6 +232,28 @@ def test_folder_dataset_checkpoint_exports_with_its_variants_and_manifest(fmnist
     assert (out / f"denoiser.{variant}.onnx").is_file()
 
 
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (("ae_export.cli", "export"), ["(default: artifacts/checkpoint.pt)", "(default: artifacts/onnx)"]),
+        (("ae_export.cli", "parity"), ["(default: artifacts/checkpoint.pt)", "(default: artifacts/onnx)"]),
+        (("ae_export.cli", "triton"), ["default artifacts/onnx", "(default: artifacts/model_repository)"]),
+        (("ae_export.cli", "compat"), ["(default: ONNX_DIR/compat.json)", "(default: artifacts/onnx)"]),
+        (("bench.frontier_cli",), ["default: physical cores", "(default: artifacts/frontier)"]),
+    ],
+    ids=["export", "parity", "triton", "compat", "frontier"],
+)
+def test_help_shows_each_default_once_and_never_none(command, shown) -> None:
+    """'--onnx-dir ... (default artifacts/onnx) ... (default: None)': the help contradicted itself where a
+    flag's text named its default, and ae-export export/parity showed none of theirs."""
+    proc = run_cli(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps lines where it likes
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
+    for default in shown:
+        assert default in text, default
+
+
 # ae-export run as on a machine without Debian's dataset-fashion-mnist (where ae-train downloads the data
 # through torchvision, or is given --data-dir): the package's folder is made one that does not exist.
 NO_DEBIAN_PACKAGE = """
