@@ -23,6 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes.extras import extra_hint, require_extra
+
+require_extra("ae-export", "train", ("torch", "onnx"))  # before the imports that need them
+
 from ae_export.cliargs import HelpFormatter, parse_batch_sizes, parse_csv, parse_sizes
 from ae_export.deploy import export_variants
 from ae_export.export import (
@@ -184,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tool = importlib.import_module(module)
         except ModuleNotFoundError as err:
-            print(
-                f"ae-export {argv[0]}: needs the `{extra}` extra ({err}): pip install 'ae-export[{extra}]'",
-                file=sys.stderr,
-            )
+            print(f"ae-export {argv[0]}: {extra_hint(extra, err)}", file=sys.stderr)
             return 2
         return tool.main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -23,6 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtimes.extras import require_extra
+
+require_extra("ae-bench", "train", ("torch", "onnx"))  # before the imports that need them
+
 from ae_export.export import ExportError
 from bench.machine import machine_info
 from bench.quality import TUNE_START

@@ -20,6 +20,7 @@ from bench.machine import machine_info
 from bench.section import DENOISER_FILE, BenchContext, ModelUnderTest, Section
 from bench.tables import render_section
 from bench.timing import Budget
+from runtimes.extras import extra_hint
 from runtimes.fileio import json_ready
 from runtimes.onnx_model import OnnxModel
 from train.checkpoint import Checkpoint
@@ -54,9 +55,7 @@ def check_extras(sections: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
-            raise ValueError(
-                f"section {name} needs the `{extra}` extra ({err}): pip install 'ae-export[{extra}]'"
-            ) from err
+            raise ValueError(f"section {name} {extra_hint(extra, err)}") from err
 
 
 def check_data(sections: Sequence[str], budget: Budget, data: Dataset | None) -> None:

@@ -95,3 +95,27 @@ def test_cli_subprocess_never_imports_torch(onnx_dir: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().endswith("NO TORCH"), proc.stderr
     assert (tmp_path / "x_denoised.png").is_file()
+
+
+WITHOUT_TORCH = """
+import runpy, sys
+sys.modules["torch"] = None  # as after `pip install .`: the runtime without the train extra
+module = sys.argv[1]
+sys.argv = sys.argv[2:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "prog"), [("train.cli", "ae-train"), ("ae_export.cli", "ae-export"), ("bench.cli", "ae-bench")]
+)
+def test_commands_of_the_train_extra_name_it_where_torch_is_missing(module, prog) -> None:
+    """`pip install .` installs ae-train, ae-export and ae-bench beside ae-denoise: without torch they
+    stopped with a ModuleNotFoundError traceback; now one line names the extra and the install command."""
+    proc = run_script(WITHOUT_TORCH, module, prog, "--help")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    expected = (
+        f"{prog}: error: needs the `train` extra (torch is not installed): pip install 'ae-export[train]'"
+    )
+    assert proc.stderr.strip() == expected

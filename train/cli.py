@@ -24,6 +24,10 @@ from dataclasses import asdict
 from typing import Any
 
 from runtimes.cli import nonnegative_int, positive_int, seed_int
+from runtimes.extras import require_extra
+
+require_extra("ae-train", "train", ("torch",))  # before the imports that need it
+
 from train.data import DATASETS, DataError
 from train.loop import (
     DEVICES,
