@@ -185,6 +185,26 @@ def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
     checkpoint.build_model()
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_without_epochs_finishes_the_interrupted_runs_own_count(tmp_path, schedule) -> None:
+    """A 12-epoch run stopped early and resumed with `--resume` alone goes on to its 12 epochs, on its own
+    schedule: --epochs fell back to the preset's 10, so the run ended at epoch 10 (exit 0, nothing said)
+    and a cosine run was switched to a 10-epoch schedule."""
+    out = tmp_path / "run"
+    args = ["--limit", "512", "--batch-size", "64", "--schedule", schedule, "--out", str(out), "--quiet"]
+    with running_cli("train.cli", "--epochs", "12", *args) as proc:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stderr = stop_cli(proc).stderr
+    stopped = load_checkpoint(out / "checkpoint.pt").epoch
+    assert proc.returncode == 130 and 1 <= stopped < 10, stderr
+    done = run_cli("train.cli", "--resume", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 12
+    assert "EPOCH 12/12" in done.stdout and "planned over" not in done.stdout
+
+
 @pytest.mark.parametrize("loss", ["mse", "bce"])
 def test_diverging_run_is_an_error_line_not_a_traceback(tmp_path, loss) -> None:
     """lr 1e6 gives a NaN loss (MSE) or NaN outputs (which BCE would reject with an unrelated message):

@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from runtimes.cli import nonnegative_int, positive_int, seed_int
@@ -28,8 +29,10 @@ from runtimes.extras import require_extra
 
 require_extra("ae-train", "train", ("torch",))  # before the imports that need it
 
+from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import DATASETS, DataError
 from train.loop import (
+    CHECKPOINT_NAME,
     DEVICES,
     LOSSES,
     SCHEDULES,
@@ -166,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUT/checkpoint.pt up to --epochs, with the checkpoint's recipe",
+        help="continue from OUT/checkpoint.pt up to --epochs (default: the count that run was started "
+        "with), with the checkpoint's recipe",
     )
     p.add_argument(
         "--compile",
@@ -296,6 +300,17 @@ def _train_photos(args: argparse.Namespace) -> int:
     return 0
 
 
+def resumed_epochs(out: str) -> int | None:
+    """The epoch count of the run `--resume` continues in `out`: without --epochs it finishes that run (the
+    preset's count would end a longer run early, and move a cosine run onto another schedule). None where
+    the checkpoint cannot say; train() then names its fault."""
+    try:
+        epochs = load_checkpoint(Path(out) / CHECKPOINT_NAME).train_config.get("epochs")
+    except CheckpointError:
+        return None
+    return epochs if type(epochs) is int and epochs >= 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 trained, 2 bad input or a flag that does not apply, 3 diverged, 130 interrupted."""
     args = build_parser().parse_args(argv)
@@ -311,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ae-train: error: {refusal}", file=sys.stderr)
         return 2
     args.out = args.out or DEFAULTS.out
+    if args.resume and args.epochs is None:
+        args.epochs = resumed_epochs(args.out)
     try:
         config = config_from_args(args)
         checkpoint = train(config, resume=args.resume, quiet=args.quiet, explicit=explicit_fields(args))
