@@ -156,8 +156,9 @@ def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
     Why: `atomic_open` cleans up after every failure it sees, but a process killed with SIGKILL (or a
     power cut) leaves its `.<key>.XXXXXXXX.tmp` behind. Only files of exactly that pattern whose `<key>`
     is that of one of `destinations` (its name, or for a long name the hashed key of `_temp_key`) are
-    removed, so nothing else in the folder is ever touched. Do not run it while another process writes
-    the same destinations.
+    removed, so nothing else in the folder is ever touched. A folder that cannot be listed is passed over
+    (its writes fail later, each named). Do not run it while another process writes the same
+    destinations.
     """
     wanted: dict[Path, set[str]] = {}
     for dest in destinations:
@@ -168,12 +169,14 @@ def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
         try:
             with os.scandir(folder) as listing:
                 entries = [e for e in listing if e.name.endswith(TEMP_SUFFIX) and e.name.startswith(".")]
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
+            # Missing, not a folder, not listable (a name too long, a symlink loop, no permission): it
+            # holds no temporary this process can remove, and writing there fails, named, for each file.
             continue
         for entry in entries:
             match = _TEMP_NAME.match(entry.name)
             if match and match["dest"] in names and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # gone already, or a folder that takes no change
                     os.unlink(entry.path)
                     removed += 1
     return removed
