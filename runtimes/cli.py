@@ -203,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {path}: {reason}", file=sys.stderr)
     if plan.ignored and not args.quiet:
         print(f"{PROG}: {plan.ignored_summary()}", file=sys.stderr)
+    if plan.folder_links and not args.quiet:
+        print(f"{PROG}: {plan.folder_links_summary()}", file=sys.stderr)
     if not plan.jobs and not args.quiet:
         print(f"{PROG}: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
 

@@ -91,13 +91,14 @@ def find_images(
     root: str | os.PathLike[str],
     on_error: Callable[[OSError], None] | None = None,
     on_ignored: Callable[[Path], None] | None = None,
+    on_folder_link: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Image files under `root`, recursively, sorted; `root` itself if it is not a folder (any suffix).
 
-    Symlinked folders are not followed (no cycles); symlinked files are listed, dangling ones too, so the
-    loader can report them instead of them vanishing silently. Sockets, FIFOs and devices are left out.
-    `on_error` receives folders that cannot be listed (default: raise); `on_ignored` receives the regular
-    files left out for their suffix (hidden files aside), so a caller can say that they were.
+    Symlinked folders are not followed (no cycles) but handed to `on_folder_link`, so a caller can say so;
+    symlinked files are listed, dangling ones too, so the loader can report them instead of them vanishing
+    silently. Sockets, FIFOs and devices are left out. `on_error` receives folders that cannot be listed
+    (default: raise); `on_ignored` the regular files left out for their suffix (hidden files aside).
     """
     root = Path(root)
     if not root.is_dir():
@@ -118,6 +119,9 @@ def find_images(
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 subfolders.append(Path(entry.path))
+            elif entry.is_symlink() and entry.is_dir():
+                if on_folder_link is not None:
+                    on_folder_link(Path(entry.path))
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 if entry.is_symlink() or entry.is_file(follow_symlinks=False):
                     found.append(Path(entry.path))

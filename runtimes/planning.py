@@ -46,6 +46,7 @@ class Plan:
     jobs: list[Job]
     scan_errors: list[tuple[Path, str]] = field(default_factory=list)  # folders that could not be listed
     ignored: list[Path] = field(default_factory=list)  # files in input folders without an image suffix
+    folder_links: list[Path] = field(default_factory=list)  # symlinked folders in input folders: not followed
 
     def ignored_summary(self) -> str:
         """The ignored files in one line, counted by suffix, with the suffixes that are read."""
@@ -57,6 +58,16 @@ class Plan:
         return (
             f"{len(self.ignored)} file(s) ignored for their suffix ({by_suffix}); "
             f"image suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+
+    def folder_links_summary(self, shown: int = 3) -> str:
+        """The symbolic links to folders found in input folders, which are not followed (a link may point
+        back up its own tree), in one line naming the first few."""
+        names = ", ".join(str(p) for p in self.folder_links[:shown])
+        more = f" and {len(self.folder_links) - shown} more" if len(self.folder_links) > shown else ""
+        return (
+            f"{len(self.folder_links)} symbolic link(s) to folders not followed: {names}{more} "
+            "(give a link as an input to denoise the images it leads to)"
         )
 
 
@@ -114,6 +125,7 @@ def plan_jobs(
     out_dir = _abspath(Path(output)) if output is not None else None
     scan_errors: list[tuple[Path, str]] = []
     ignored: list[Path] = []
+    folder_links: list[Path] = []
     pairs: list[tuple[Path, Path, str]] = []  # (source, output, label)
     input_dirs: list[Path] = []
     for root in roots:
@@ -132,6 +144,7 @@ def plan_jobs(
                     (Path(err.filename or "?"), f"cannot list folder: {err.strerror or err}")
                 ),
                 on_ignored=ignored.append,
+                on_folder_link=folder_links.append,
             )
             for src, name in zip(files, _output_names(files, root), strict=True):
                 pairs.append((src, out_root / name, source_label(src.relative_to(root))))
@@ -156,7 +169,7 @@ def plan_jobs(
         for i, (src, dst, label) in enumerate(pairs)
     ]
     _check_safety(jobs, input_dirs)
-    return Plan(jobs, scan_errors, ignored)
+    return Plan(jobs, scan_errors, ignored, folder_links)
 
 
 def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:

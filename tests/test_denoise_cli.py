@@ -695,11 +695,33 @@ def test_find_images_recursive_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)  # not followed: no cycle
     (tmp_path / ".DS_Store").write_bytes(b"")
     ignored: list[Path] = []
-    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path, on_ignored=ignored.append)]
-    assert found == sorted(
+    links: list[Path] = []
+    found = find_images(tmp_path, on_ignored=ignored.append, on_folder_link=links.append)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == sorted(
         [".hidden/f.png", "a.png", "b.JPG", "e.pgm", "link.png", "sub/c.tif", "sub/deeper/d.webp"]
     )
     assert ignored == [tmp_path / "notes.txt"]  # hidden files are not reported
+    assert links == [tmp_path / "loop"]  # not followed, but handed on to be reported
+
+
+@pytest.mark.parametrize("given", ["parent", "link"])
+def test_symlinked_folder_is_named_not_dropped(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, given: str
+) -> None:
+    """A symbolic link to a folder inside an input folder is not followed, and the run says so, naming
+    it; the link given as an input is denoised. Before, its images were left out without a word."""
+    save(tmp_path / "in" / "own.png", fmnist_test[0])
+    save(tmp_path / "elsewhere" / "linked.png", fmnist_test[1])
+    (tmp_path / "in" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    source = tmp_path / "in" if given == "parent" else tmp_path / "in" / "more"
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(source), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    outputs = sorted(p.name for p in (tmp_path / "out").rglob("*.png"))
+    if given == "parent":
+        assert outputs == ["own.png"] and "1 done" in proc.stderr
+        assert f"1 symbolic link(s) to folders not followed: {tmp_path / 'in' / 'more'}" in proc.stderr
+    else:
+        assert outputs == ["linked.png"] and "not followed" not in proc.stderr
 
 
 def test_bad_image_error_carries_path_and_reason(tmp_path: Path) -> None:
