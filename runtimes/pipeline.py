@@ -215,7 +215,10 @@ def run_pipeline(
     result = PipelineResult()
     start = time.perf_counter()
 
+    reported: set[int] = set()  # jobs whose outcome is reported (`Job.index`)
+
     def report(outcome: Outcome) -> None:
+        reported.add(outcome.job.index)
         if outcome.status == "done":
             result.done += 1
         elif outcome.status == "skipped":
@@ -258,90 +261,108 @@ def run_pipeline(
     tile = denoiser.image_shape
     settings = _DecodeSettings(tile, size_mode, noise_std, seed, max_pixels, color and tile is None)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ae-denoise") as pool:
-        decoding: deque[Future[tuple[list[_Decoded | Outcome], list[Job]]]] = deque()
-        encoding: dict[Future[list[Outcome]], int] = {}  # task -> samples it holds
-        upcoming = deque(todo)
-        largest = 0  # the most samples one file has given so far
+    encoding: dict[Future[list[Outcome]], int] = {}  # encode task -> samples it holds
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ae-denoise") as pool:
+            decoding: deque[Future[tuple[list[_Decoded | Outcome], list[Job]]]] = deque()
+            upcoming = deque(todo)
+            largest = 0  # the most samples one file has given so far
 
-        def fill() -> None:
-            # One task per worker plus one ready, while files are small; with large files, as many as
-            # DECODE_AHEAD_PIXELS holds (at least two: one being consumed, one decoding).
-            ahead = workers + 1 if largest == 0 else max(2, min(workers + 1, DECODE_AHEAD_PIXELS // largest))
-            while len(decoding) < ahead and upcoming:
-                files = [upcoming.popleft() for _ in range(min(chunk, len(upcoming)))]
-                decoding.append(pool.submit(_decode_chunk, files, settings, pixel_share))
+            def fill() -> None:
+                # One task per worker plus one ready, while files are small; with large files, as many as
+                # DECODE_AHEAD_PIXELS holds (at least two: one being consumed, one decoding).
+                ahead = (
+                    workers + 1 if largest == 0 else max(2, min(workers + 1, DECODE_AHEAD_PIXELS // largest))
+                )
+                while len(decoding) < ahead and upcoming:
+                    files = [upcoming.popleft() for _ in range(min(chunk, len(upcoming)))]
+                    decoding.append(pool.submit(_decode_chunk, files, settings, pixel_share))
 
-        def collect(limit: int) -> None:
-            """Report finished encodes; block while more than `limit` encode tasks (or more than twice
-            MAX_BATCH_PIXELS of samples) are outstanding."""
-            while encoding:
-                over = len(encoding) > limit or sum(encoding.values()) > 2 * MAX_BATCH_PIXELS
-                done, _ = wait(encoding, timeout=None if over else 0, return_when=FIRST_COMPLETED)
-                if not done:
+            def collect(limit: int) -> None:
+                """Report finished encodes; block while more than `limit` encode tasks (or more than twice
+                MAX_BATCH_PIXELS of samples) are outstanding."""
+                while encoding:
+                    over = len(encoding) > limit or sum(encoding.values()) > 2 * MAX_BATCH_PIXELS
+                    done, _ = wait(encoding, timeout=None if over else 0, return_when=FIRST_COMPLETED)
+                    if not done:
+                        return
+                    for fut in done:
+                        for outcome in fut.result():
+                            report(outcome)
+                        del encoding[fut]  # after its outcomes: an interruption reports what is left
+
+            batch: list[_Decoded] = []
+            batch_samples = 0
+            batch_pixels = 0
+
+            def flush() -> None:
+                nonlocal batch, batch_samples, batch_pixels
+                if not batch:
                     return
-                for fut in done:
-                    del encoding[fut]
-                    for outcome in fut.result():
-                        report(outcome)
-
-        batch: list[_Decoded] = []
-        batch_samples = 0
-        batch_pixels = 0
-
-        def flush() -> None:
-            nonlocal batch, batch_samples, batch_pixels
-            if not batch:
-                return
-            # One model call per sample size: a fixed-size model has one; an any-size model one per size.
-            by_size: dict[tuple[int, ...], list[_Decoded]] = {}
-            for item in batch:
-                by_size.setdefault(item.samples.shape[1:], []).append(item)
-            batch, batch_samples, batch_pixels = [], 0, 0  # the groups hold the items now
-            for group in by_size.values():
-                inputs = group[0].samples if len(group) == 1 else np.concatenate([it.samples for it in group])
-                try:
-                    outputs = denoiser.run_batch(inputs)  # (sum of T, 1, h, w)
-                except Exception as err:  # onnxruntime raises bare pybind11 types; fail these files only
+                # One model call per sample size: a fixed-size model has one; an any-size model one per size.
+                by_size: dict[tuple[int, ...], list[_Decoded]] = {}
+                for item in batch:
+                    by_size.setdefault(item.samples.shape[1:], []).append(item)
+                batch, batch_samples, batch_pixels = [], 0, 0  # the groups hold the items now
+                for group in by_size.values():
+                    inputs = (
+                        group[0].samples if len(group) == 1 else np.concatenate([it.samples for it in group])
+                    )
+                    try:
+                        outputs = denoiser.run_batch(inputs)  # (sum of T, 1, h, w)
+                    except Exception as err:  # onnxruntime raises bare pybind11 types; fail these files only
+                        for item in group:
+                            report(
+                                Outcome(item.job, "failed", f"inference failed: {type(err).__name__}: {err}")
+                            )
+                        continue
+                    del inputs
+                    pairs: list[tuple[_Decoded, np.ndarray]] = []
+                    offset = 0
                     for item in group:
-                        report(Outcome(item.job, "failed", f"inference failed: {type(err).__name__}: {err}"))
-                    continue
-                del inputs
-                pairs: list[tuple[_Decoded, np.ndarray]] = []
-                offset = 0
-                for item in group:
-                    pairs.append((item, outputs[offset : offset + item.plan.count]))
-                    offset += item.plan.count
-                for i in range(0, len(pairs), chunk):
-                    part = pairs[i : i + chunk]
-                    task = pool.submit(_encode_chunk, part, fsync)
-                    encoding[task] = sum(item.samples.size for item, _ in part)
-            collect(limit=2 * workers)
+                        pairs.append((item, outputs[offset : offset + item.plan.count]))
+                        offset += item.plan.count
+                    for i in range(0, len(pairs), chunk):
+                        part = pairs[i : i + chunk]
+                        task = pool.submit(_encode_chunk, part, fsync)
+                        encoding[task] = sum(item.samples.size for item, _ in part)
+                collect(limit=2 * workers)
 
-        fill()
-        while decoding:
-            head = decoding.popleft()
             fill()
-            entries, leftover = head.result()  # _decode_chunk never raises: failures come back as Outcomes
-            del head  # a finished Future keeps its result: drop it, so consumed images can be freed
-            upcoming.extendleft(reversed(leftover))
-            for entry in entries:
-                if isinstance(entry, Outcome):
-                    report(entry)
-                    continue
-                largest = max(largest, entry.samples.size)
-                batch.append(entry)
-                batch_samples += entry.plan.count
-                batch_pixels += entry.samples.size
-                if batch_samples >= batch_size or batch_pixels >= MAX_BATCH_PIXELS:
+            while decoding:
+                head = decoding.popleft()
+                fill()
+                entries, leftover = (
+                    head.result()
+                )  # _decode_chunk never raises: failures come back as Outcomes
+                del head  # a finished Future keeps its result: drop it, so consumed images can be freed
+                upcoming.extendleft(reversed(leftover))
+                for entry in entries:
+                    if isinstance(entry, Outcome):
+                        report(entry)
+                        continue
+                    largest = max(largest, entry.samples.size)
+                    batch.append(entry)
+                    batch_samples += entry.plan.count
+                    batch_pixels += entry.samples.size
+                    if batch_samples >= batch_size or batch_pixels >= MAX_BATCH_PIXELS:
+                        flush()
+                del entries
+                fill()
+                if not decoding:
                     flush()
-            del entries
-            fill()
-            if not decoding:
-                flush()
-            collect(limit=2 * workers)
-        flush()
-        collect(limit=0)
+                collect(limit=2 * workers)
+            flush()
+            collect(limit=0)
+    except KeyboardInterrupt:
+        # Leaving the `with` waited for the writes under way: report them too, so the caller counts every
+        # output that exists (before, an interrupted run reported none of them: "after 0 of 12 file(s)").
+        for fut in encoding:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                for outcome in fut.result():
+                    if outcome.job.index not in reported:
+                        report(outcome)
+        raise
     result.seconds = time.perf_counter() - start
     return result
 
