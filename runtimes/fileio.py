@@ -129,6 +129,19 @@ def atomic_save(path: str | os.PathLike[str], save: Callable[[IO[bytes]], None],
         save(handle)
 
 
+def blocking_file(folder: str | os.PathLike[str]) -> Path | None:
+    """What stops `folder` from being a folder that files can be written into: the path itself or the
+    ancestor nearest it that exists, if that is not a folder (a regular file, a dangling symbolic link);
+    None if it is one, or may be made as one."""
+    for path in (Path(folder), *Path(folder).parents):
+        try:
+            if path.exists() or path.is_symlink():
+                return None if path.is_dir() else path
+        except OSError:  # a name past NAME_MAX, no permission: the write names it, file by file
+            return None
+    return None
+
+
 def unwritable_file(path: str | os.PathLike[str], flag: str, example: str) -> str | None:
     """Why a command cannot write its output file at `path` (given by `flag`), found before the minutes
     of work that produce it; None if it can. Creates nothing: the caller makes a missing folder as it writes.
@@ -139,9 +152,10 @@ def unwritable_file(path: str | os.PathLike[str], flag: str, example: str) -> st
     path = Path(path)
     if path.is_dir():
         return f"{flag} {path}: is a folder; give the file's path, e.g. {path / example}"
-    folder = next(p for p in path.parents if p.exists() or p.is_symlink())
-    if not folder.is_dir():
-        return f"{flag} {path}: {folder} is not a folder"
+    blocker = blocking_file(path.parent)
+    if blocker is not None:
+        return f"{flag} {path}: {blocker} is not a folder"
+    folder = next(p for p in path.parents if p.exists())
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtimes.fileio import blocking_file
 from runtimes.images import IMAGE_SUFFIXES, find_images
 from runtimes.pngmeta import source_label
 
@@ -173,7 +174,8 @@ def plan_jobs(
 
 
 def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
-    """Refuse outputs that are inputs (by path or by inode), lie inside an input tree, or collide."""
+    """Refuse outputs that are inputs (by path or by inode), lie inside an input tree, collide, or go
+    where a file stands in the way of their folder (before, each file failed alone on it, exit 1)."""
     input_real = {os.path.realpath(job.source) for job in jobs}
     input_ids: set[tuple[int, int]] = set()
     for job in jobs:
@@ -183,6 +185,20 @@ def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
             continue  # unreadable inputs are reported when loaded; they cannot be written over either
         input_ids.add((st.st_dev, st.st_ino))
     problems: list[str] = []
+    checked: set[Path] = set()  # output folders: each looked at once
+    blocked: dict[Path, list[Path]] = {}  # a file in the way -> the output folders it stops
+    for job in jobs:
+        folder = job.output.parent
+        if folder not in checked:
+            checked.add(folder)
+            if (blocker := blocking_file(folder)) is not None:
+                blocked.setdefault(blocker, []).append(folder)
+    for blocker, folders in blocked.items():
+        others = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
+        problems.append(
+            f"output folder {folders[0]}{others} cannot be made: {blocker} is not a folder (choose another "
+            "-o, or move it away)"
+        )
     seen: dict[str, Path] = {}
     inside: dict[Path, list[Path]] = {}  # input folder -> outputs under it: one message per folder
     for job in jobs:

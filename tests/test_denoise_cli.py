@@ -427,6 +427,18 @@ def _unsafe_case(case: str, root: Path, image: np.ndarray) -> list[str]:
         return [str(inputs), str(root / "other" / "in"), "-o", str(root / "out")]
     if case == "same_input_twice":
         return [str(inputs), str(inputs), "-o", str(root / "out")]
+    if case == "out_is_a_file":  # `-o clean.png`, read as the output file's name
+        (root / "clean.png").write_bytes(b"kept")
+        return [str(inputs / "x.png"), "-o", str(root / "clean.png")]
+    if case == "out_under_a_file":
+        (root / "notes").write_bytes(b"kept")
+        return [str(inputs), "-o", str(root / "notes" / "out")]
+    if case == "out_through_a_symlink_loop":
+        (root / "loop").symlink_to("loop")
+        return [str(inputs), "-o", str(root / "loop" / "out")]
+    if case == "default_out_is_a_file":
+        (root / "in_denoised").write_bytes(b"kept")
+        return [str(inputs)]
     raise AssertionError(case)
 
 
@@ -438,6 +450,11 @@ UNSAFE = {
     "input_is_other_inputs_output": "inside input folder",
     "two_inputs_same_name": "both map to output",
     "same_input_twice": "both map to output",
+    # A file where an output folder must be: before, every input failed alone on it, exit 1.
+    "out_is_a_file": "clean.png cannot be made: {root}/clean.png is not a folder",
+    "out_under_a_file": "out/deep and 1 more cannot be made: {root}/notes is not a folder",
+    "out_through_a_symlink_loop": "out/deep and 1 more cannot be made: {root}/loop is not a folder",
+    "default_out_is_a_file": "in_denoised/deep and 1 more cannot be made: {root}/in_denoised is not a folder",
 }
 
 
@@ -447,7 +464,7 @@ def test_unsafe_outputs_refused(onnx_dir: Path, fmnist_test: np.ndarray, tmp_pat
     before = snapshot(tmp_path)
     proc = run_cli(CLI, "--onnx", str(onnx_dir), *args)
     assert proc.returncode == 2, proc.stderr
-    assert "refusing to write" in proc.stderr and UNSAFE[case] in proc.stderr
+    assert "refusing to write" in proc.stderr and UNSAFE[case].format(root=tmp_path) in proc.stderr
     if UNSAFE[case] == "inside input folder":  # both results land there: one message names the folder once
         assert proc.stderr.count("inside input folder") == 1 and "and 1 more result(s)" in proc.stderr
     assert snapshot(tmp_path) == before  # nothing written anywhere

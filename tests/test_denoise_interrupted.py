@@ -135,27 +135,18 @@ def test_ctrl_c_is_one_line_and_a_rerun_goes_on(
     assert len(list(out.glob("*.png"))) == len(images)
 
 
-def _unlistable_output(case: str, root: Path) -> tuple[list[str], str]:
-    """Arguments whose output folder cannot be listed, and the reason each file's failure must give."""
-    if case == "name_too_long":  # the default sibling `<input>_denoised` of a 250-byte folder name
-        folder = root / ("d" * 250)
-        return [str(folder)], "File name too long"
-    (root / "loop").symlink_to("loop")
-    return [str(root / "in"), "-o", str(root / "loop" / "out")], "Too many levels of symbolic links"
-
-
-@pytest.mark.parametrize("case", ["name_too_long", "symlink_loop"])
 def test_output_folder_that_cannot_be_listed_fails_each_file_by_name(
-    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, case: str
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
 ) -> None:
-    """An output folder that cannot be listed (a name past NAME_MAX, a symlink loop) fails each file with
-    the reason, exit 1. Before, the look for an earlier run's temporaries raised it: a traceback."""
-    args, reason = _unlistable_output(case, tmp_path)
-    _images(Path(args[0]), fmnist_test[:2])
-    proc = run_cli(CLI, "--onnx", str(onnx_dir), *args)
+    """An output folder that cannot be listed (here the default sibling `<input>_denoised` of a 250-byte
+    folder name: past NAME_MAX) fails each file with the reason, exit 1. Before, the look for an earlier
+    run's temporaries raised it: a traceback."""
+    folder = tmp_path / ("d" * 250)
+    _images(folder, fmnist_test[:2])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(folder))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     for name in ("img_00000.png", "img_00001.png"):
-        assert f"{Path(args[0]) / name}: cannot create output folder" in proc.stderr
-    assert proc.stderr.count(reason) == 2
+        assert f"{folder / name}: cannot create output folder" in proc.stderr
+    assert proc.stderr.count("File name too long") == 2
     assert "0 done, 2 failed" in proc.stderr
