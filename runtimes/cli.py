@@ -3,7 +3,8 @@
 Thin by design: it parses arguments, builds the plan and the model, and reports. The work is in
 `runtimes.pipeline`. Exit codes: 0 all done (skips included), 1 some files failed (each named on stderr
 with a reason), 2 usage error, unsafe output plan, or missing/invalid model (nothing written), 130
-interrupted (Ctrl-C: every output written is whole, and a re-run of the same command skips them).
+interrupted (Ctrl-C: every output written is whole, and a re-run of the same command skips them; while
+the model loads or the inputs are listed, nothing is written yet).
 """
 
 from __future__ import annotations
@@ -173,15 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Every file past --max-pixels is reported by the run's own header check; Pillow's warning for a
-    # file past its own (process-wide) limit would only repeat it, out of order, on stderr.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+def _open_model(args: argparse.Namespace) -> Denoiser | None:
+    """The run's Denoiser, or None once the reason it cannot be had is on stderr."""
     try:
         # No spinning: intra-op threads that spin between runs would take the cores the decode/encode
         # threads need (measured on 2 cores, 2 intra-op threads: ~1000 vs ~1600 images/s).
-        denoiser = Denoiser(
+        return Denoiser(
             args.onnx,
             provider=args.provider,
             threads=args.threads,
@@ -193,12 +191,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (FileNotFoundError, InvalidModelError, ProviderUnavailableError, ManifestError) as err:
         print(f"{PROG}: error: cannot use model: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Every file past --max-pixels is reported by the run's own header check; Pillow's warning for a
+    # file past its own (process-wide) limit would only repeat it, out of order, on stderr.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
+        denoiser = _open_model(args)
+        if denoiser is None:
+            return EXIT_USAGE
         plan = plan_jobs(args.inputs, args.output, with_noisy=args.add_noise > 0)
     except PlanError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # loading the model or listing the inputs (seconds for a large tree)
+        print(f"{PROG}: interrupted before any file was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     for path, reason in plan.scan_errors:
         print(f"{PROG}: {path}: {reason}", file=sys.stderr)
     if plan.ignored and not args.quiet:

@@ -150,3 +150,25 @@ def test_output_folder_that_cannot_be_listed_fails_each_file_by_name(
         assert f"{folder / name}: cannot create output folder" in proc.stderr
     assert proc.stderr.count("File name too long") == 2
     assert "0 done, 2 failed" in proc.stderr
+
+
+def test_ctrl_c_while_a_large_tree_is_listed_is_one_line(onnx_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C before the first file is read (50,000 files take seconds to list and check): exit 130 with
+    one line, nothing written. Before, a KeyboardInterrupt traceback from the planning, exit -2."""
+    for d in range(100):  # empty files: listing them is the work; none is decoded
+        (tmp_path / "in" / f"d{d:03d}").mkdir(parents=True)
+        for i in range(500):
+            (tmp_path / "in" / f"d{d:03d}" / f"f{i:03d}.png").touch()
+    out = tmp_path / "out"
+    with running_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out)) as proc:
+        maps = Path(f"/proc/{proc.pid}/maps")
+        deadline = time.monotonic() + 60  # past the imports: onnxruntime's library is loaded
+        while time.monotonic() < deadline and "onnxruntime" not in maps.read_text(errors="replace"):
+            time.sleep(0.01)
+        time.sleep(1.0)  # the model opens in a fraction of this; the listing takes seconds more
+        result = stop_cli(proc)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("interrupted") == 1
+    if "before any file was written" in result.stderr:  # the case under test: stopped while listing
+        assert not out.exists()
