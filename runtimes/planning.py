@@ -77,15 +77,15 @@ def _abspath(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _output_names(files: Sequence[Path], root: Path) -> list[Path]:
-    """Relative output paths for files under `root`: `a.jpg` -> `a.png`, unless two files would collide
+def _output_names(rels: Sequence[Path]) -> list[Path]:
+    """Output paths for input paths relative to one output folder (the files of a folder input, or the
+    file inputs that go to one folder): `a.jpg` -> `a.png`, unless two files would collide
     (`a.png` and `a.jpg`), in which case each one whose suffix is not exactly `.png` keeps it: `a.jpg.png`
     (`a.png` and `a.PNG`, both possible on a case-sensitive file system, give `a.png` and `a.PNG.png`).
 
     Which name a file gets thus depends on its siblings: adding `a.png` beside `a.jpg` moves `a.jpg`'s
     result from `a.png` to `a.jpg.png`. Each output records its source (`Job.label`), and the pipeline
     checks that record before it skips an existing output."""
-    rels = [f.relative_to(root) for f in files]
     plain = [rel.with_suffix(OUTPUT_SUFFIX) for rel in rels]
     counts: dict[Path, int] = {}
     for name in plain:
@@ -113,7 +113,8 @@ def plan_jobs(
 
     Layout: a folder `D` goes to `OUT/<relative path>.png` with `-o OUT` and one input, to
     `OUT/<D name>/...` with several inputs, and to the sibling folder `D_denoised/` without `-o`. A file
-    `F` goes to `OUT/<F stem>.png`, or beside itself as `<F stem>_denoised.png` without `-o`.
+    `F` goes to `OUT/<F stem>.png`, or beside itself as `<F stem>_denoised.png` without `-o`; file inputs
+    whose outputs would share a name there keep their suffix as a folder's files do (`_output_names`).
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -127,7 +128,9 @@ def plan_jobs(
     scan_errors: list[tuple[Path, str]] = []
     ignored: list[Path] = []
     folder_links: list[Path] = []
-    pairs: list[tuple[Path, Path, str]] = []  # (source, output, label)
+    pairs: list[tuple[Path, Path, str] | None] = []  # (source, output, label)
+    # File inputs by the folder their outputs go to: named together, as a folder's files are.
+    loose: dict[Path, list[tuple[int, Path]]] = {}
     input_dirs: list[Path] = []
     for root in roots:
         absolute = _abspath(root)
@@ -147,18 +150,21 @@ def plan_jobs(
                 on_ignored=ignored.append,
                 on_folder_link=folder_links.append,
             )
-            for src, name in zip(files, _output_names(files, root), strict=True):
-                pairs.append((src, out_root / name, source_label(src.relative_to(root))))
-        elif out_dir is None:
-            pairs.append(
-                (
-                    root,
-                    absolute.parent / f"{absolute.stem}_denoised{OUTPUT_SUFFIX}",
-                    source_label(absolute.name),
-                )
-            )
+            rels = [src.relative_to(root) for src in files]
+            for src, rel, name in zip(files, rels, _output_names(rels), strict=True):
+                pairs.append((src, out_root / name, source_label(rel)))
         else:
-            pairs.append((root, out_dir / f"{absolute.stem}{OUTPUT_SUFFIX}", source_label(absolute.name)))
+            folder = absolute.parent if out_dir is None else out_dir
+            loose.setdefault(folder, []).append((len(pairs), root))
+            pairs.append(None)  # named below, beside the other file inputs going to the same folder
+    for folder, entries in loose.items():
+        names = [Path(_abspath(root).name) for _, root in entries]
+        for (i, root), name, out_name in zip(entries, names, _output_names(names), strict=True):
+            if (
+                out_dir is None
+            ):  # beside the input: `a.png` -> `a_denoised.png`, `a.jpg.png` -> `a.jpg_denoised.png`
+                out_name = out_name.with_name(f"{out_name.stem}_denoised{OUTPUT_SUFFIX}")
+            pairs[i] = (root, folder / out_name, source_label(name))
     jobs = [
         Job(
             i,
@@ -167,7 +173,7 @@ def plan_jobs(
             dst.with_name(dst.name[: -len(OUTPUT_SUFFIX)] + NOISY_SUFFIX) if with_noisy else None,
             label,
         )
-        for i, (src, dst, label) in enumerate(pairs)
+        for i, (src, dst, label) in enumerate(p for p in pairs if p is not None)
     ]
     _check_safety(jobs, input_dirs)
     return Plan(jobs, scan_errors, ignored, folder_links)

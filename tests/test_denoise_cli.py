@@ -271,6 +271,30 @@ def test_name_collision_keeps_suffix(onnx_dir: Path, fmnist_test: np.ndarray, tm
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.bmp.png", "p.png"]
 
 
+@pytest.mark.parametrize(
+    ("out", "expected"),
+    [("out", ["out/p.bmp.png", "out/p.png"]), (None, ["p.bmp_denoised.png", "p_denoised.png"])],
+)
+def test_file_inputs_colliding_keep_suffix_as_a_folders_files_do(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, out: str | None, expected: list[str]
+) -> None:
+    """`ae-denoise p.bmp p.png` (what `ae-denoise *` gives): the files are named as in a folder input,
+    the one whose suffix is not `.png` keeping it. Before, the run was refused as a collision (exit 2)."""
+    save(tmp_path / "in" / "p.png", fmnist_test[0])
+    save(tmp_path / "in" / "p.bmp", fmnist_test[1])
+    args = [str(tmp_path / "in" / "p.bmp"), str(tmp_path / "in" / "p.png")]
+    if out is not None:
+        args += ["-o", str(tmp_path / "in" / out)]
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), *args)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.relative_to(tmp_path / "in").as_posix() for p in (tmp_path / "in").rglob("*_*.png"))
+    written += sorted(p.relative_to(tmp_path / "in").as_posix() for p in (tmp_path / "in").glob("out/*"))
+    assert written == expected
+    denoiser = Denoiser(onnx_dir, provider="cpu")
+    for name, source in zip(expected, ("p.bmp", "p.png"), strict=True):
+        assert _denoised_by(tmp_path / "in" / name, tmp_path / "in" / source, denoiser), name
+
+
 def test_case_differing_suffixes_both_denoised(
     onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
 ) -> None:
