@@ -6,7 +6,9 @@ failure (a full disk, an exception while writing) the temporary file is removed 
 if any, is left untouched.
 
 The file gets the mode a plain `open()` would give it (0o666 less the umask), not mkstemp's private 0600.
-Temporary names stay within NAME_MAX (255 bytes) whatever the destination's name (`_temp_key`).
+Temporary names stay within NAME_MAX (255 bytes) whatever the destination's name (`_temp_key`). A writer
+holds an exclusive flock on its temporary until it is renamed, so `remove_stale_temps` can tell a live
+writer's file (another run writing the same folder) from one a killed writer left behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, and an open file cannot be renamed
+    fcntl = None  # type: ignore[assignment]
 
 TEMP_SUFFIX = ".tmp"
 # `.<key>.<mkstemp's 8 random characters>.tmp`: the temporary files `atomic_open` makes, where <key> is
@@ -75,12 +82,17 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = Tr
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as handle:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else holds it
             yield handle
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, dest)
+            os.chmod(tmp, FILE_MODE)
+            if fcntl is not None:  # renamed while locked: never an unlocked temporary of a live writer
+                os.replace(tmp, dest)
+        if fcntl is None:
+            os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -169,10 +181,11 @@ def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
 
     Why: `atomic_open` cleans up after every failure it sees, but a process killed with SIGKILL (or a
     power cut) leaves its `.<key>.XXXXXXXX.tmp` behind. Only files of exactly that pattern whose `<key>`
-    is that of one of `destinations` (its name, or for a long name the hashed key of `_temp_key`) are
-    removed, so nothing else in the folder is ever touched. A folder that cannot be listed is passed over
-    (its writes fail later, each named). Do not run it while another process writes the same
-    destinations.
+    is that of one of `destinations` (its name, or for a long name the hashed key of `_temp_key`), and
+    that no live writer holds locked (`atomic_open`), are removed, so nothing else in the folder is ever
+    touched, nor the file another run is writing there (before the locks, a second run started on the
+    same output folder deleted the first one's, whose writes then failed). A folder that cannot be listed
+    is passed over (its writes fail later, each named).
     """
     wanted: dict[Path, set[str]] = {}
     for dest in destinations:
@@ -190,7 +203,22 @@ def remove_stale_temps(destinations: Iterable[str | os.PathLike[str]]) -> int:
         for entry in entries:
             match = _TEMP_NAME.match(entry.name)
             if match and match["dest"] in names and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(OSError):  # gone already, or a folder that takes no change
-                    os.unlink(entry.path)
-                    removed += 1
+                with contextlib.suppress(OSError):  # gone already, locked, or a folder that takes no change
+                    if _unlocked(entry.path):
+                        os.unlink(entry.path)
+                        removed += 1
     return removed
+
+
+def _unlocked(path: str) -> bool:
+    """Whether no live `atomic_open` holds the temporary at `path` locked: a killed writer's lock is gone."""
+    if fcntl is None:
+        return True
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -172,3 +172,25 @@ def test_ctrl_c_while_a_large_tree_is_listed_is_one_line(onnx_dir: Path, tmp_pat
     assert result.stderr.count("interrupted") == 1
     if "before any file was written" in result.stderr:  # the case under test: stopped while listing
         assert not out.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="file locks (flock) are POSIX-only")
+@pytest.mark.parametrize("name", ["img.png", "y" * 251 + ".png"])  # the longest: a hashed temporary name
+def test_a_second_run_leaves_a_live_writers_temporary_alone(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, name: str
+) -> None:
+    """Another process mid-write in the output folder (a second run of the same command): its temporary
+    is not taken for one a killed run left, and its write completes. Before, the second run deleted it,
+    said it had removed a temporary 'left by an interrupted run', and the first run's write failed with
+    'No such file or directory'."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(fmnist_test[0]).save(tmp_path / "in" / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    with atomic_open(out / name) as handle:  # a live writer of that output: its temporary, locked
+        handle.write(b"whole")
+        proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", str(out))
+        assert len(_temps(out)) == 1
+    assert proc.returncode == 0, proc.stderr
+    assert "removed" not in proc.stderr and "1 done" in proc.stderr
+    assert _temps(out) == [] and (out / name).read_bytes() == b"whole"  # the last rename stands
