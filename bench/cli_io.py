@@ -20,7 +20,8 @@ from bench.section import NOISE_STD, BenchContext
 from bench.tables import Column, Result, Table
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save
-from runtimes.images import SizeMode, find_images
+from runtimes.fitting import SizeMode
+from runtimes.images import find_images
 from runtimes.noise import add_noise
 from runtimes.pipeline import run_pipeline
 from runtimes.planning import plan_jobs

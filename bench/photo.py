@@ -42,7 +42,8 @@ from bench.section import DENOISER_FILE, BenchContext
 from bench.tables import Column, Result, Table, print_and_write, render_table
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import atomic_save
-from runtimes.images import from_model, load_image8, to_model, to_uint8
+from runtimes.fitting import from_model, to_model, to_uint8
+from runtimes.images import load_image8
 from runtimes.manifest import variants_present
 from runtimes.sessions import physical_cores
 from train.photos import VALIDATION_PHOTOS, PhotoSet, bundled_photos, noisy_8bit, skimage_data_dir
@@ -136,7 +137,7 @@ COLOUR_PHOTOS = ("astronaut", "chelsea")
 
 def run_colour_rows(denoiser: Denoiser, sigmas_255: Sequence[int]) -> list[dict[str, Any]]:
     """Rows per sigma x method on the colour originals of COLOUR_PHOTOS: the noise drawn per channel,
-    ours run the way `ae-denoise` runs a colour file (each RGB channel a sample, `runtimes.images.to_model`),
+    ours run the way `ae-denoise` runs a colour file (each RGB channel a sample, `runtimes.fitting.to_model`),
     NL-means on all three channels at once (scikit-image's colour mode); PSNR and SSIM over RGB."""
     from skimage.restoration import denoise_nl_means
 

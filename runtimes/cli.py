@@ -18,7 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from runtimes.denoiser import DEFAULT_TILE_PIXELS, Denoiser
-from runtimes.images import DEFAULT_MAX_PIXELS, SIZE_MODES
+from runtimes.fitting import SIZE_MODES
+from runtimes.images import DEFAULT_MAX_PIXELS
 from runtimes.manifest import DEFAULT_VARIANT, ManifestError
 from runtimes.pipeline import Outcome, run_pipeline
 from runtimes.planning import PlanError, plan_jobs

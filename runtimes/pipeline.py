@@ -29,19 +29,8 @@ import numpy as np
 
 from runtimes.denoiser import Denoiser
 from runtimes.fileio import remove_stale_temps
-from runtimes.images import (
-    DEFAULT_MAX_PIXELS,
-    SIZE_MODES,
-    BadImageError,
-    FitPlan,
-    SizeMismatchError,
-    SizeMode,
-    from_model,
-    load_image,
-    save_png,
-    to_model,
-    to_uint8,
-)
+from runtimes.fitting import SIZE_MODES, FitPlan, SizeMismatchError, SizeMode, from_model, to_model, to_uint8
+from runtimes.images import DEFAULT_MAX_PIXELS, BadImageError, load_image, save_png
 from runtimes.noise import add_noise, check_std
 from runtimes.planning import Job
 from runtimes.pngmeta import read_png_source

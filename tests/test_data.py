@@ -130,7 +130,8 @@ def test_noise_model_is_the_lectures() -> None:
 def test_folder_image_trains_as_the_runtime_serves_it(tmp_path, fmnist_test, size, mode) -> None:
     """One decoder and one resize: a file in a training folder becomes exactly the tensor that
     `ae-denoise --size-mode resize` feeds the model for the same file."""
-    from runtimes.images import load_gray8, to_model
+    from runtimes.fitting import to_model
+    from runtimes.images import load_gray8
 
     w, h = size
     image = Image.fromarray(fmnist_test[3]).resize((w, h))

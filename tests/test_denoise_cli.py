@@ -16,16 +16,8 @@ import pytest
 from PIL import Image
 
 from runtimes.denoiser import Denoiser
-from runtimes.images import (
-    BadImageError,
-    find_images,
-    from_model,
-    load_gray8,
-    load_image8,
-    save_png,
-    to_model,
-    to_uint8,
-)
+from runtimes.fitting import from_model, to_model, to_uint8
+from runtimes.images import BadImageError, find_images, load_gray8, load_image8, save_png
 from runtimes.noise import add_noise
 from runtimes.planning import PlanError, plan_jobs
 from tests.helpers import run_cli, run_script

@@ -24,14 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtimes.images import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_SUFFIXES,
-    BadImageError,
-    find_images,
-    fit_gray8,
-    load_gray8,
-)
+from runtimes.fitting import fit_gray8
+from runtimes.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, find_images, load_gray8
 from runtimes.noise import apply_noise
 
 IMAGE_SIZE = 28
