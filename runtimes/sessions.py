@@ -15,6 +15,8 @@ from typing import Literal
 
 import onnxruntime as ort
 
+from runtimes.cgroups import cpu_quota
+
 PROVIDERS = ("auto", "cpu", "cuda")
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -61,12 +63,20 @@ def physical_cores() -> int:
 
     Why: ONNX Runtime's intra-op pool is fastest with one thread per physical core; hyper-threads compete
     for the same FPUs. psutil is not a dependency, so read the Linux sysfs topology of the CPUs in our
-    affinity mask (which also respects cgroup/taskset limits); elsewhere fall back to `os.cpu_count()`.
+    affinity mask (which respects taskset and cpuset limits); elsewhere fall back to `os.cpu_count()`.
+    A cgroup CPU quota (`docker run --cpus`, a Kubernetes CPU limit) caps the count at the whole CPUs it
+    allows, rounded down, at least 1 (`runtimes.cgroups`): more threads than that get throttled.
     """
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+    quota = cpu_quota()
+    return max(1, min(_cores_of(cpus), int(quota) if quota is not None else len(cpus)))
+
+
+def _cores_of(cpus: list[int]) -> int:
+    """Physical cores among these CPUs (SMT siblings counted once), from the Linux sysfs topology."""
     cores: set[str] = set()
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
