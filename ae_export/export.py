@@ -43,7 +43,7 @@ from ae_export.specs import (
     specs_for,
 )
 from ae_export.subnormals import flush_tiny_weights
-from runtimes.fileio import atomic_write_bytes, blocking_file
+from runtimes.fileio import atomic_write_bytes, unusable_folder
 from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
 from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata, parse_metadata
 from runtimes.noise import noise_model
@@ -300,9 +300,9 @@ def write_model(proto: onnx.ModelProto, path: Path) -> None:
 
 def check_out_dir(out_dir: Path) -> None:
     """The export writes into a folder: `out_dir` must be one, or a new path under one."""
-    blocker = blocking_file(out_dir)
-    if blocker is not None:
-        raise ExportError(f"{out_dir} must be a folder (an existing one or a new path): {blocker} is not one")
+    problem = unusable_folder(out_dir)
+    if problem is not None:
+        raise ExportError(problem)
 
 
 @contextlib.contextmanager

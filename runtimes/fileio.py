@@ -154,6 +154,31 @@ def blocking_file(folder: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def unusable_folder(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written into `folder` (a command's --out), found before any work; None if they
+    can. Creates nothing: the caller makes the folder when it writes its first file, so a refused run
+    leaves no empty folder behind.
+
+    `folder` may exist or be a new path; the path or its nearest existing ancestor must be a folder
+    (`blocking_file`), and that folder must take a new file (not read-only, not full)."""
+    folder = Path(folder)
+    blocker = blocking_file(folder)
+    if blocker is not None:
+        return f"{folder} must be a folder (an existing one or a new path): {blocker} is not one"
+    try:
+        nearest = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    except OSError:  # a name past NAME_MAX, no permission to look: the write names it
+        return None
+    if nearest is None:
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as err:
+        return f"{folder}: cannot write in {nearest} ({err.strerror or err})"
+    return None
+
+
 def unwritable_file(path: str | os.PathLike[str], flag: str, example: str) -> str | None:
     """Why a command cannot write its output file at `path` (given by `flag`), found before the minutes
     of work that produce it; None if it can. Creates nothing: the caller makes a missing folder as it writes.

@@ -157,6 +157,48 @@ def test_ae_train_cli_bad_input_exits_2(tmp_path) -> None:
     assert done.returncode == 2 and "mse" in done.stderr and "bce" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume"], "checkpoint not found"),
+        (["--dataset", "folder", "--data-dir", "{empty}"], "no readable images"),
+        (["--lr", "1e6", "--limit", "256", "--batch-size", "64", "--epochs", "1"], "this run wrote nothing"),
+        (["--preset", "photo", "--data-dir", "{empty}"], "ae-train: error:"),
+        pytest.param(
+            ["--device", "cuda"],
+            "torch sees no CUDA device",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="the refusal needs a machine without CUDA"
+            ),
+        ),
+    ],
+    ids=["resume-without-checkpoint", "no-images", "diverged", "photo-no-images", "cuda-without-cuda"],
+)
+def test_a_refused_run_leaves_no_out_folder_behind(tmp_path, args, message) -> None:
+    """A run refused before it saved anything left an empty --out folder (it was made up front, so that a
+    file at --out failed at once); the folder is now made with the first checkpoint, and a file at --out
+    still fails before any work, naming it."""
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "new" / "run"
+    args = [a.format(empty=tmp_path / "empty") for a in args]
+    done = run_cli("train.cli", *args, "--out", str(out), "--quiet")
+    assert done.returncode in (2, 3) and message in done.stderr, done.stderr
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("preset", ["lecture", "photo"])
+def test_a_file_at_out_is_refused_before_any_work(tmp_path, preset) -> None:
+    (tmp_path / "taken").write_text("keep")
+    out = tmp_path / "taken" / "run"
+    done = run_cli("train.cli", "--preset", preset, "--out", str(out), "--quiet", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"ae-train: error: --out {out} must be a folder (an existing one or a new path): "
+        f"{tmp_path / 'taken'} is not one"
+    )
+    assert (tmp_path / "taken").read_text() == "keep"
+
+
 def test_samples_and_metrics_values_are_finite(trained_checkpoint) -> None:
     metrics = json.loads((trained_checkpoint.parent / "metrics.json").read_text())
     for row in metrics["epochs"]:

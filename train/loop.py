@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtimes.fileio import atomic_save, atomic_write_json
+from runtimes.fileio import atomic_save, atomic_write_json, unusable_folder
 from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from train.data import (
@@ -331,7 +331,9 @@ def _train(
 ) -> Checkpoint:
     """train()'s body; `on_disk_now` is kept holding the checkpoint that checkpoint.pt holds for this run."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    refused = unusable_folder(out)  # a file at --out fails now, not after an epoch; nothing is made yet
+    if refused is not None:
+        raise ValueError(f"--out {refused}")
     ckpt_path = out / CHECKPOINT_NAME
     device = resolve_device(config.device)
     progress = not quiet and sys.stderr.isatty()
@@ -453,6 +455,7 @@ def _train(
             metrics=history,
             dataset=dataset_info,
         )
+        out.mkdir(parents=True, exist_ok=True)  # here, not up front: a refused run leaves no empty folder
         save_checkpoint(saving, ckpt_path)
         checkpoint = saving
         on_disk_now[:] = [saving]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtimes.fileio import atomic_write_json
+from runtimes.fileio import atomic_write_json, unusable_folder
 from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, save_checkpoint
 from train.data import TORCH_SEEDS
@@ -157,7 +157,9 @@ def _train_photos(
     if config.data_dir is not None:  # recorded absolute: the export reads the folder again, from anywhere
         config = replace(config, data_dir=os.path.abspath(config.data_dir))
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    refused = unusable_folder(out)  # a file at --out fails now, not after 400 steps; nothing is made yet
+    if refused is not None:
+        raise ValueError(f"--out {refused}")
     device = torch.device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -237,6 +239,7 @@ def _train_photos(
             metrics=history,
             dataset=dataset_info,
         )
+        out.mkdir(parents=True, exist_ok=True)  # here, not up front: a refused run leaves no empty folder
         save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
         saved[:] = [checkpoint]
         summary = {"config": asdict(config), "dataset": dataset_info, "steps": history}
