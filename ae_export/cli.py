@@ -72,6 +72,7 @@ COMMANDS = ("export", "parity", "triton", "compat")
 # that exporting does not, so a missing extra fails only the subcommand that needs it, naming the extra.
 TOOLS = {"triton": ("ae_export.triton_repo", "triton"), "compat": ("ae_export.compat", "compat")}
 PARITY_IMAGES = 1000
+SIZES_DEFAULT = ",".join(f"{h}x{w}" for h, w in ANY_SIZE_PARITY_SIZES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", default=None, help="where the checkpoint's dataset lives, if moved")
     common.add_argument(
         "--sizes",
-        default=",".join(f"{h}x{w}" for h, w in ANY_SIZE_PARITY_SIZES),
-        help="comma-separated HxW parity image sizes (models with dynamic height/width only)",
+        default=None,
+        help="comma-separated HxW parity image sizes, for a model with dynamic height and width (the photo "
+        f"model; a fixed-size model refuses the flag) (default: {SIZES_DEFAULT})",
     )
     exp = sub.add_parser(
         "export",
@@ -198,9 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         providers = parse_csv(args.providers, str, "providers", PROVIDERS)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
         checkpoint = load_checkpoint(args.checkpoint)
-        sizes = parse_sizes(args.sizes)
+        sizes = parse_sizes(args.sizes if args.sizes is not None else SIZES_DEFAULT)
         model = checkpoint.build_model()
         any_size = checkpoint.model_config.arch == "fcn"
+        if args.sizes is not None and not any_size:  # its parity runs at the one size the model takes
+            raise ValueError(
+                f"--sizes applies to a model with dynamic height and width (the photo model); "
+                f"{args.checkpoint} is a fixed-size {checkpoint.model_config.arch} model (28x28 images): "
+                "drop --sizes"
+            )
         # The photo model's parity uses its own sizes and inputs; Fashion-MNIST is no data of its.
         data = None if any_size else checkpoint_data(checkpoint, args.data_dir)
         images = None if any_size else parity_images(data)

@@ -182,6 +182,25 @@ def test_a_space_after_a_comma_is_no_part_of_a_list_flags_item(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["export", "parity"])
+def test_sizes_on_a_fixed_size_model_is_refused(trained_checkpoint, onnx_dir, tmp_path, command) -> None:
+    """--sizes 64x64 on the 28x28 lecture model was silently ignored: parity ran at 28x28 and said PASS, so
+    the sizes the user asked for were never checked. It applies to the any-size photo model only."""
+    folder = tmp_path / "onnx"
+    shutil.copytree(onnx_dir, folder)
+    before = sorted(p.name for p in folder.iterdir())
+    where = ("--out", str(folder)) if command == "export" else ("--onnx-dir", str(folder))
+    done = run_cli(
+        "ae_export.cli", command, "--checkpoint", str(trained_checkpoint), *where, "--sizes", "64x64"
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        f"ae-export: error: --sizes applies to a model with dynamic height and width (the photo model); "
+        f"{trained_checkpoint} is a fixed-size lecture model (28x28 images): drop --sizes"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
 def test_export_cli_unwritable_out(trained_checkpoint, tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should go")
