@@ -163,7 +163,17 @@ def parity_images(data: Dataset | None) -> np.ndarray | None:
 
 
 def _variants(text: str) -> list[str]:
-    return [] if text.strip() == "none" else parse_csv(text, str, "variants", VARIANT_CHOICES)
+    """--variants: a subset of VARIANT_CHOICES, or 'none' alone (the fp32 files only)."""
+    if text.strip() == "none":
+        return []
+    values = parse_csv(text, str, "variants")
+    bad = [v for v in values if v not in VARIANT_CHOICES]
+    if bad:
+        raise ValueError(
+            f"--variants: {bad} not valid; choose from {', '.join(VARIANT_CHOICES)}, or none alone (the fp32 "
+            "files only)"
+        )
+    return values
 
 
 def _budgets(items: list[str]) -> dict[str, float]:

@@ -165,7 +165,8 @@ def test_export_cli_bad_input(trained_checkpoint, tmp_path, case, make, extra, m
         (
             "--variants",
             "fp16, int8, fp8",
-            "--variants: ['fp8'] not valid; choose from fp16, int8, ort, portable",
+            "--variants: ['fp8'] not valid; choose from fp16, int8, ort, portable, or none alone (the fp32 "
+            "files only)",
         ),
         ("--sizes", "64x96, 32 x 32", "--sizes: '32 x 32' is not HxW with positive integers (e.g. 64x96)"),
     ],
@@ -179,6 +180,17 @@ def test_a_space_after_a_comma_is_no_part_of_a_list_flags_item(
     done = run_cli("ae_export.cli", *args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == f"ae-export: error: {error}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["bogus", "none,fp16"])
+def test_variants_refusal_names_none_among_the_choices(trained_checkpoint, tmp_path, value) -> None:
+    """'--variants bogus' listed fp16, int8, ort, portable as the choices, leaving out 'none', which the
+    flag takes (alone: the fp32 files only)."""
+    args = ("--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "out"), "--variants", value)
+    done = run_cli("ae_export.cli", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "choose from fp16, int8, ort, portable, or none alone" in done.stderr
     assert not (tmp_path / "out").exists()
 
 
