@@ -18,7 +18,7 @@ import argparse
 import importlib
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -224,14 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         images = None if any_size else parity_images(data)
         report = ParityReport()
 
-        def verify(onnx_dir: Path) -> ParityReport:
+        def verify(onnx_dir: Path, integrity: Sequence[str] = ()) -> ParityReport:
             nonlocal report
             if any_size:
                 report = run_parity_any_size(model, onnx_dir, sizes, batch_sizes, providers)
             else:
                 report = run_parity(model, onnx_dir, images, batch_sizes, providers)
+            report.integrity = list(integrity)
             print(report.table())
-            if not report.passed:
+            if not report.checks_passed:
                 raise ParityError(report)
             return report
 
@@ -344,21 +345,25 @@ def _changes(folder: Path, before: dict[str, tuple[int, int]], command: str) -> 
 
 def _parity_command(
     folder: Path,
-    verify: Callable[[Path], ParityReport],
+    verify: Callable[[Path, Sequence[str]], ParityReport],
     check_variants: Callable[[Path], ParityReport],
 ) -> int:
-    """fp32 files vs PyTorch (raises ParityError), then every other file the manifest lists."""
-    report = verify(folder)
+    """fp32 files vs PyTorch (raises ParityError), then every other file the manifest lists.
+
+    The files that differ from the manifest are found first, so every table and parity.json count them:
+    a run that exits 1 on one never says PASS."""
     problems = integrity_problems(folder)
+    report = verify(folder, problems)
     checked = check_variants(folder)
     if checked.results:
+        checked.integrity = problems
         print(checked.table())
         report.results.extend(checked.results)
     report.write_json(folder / PARITY_JSON)
     print(f"wrote {folder / PARITY_JSON}")
     for line in problems:
         print(f"ae-export: integrity FAILED: {line}", file=sys.stderr)
-    if not report.passed:
+    if not report.checks_passed:
         raise ParityError(report)
     return 1 if problems else 0
 

@@ -603,6 +603,29 @@ def test_tampered_variant_fails_parity(trained_checkpoint: Path, variants_dir: P
     assert not report["passed"]
 
 
+@pytest.mark.parametrize("changed", ["decoder.fp16.ort", "mobile_usability.txt"])
+def test_parity_never_says_pass_for_a_folder_that_fails_its_integrity(
+    trained_checkpoint, variants_dir, tmp_path, changed
+) -> None:
+    """A file changed after export whose numbers still pass (or that holds none) made `ae-export parity`
+    print 'overall: PASS' and write parity.json with "passed": true, then report the integrity failure and
+    exit 1: every table and the report now count it."""
+    folder = tmp_path / "onnx"
+    shutil.copytree(variants_dir, folder)
+    with open(folder / changed, "ab") as handle:
+        handle.write(b"\n")
+    args = ("--checkpoint", str(trained_checkpoint), "--onnx-dir", str(folder), "--batch-sizes", "7")
+    proc = run_cli("ae_export.cli", "parity", *args, "--providers", "cpu")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "overall: PASS" not in proc.stdout
+    assert "overall: FAIL" in proc.stdout and "1 file(s) differ from the manifest" in proc.stdout
+    assert f"integrity FAILED: {folder / changed}: differs from manifest.json" in proc.stderr
+    assert "parity FAILED" not in proc.stderr
+    report = json.loads((folder / "parity.json").read_text())
+    assert report["passed"] is False and len(report["integrity"]) == 1
+    assert all(r["passed"] for r in report["results"])
+
+
 @pytest.mark.slow
 def test_variant_over_budget_is_reported_and_not_written(trained_checkpoint: Path, tmp_path: Path) -> None:
     """fp16 cannot gain 1 dB over fp32: with that budget it must be rejected, and the rest still written."""
