@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     if not args.quiet:
-        print(f"{PROG}: {result.summary()} on {denoiser.provider}", file=sys.stderr)
+        print(f"{PROG}: {result.summary(len(plan.scan_errors))} on {denoiser.provider}", file=sys.stderr)
     return EXIT_FAILED if result.failed or plan.scan_errors else EXIT_OK
 
 

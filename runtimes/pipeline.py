@@ -70,10 +70,13 @@ class PipelineResult:
     def images_per_s(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
-    def summary(self) -> str:
+    def summary(self, unlisted: int = 0) -> str:
+        """The run's one-line account; `unlisted`: input folders that could not be listed (their files are
+        in no count, so the line says how many there were: without it a run that exits 1 read '0 failed')."""
+        folders = f", {unlisted} folder(s) not listed" if unlisted else ""
         return (
-            f"{self.done} done, {self.failed} failed, {self.skipped} skipped in {self.seconds:.2f} s "
-            f"({self.images_per_s:.1f} images/s)"
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped{folders} in "
+            f"{self.seconds:.2f} s ({self.images_per_s:.1f} images/s)"
         )
 
 

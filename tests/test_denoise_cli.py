@@ -810,3 +810,30 @@ def test_plan_takes_one_path_as_one_input(tmp_path: Path, kind: type, what: str)
         (tmp_path / "in" / "a.png", tmp_path / "out" / "a.png")
     ]
     assert plan.jobs == plan_jobs([source], tmp_path / "out").jobs
+
+
+@pytest.mark.parametrize("unlisted", [1, 2])
+def test_summary_counts_the_input_folders_that_could_not_be_listed(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, unlisted: int
+) -> None:
+    """A folder under an input whose path is past PATH_MAX (4096 bytes) cannot be listed: it was named on
+    stderr and the run exited 1, but the summary read '1 done, 0 failed, 0 skipped', accounting for
+    nothing that went wrong."""
+    inputs = tmp_path / "in"
+    save(inputs / "good.png", fmnist_test[0])
+    for branch in range(unlisted):
+        fd = os.open(inputs, os.O_RDONLY)
+        try:
+            for depth in range(17):  # 17 x 251 bytes: past PATH_MAX, made one level at a time
+                name = f"{branch}{'d' * 249}" if depth == 0 else "d" * 250
+                os.mkdir(name, dir_fd=fd)
+                fd, old = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+                os.close(old)
+            with open(os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as handle:
+                Image.fromarray(fmnist_test[1]).save(handle, format="PNG")
+        finally:
+            os.close(fd)
+    proc = run_cli(CLI, "--onnx", str(onnx_dir / "denoiser.onnx"), str(inputs), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("cannot list folder") == unlisted, proc.stderr
+    assert f"1 done, 0 failed, 0 skipped, {unlisted} folder(s) not listed in " in proc.stderr, proc.stderr
