@@ -50,6 +50,7 @@ from ae_export.triton import (
     render_config,
     sources,
 )
+from runtimes.batching import MAX_QUEUE_DELAY_US
 from runtimes.fileio import atomic_write_bytes, atomic_write_text
 from runtimes.manifest import DEFAULT_VARIANT, ManifestError
 from runtimes.metadata import MetadataError
@@ -250,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", action="store_true", help="add model_warmup at batch 1 and max batch")
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="as MicroBatcher's")
     p.add_argument(
-        "--max-queue-delay-us", type=int, default=DEFAULT_MAX_QUEUE_DELAY_US, help="as MicroBatcher's"
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        help=f"as MicroBatcher's: 0 to {MAX_QUEUE_DELAY_US} (one minute)",
     )
     p.add_argument(
         "--check",
@@ -274,8 +278,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"{args.check}: every config.pbtxt matches its model.onnx")
             return 0
-        if args.max_batch_size < 1 or args.max_queue_delay_us < 0:
-            raise ValueError("--max-batch-size must be >= 1 and --max-queue-delay-us >= 0")
+        if args.max_batch_size < 1:
+            raise ValueError(f"--max-batch-size {args.max_batch_size}: must be >= 1")
+        if not 0 <= args.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+            # The configs carry MicroBatcher's meaning, so its range: Triton's uint64 field would take
+            # hours (and past 2**64 protobuf's bare 'Value out of range').
+            raise ValueError(
+                f"--max-queue-delay-us {args.max_queue_delay_us}: must be 0 to {MAX_QUEUE_DELAY_US} "
+                "(one minute), the range runtimes.MicroBatcher takes"
+            )
         options = Options(args.kind, args.warmup, args.max_batch_size, args.max_queue_delay_us)
         written, removed = write_repository(
             Path(args.onnx_dir or DEFAULT_ONNX_DIR),

@@ -218,6 +218,36 @@ def test_invalid_config_is_not_written(onnx_dir, tmp_path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("60000000", True),
+        ("60000001", False),
+        ("120000000", False),
+        ("18446744073709551616", False),
+        ("-1", False),
+    ],
+)
+def test_queue_delay_takes_microbatchers_range(onnx_dir, tmp_path, value, written) -> None:
+    """--max-queue-delay-us took two minutes (120000000) into every config, a delay runtimes.MicroBatcher,
+    whose meaning the configs carry, refuses past one minute; past 2**64 the run ended in protobuf's bare
+    'Value out of range'. The flag takes MicroBatcher's range and names it."""
+    out = tmp_path / "repo"
+    args = ("--onnx-dir", str(onnx_dir), "--out", str(out), "--max-queue-delay-us", value)
+    result = run_cli("ae_export.cli", "triton", *args)
+    if written:
+        assert result.returncode == 0, result.stderr
+        config = parse_config((out / "denoiser" / "config.pbtxt").read_text())
+        assert config.dynamic_batching.max_queue_delay_microseconds == 60_000_000
+        return
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"ae-export triton: error: --max-queue-delay-us {value}: must be 0 to 60000000 (one minute), the "
+        "range runtimes.MicroBatcher takes"
+    )
+    assert not out.exists()
+
+
 def test_gpu_kind_and_missing_export(onnx_dir, tmp_path) -> None:
     out = tmp_path / "repo"
     result = run_cli(
