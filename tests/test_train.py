@@ -669,9 +669,9 @@ def test_resume_says_when_the_schedule_is_replanned(fmnist, tmp_path, schedule, 
 
 @pytest.mark.parametrize(("moved_to", "count"), [("same data", 300), ("other data", 299)])
 def test_resume_takes_the_data_from_another_data_dir(fmnist, tmp_path, moved_to, count) -> None:
-    """A run trained with a relative --data-dir could not be resumed from another folder (its data 'not
-    found') nor told where the data is now (--data-dir refused as a recipe change). --data-dir may now
-    change on resume; a folder whose splits differ in size from the checkpoint's is refused."""
+    """A run whose data has moved could not be told where it is now (--data-dir refused as a recipe
+    change). --data-dir may now change on resume; a folder whose splits differ in size from the
+    checkpoint's is refused."""
     for where, n in (("data", 300), ("moved", count)):
         folder = tmp_path / "work" / where
         folder.mkdir(parents=True)
@@ -681,9 +681,11 @@ def test_resume_takes_the_data_from_another_data_dir(fmnist, tmp_path, moved_to,
     first = ("--dataset", "mnist", "--data-dir", "data", "--epochs", "1", "--batch-size", "64", "--quiet")
     done = run_cli("train.cli", *first, "--out", str(out), cwd=tmp_path / "work")
     assert done.returncode == 0, done.stderr
+    (tmp_path / "work" / "data").rename(tmp_path / "work" / "gone")
     again = ("--resume", "--epochs", "2", "--out", str(out), "--quiet")
-    done = run_cli("train.cli", *again, cwd=tmp_path)  # from another folder: "data" is not there
-    assert done.returncode == 2 and "data: no train-images-idx3-ubyte" in done.stderr, done.stderr
+    done = run_cli("train.cli", *again, cwd=tmp_path)  # the recorded folder is gone
+    assert done.returncode == 2, done.stderr
+    assert f"{tmp_path / 'work' / 'data'}: no train-images-idx3-ubyte" in done.stderr, done.stderr
     done = run_cli("train.cli", *again, "--data-dir", str(tmp_path / "work" / "moved"), cwd=tmp_path)
     if moved_to == "same data":
         assert done.returncode == 0, done.stderr
@@ -694,6 +696,34 @@ def test_resume_takes_the_data_from_another_data_dir(fmnist, tmp_path, moved_to,
             "299 training and 100 test images, but" in done.stderr and "trained on 300 and 100" in done.stderr
         )
         assert load_checkpoint(out / "checkpoint.pt").epoch == 1
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "folder"])
+def test_a_relative_data_dir_is_recorded_absolute_and_resumes_from_anywhere(
+    fmnist, tmp_path, dataset
+) -> None:
+    """`--data-dir data` was recorded as 'data' (train_config and the dataset's source), so --resume, or
+    ae-export reading the images for parity and the int8 calibration, from any other folder found no
+    data there ('pass --data-dir'); the photo loop already recorded its folder absolute."""
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    if dataset == "mnist":
+        write_idx(data / "train-images-idx3-ubyte", fmnist.train.images[:200].numpy())
+        write_idx(data / "t10k-images-idx3-ubyte", fmnist.val.images[:50].numpy())
+    else:
+        for i in range(60):
+            Image.fromarray(fmnist.train.images[i].numpy()).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    first = ("--dataset", dataset, "--data-dir", "data", "--epochs", "1", "--batch-size", "32", "--quiet")
+    done = run_cli("train.cli", *first, "--out", str(out), cwd=tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint.train_config["data_dir"] == str(data)
+    assert checkpoint.dataset["source"] == str(data)
+    again = ("--resume", "--epochs", "2", "--out", str(out), "--quiet")
+    done = run_cli("train.cli", *again, cwd=tmp_path)  # another folder, no --data-dir
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 2
 
 
 @pytest.mark.parametrize("epochs", ["1", "2"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class Split:
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    source: str  # where it was read from, for the record
+    source: str  # where it was read from, absolute: the export and --resume read it again from anywhere
     train: Split
     val: Split
     skipped_files: tuple[str, ...] = ()  # folder datasets: unreadable files, with reasons
@@ -147,7 +148,7 @@ def load_idx_dataset(root: Path, name: str) -> Dataset:
                 )
             labels = torch.from_numpy(label_array.astype(np.int64))
         splits[split] = Split(torch.from_numpy(images.copy()), labels)
-    return Dataset(name=name, source=str(root), train=splits["train"], val=splits["test"])
+    return Dataset(name=name, source=os.path.abspath(root), train=splits["train"], val=splits["test"])
 
 
 # -------------------------------------------------------------------------------------------------- folder
@@ -191,7 +192,9 @@ def load_folder_dataset(
         mask[-1] = len(images) > 1
     train = Split(stack[~mask]) if (~mask).any() else Split(stack)
     val = Split(stack[mask]) if mask.any() else Split(stack)
-    return Dataset(name="folder", source=str(root), train=train, val=val, skipped_files=tuple(skipped))
+    return Dataset(
+        name="folder", source=os.path.abspath(root), train=train, val=val, skipped_files=tuple(skipped)
+    )
 
 
 # ------------------------------------------------------------------------------------------------- dispatch

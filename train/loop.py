@@ -13,10 +13,11 @@ would. Evaluation noise uses its own fixed seed, so every epoch and every run is
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +331,8 @@ def _train(
     on_disk_now: list[Checkpoint],
 ) -> Checkpoint:
     """train()'s body; `on_disk_now` is kept holding the checkpoint that checkpoint.pt holds for this run."""
+    if config.data_dir is not None:  # recorded absolute: the export and --resume read it from anywhere
+        config = replace(config, data_dir=os.path.abspath(config.data_dir))
     out = Path(config.out)
     refused = unusable_folder(out)  # a file at --out fails now, not after an epoch; nothing is made yet
     if refused is not None:
