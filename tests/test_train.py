@@ -286,7 +286,9 @@ def test_photo_run_stopped_before_its_first_save_says_it_wrote_nothing(tmp_path,
     with running_cli("train.cli", "--preset", "photo", "--batch-size", "1", "--out", str(out)) as proc:
         assert "training arithmetic" in proc.stdout.readline()  # the steps have begun
         done = stop_cli(proc)
-    assert done.returncode == 130, done.stderr
+    # 130, or death by SIGINT, which a shell reports as the same 130: about 1 run in 10 of the photo loop,
+    # after this very message and `return 130`, ends that way (inside torch's exit; the lecture loop never).
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
     assert "interrupted: this run wrote nothing" in done.stderr
     if earlier:
         assert f"({out / 'checkpoint.pt'} is an earlier run's, untouched)" in done.stderr
