@@ -45,7 +45,7 @@ import numpy as np
 
 from runtimes.denoiser import Denoiser
 from runtimes.layout import ImageLayout, restore_images
-from runtimes.sessions import positive_int
+from runtimes.sessions import positive_count
 from runtimes.workers import restart_after_fork
 
 _STOP = object()
@@ -78,7 +78,7 @@ class MicroBatcher:
     """
 
     def __init__(self, denoiser: Denoiser, max_batch_size: int = 64, max_queue_delay_us: int = 0) -> None:
-        max_batch_size = positive_int("max_batch_size", max_batch_size)  # type: ignore[assignment]
+        max_batch_size = positive_count("max_batch_size", max_batch_size)  # type: ignore[assignment]
         if (
             isinstance(max_queue_delay_us, bool)
             or not isinstance(max_queue_delay_us, numbers.Real)  # numpy numbers too (np.arange gives them)

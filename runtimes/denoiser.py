@@ -36,7 +36,7 @@ from runtimes.sessions import (
     ConvSearch,
     InvalidModelError,
     Provider,
-    positive_int,
+    positive_count,
     wants_cuda,
 )
 from runtimes.tiling import plan_tiles, run_tiled
@@ -95,7 +95,7 @@ class Denoiser:
         tile_pixels: int | None = DEFAULT_TILE_PIXELS,
         conv_search: ConvSearch = DEFAULT_CONV_SEARCH,
     ) -> None:
-        self.tile_pixels = positive_int("tile_pixels", tile_pixels, none="never tile")
+        self.tile_pixels = positive_count("tile_pixels", tile_pixels, none="never tile")
         path = Path(path)
         folder = path if path.is_dir() else None
         if folder is None and variant != DEFAULT_VARIANT:

@@ -165,18 +165,8 @@ def unusable_folder(folder: str | os.PathLike[str]) -> str | None:
     blocker = blocking_file(folder)
     if blocker is not None:
         return f"{folder} must be a folder (an existing one or a new path): {blocker} is not one"
-    try:
-        nearest = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    except OSError:  # a name past NAME_MAX, no permission to look: the write names it
-        return None
-    if nearest is None:
-        return None
-    try:
-        with tempfile.TemporaryFile(dir=nearest):
-            pass
-    except OSError as err:
-        return f"{folder}: cannot write in {nearest} ({err.strerror or err})"
-    return None
+    refusal = _refused_new_file(folder)
+    return f"{folder}: {refusal}" if refusal else None
 
 
 def unwritable_file(path: str | os.PathLike[str], flag: str, example: str) -> str | None:
@@ -192,12 +182,25 @@ def unwritable_file(path: str | os.PathLike[str], flag: str, example: str) -> st
     blocker = blocking_file(path.parent)
     if blocker is not None:
         return f"{flag} {path}: {blocker} is not a folder"
-    folder = next(p for p in path.parents if p.exists())
+    refusal = _refused_new_file(path.parent)
+    return f"{flag} {path}: {refusal}" if refusal else None
+
+
+def _refused_new_file(folder: Path) -> str | None:
+    """'cannot write in F (reason)' when F, `folder` or its nearest existing ancestor, takes no new file
+    (read-only, full), tried with a temporary file that is gone at once; None if it does, or if no
+    ancestor can be looked at (a name past NAME_MAX: the write itself names that)."""
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        nearest = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    except OSError:
+        return None
+    if nearest is None:
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
             pass
     except OSError as err:
-        return f"{flag} {path}: cannot write in {folder} ({err.strerror or err})"
+        return f"cannot write in {nearest} ({err.strerror or err})"
     return None
 
 

@@ -27,7 +27,7 @@ from runtimes.sessions import (
     check_flag,
     open_session,
     physical_cores,
-    positive_int,
+    positive_count,
 )
 from runtimes.workers import SliceWorker, close_when_collected
 
@@ -114,8 +114,8 @@ class OnnxModel:
             raise FileNotFoundError(f"model file not found: {self.path}")
         if not self.path.is_file():
             raise InvalidModelError(self.path, "not a regular file (expected an .onnx file from `ae-export`)")
-        max_batch = positive_int("max_batch", max_batch)  # type: ignore[assignment]
-        threads = positive_int("threads", threads, none="= physical cores")
+        max_batch = positive_count("max_batch", max_batch)  # type: ignore[assignment]
+        threads = positive_count("threads", threads, none="= physical cores")
         check_flag("spinning", spinning)
         check_flag("warmup", warmup)
         if parallel not in PARALLEL:

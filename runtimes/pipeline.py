@@ -324,9 +324,8 @@ def run_pipeline(
             while decoding:
                 head = decoding.popleft()
                 fill()
-                entries, leftover = (
-                    head.result()
-                )  # _decode_chunk never raises: failures come back as Outcomes
+                # _decode_chunk never raises: failures come back as Outcomes
+                entries, leftover = head.result()
                 del head  # a finished Future keeps its result: drop it, so consumed images can be freed
                 upcoming.extendleft(reversed(leftover))
                 for entry in entries:

@@ -160,9 +160,8 @@ def plan_jobs(
     for folder, entries in loose.items():
         names = [Path(_abspath(root).name) for _, root in entries]
         for (i, root), name, out_name in zip(entries, names, _output_names(names), strict=True):
-            if (
-                out_dir is None
-            ):  # beside the input: `a.png` -> `a_denoised.png`, `a.jpg.png` -> `a.jpg_denoised.png`
+            # Beside the input: `a.png` -> `a_denoised.png`, `a.jpg.png` -> `a.jpg_denoised.png`.
+            if out_dir is None:
                 out_name = out_name.with_name(f"{out_name.stem}_denoised{OUTPUT_SUFFIX}")
             pairs[i] = (root, folder / out_name, source_label(name))
     jobs = [

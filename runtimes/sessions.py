@@ -39,7 +39,7 @@ class ProviderUnavailableError(RuntimeError):
     """The requested execution provider cannot start here. Raised instead of a silent CPU fallback."""
 
 
-def positive_int(name: str, value: object, none: str | None = None) -> int | None:
+def positive_count(name: str, value: object, none: str | None = None) -> int | None:
     """`value` as a Python int >= 1, or None where `none` says what None means; else a ValueError naming
     `name`. numpy integers count (np.arange gives them, and a sweep over one passed np.int64(64), which
     was refused as not a positive int); bool does not (True is not a count)."""
@@ -114,7 +114,7 @@ def session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
     `session.run`. Spinning threads burn CPU between runs, though: where other threads need the cores
     (the `ae-denoise` pipeline decodes and encodes images beside the model) pass `spinning=False`.
     """
-    threads = positive_int("threads", threads)  # type: ignore[assignment]
+    threads = positive_count("threads", threads)  # type: ignore[assignment]
     check_flag("spinning", spinning)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -96,14 +96,20 @@ def exit_code_of_forked_child(check: Callable[[], bool], alarm_s: int = 20) -> i
     return os.waitstatus_to_exitcode(status)
 
 
+def tiny_photo_config(out: Path, steps: int = 3):  # -> train.photo_train.PhotoTrainConfig
+    """A tiny fcn photo run on the bundled photographs (seconds), evaluated and saved every 3 steps."""
+    from train.photo_train import PhotoTrainConfig
+
+    return PhotoTrainConfig(
+        steps=steps, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
+    )
+
+
 def train_tiny_photo_model(out: Path) -> Path:
     """A tiny fcn photo model trained 3 steps on the bundled photographs (seconds); its checkpoint path."""
-    from train.photo_train import PhotoTrainConfig, train_photos
+    from train.photo_train import train_photos
 
-    config = PhotoTrainConfig(
-        steps=3, batch_size=2, crop=32, fcn_width=4, fcn_levels=2, fcn_depth=1, eval_every=3, out=str(out)
-    )
-    train_photos(config, log=lambda _line: None)
+    train_photos(tiny_photo_config(out), log=lambda _line: None)
     return out / "checkpoint.pt"
 
 

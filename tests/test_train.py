@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tests.helpers import REPO, run_cli, running_cli, stop_cli, train_tiny_photo_model
+from tests.helpers import REPO, run_cli, running_cli, stop_cli, tiny_photo_config, train_tiny_photo_model
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.data import fixed_noisy, to_float, write_idx
 from train.loop import TrainConfig, TrainingInterrupted, _epoch_generator, evaluate, train
@@ -300,16 +300,7 @@ def test_photo_run_stopped_before_its_first_save_says_it_wrote_nothing(tmp_path,
 @pytest.mark.parametrize("stop_at", ["training arithmetic", "STEP 3/"], ids=["before-first-save", "after-it"])
 def test_interrupted_photo_run_says_which_step_checkpoint_holds(tmp_path, stop_at) -> None:
     """Ctrl-C (here raised from the log line) comes out as TrainingInterrupted naming the saved step."""
-    config = PhotoTrainConfig(
-        steps=6,
-        batch_size=2,
-        crop=32,
-        fcn_width=4,
-        fcn_levels=2,
-        fcn_depth=1,
-        eval_every=3,
-        out=str(tmp_path),
-    )
+    config = tiny_photo_config(tmp_path, steps=6)
 
     def log(line: str) -> None:
         if line.startswith(stop_at):

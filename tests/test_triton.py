@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ae_export.specs import SPECS
 from ae_export.triton import Options, TritonConfigError, derive_config, parse_config, render_config
 from runtimes.batching import MicroBatcher
-from tests.helpers import run_cli
+from tests.helpers import run_cli, train_tiny_photo_model
 
 ORT_TO_TRITON = {"tensor(float)": mc.TYPE_FP32, "tensor(float16)": mc.TYPE_FP16}
 BATCHER = inspect.signature(MicroBatcher.__init__).parameters
@@ -287,19 +287,8 @@ def test_any_size_model_gets_variable_dims_and_concrete_warmup(repository, onnx_
     from ae_export.compat import run_compat
     from ae_export.export import export_all
     from train.checkpoint import load_checkpoint
-    from train.photo_train import PhotoTrainConfig, train_photos
 
-    config = PhotoTrainConfig(
-        steps=3,
-        batch_size=2,
-        crop=32,
-        fcn_width=4,
-        fcn_levels=2,
-        fcn_depth=1,
-        eval_every=3,
-        out=str(tmp_path),
-    )
-    train_photos(config, log=lambda _line: None)
+    train_tiny_photo_model(tmp_path)
     export_all(load_checkpoint(tmp_path / "checkpoint.pt"), tmp_path / "onnx", log=lambda _line: None)
     out = tmp_path / "repo"
     shutil.copytree(repository, out)  # the lecture model's repository: its encoder/decoder must go
