@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 import ae_export
+from ae_export.cpu import AUTO, CPU_TARGETS, resolve_cpu_target
 from ae_export.fastgraph import UnsupportedGraphError, fast_graph, graph_kind
 from ae_export.specs import (
     ARCH_SPECS,
@@ -54,9 +55,9 @@ from train.model import DenoisingAutoencoder, ModelConfig
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18 and newer
 # "fast": transposed convolutions rewritten into Conv + Col2Im (ae_export.fastgraph), measured 1.17x
 # faster through ONNX Runtime's CPU provider on the whole denoiser, one thread, batch 256 (best of 15
-# interleaved rounds), and the encoder's 8-channel first Conv stacked by phase with the next one
-# (ae_export.stackconv, a further 1.09x); "portable": the graph as torch exports it (ConvTranspose),
-# for consumers without Col2Im (OpenCV DNN, some mobile EPs).
+# interleaved rounds), and, for AVX-512 targets, the encoder's 8-channel first Conv stacked by phase
+# with the next one (ae_export.stackconv, a further 1.09x; see ae_export.cpu); "portable": the graph as
+# torch exports it (ConvTranspose), for consumers without Col2Im (OpenCV DNN, some mobile EPs).
 GRAPHS = ("fast", "portable")
 DEFAULT_GRAPH = "fast"
 
@@ -197,7 +198,9 @@ def _export_one(
     return proto
 
 
-def _metadata(checkpoint: Checkpoint, spec: ArtifactSpec, opset: int, graph: str) -> dict[str, str]:
+def _metadata(
+    checkpoint: Checkpoint, spec: ArtifactSpec, opset: int, graph: str, cpu_target: str
+) -> dict[str, str]:
     config = checkpoint.model_config
     latent = config.latent_dim
     train_config = checkpoint.train_config
@@ -238,6 +241,7 @@ def _metadata(checkpoint: Checkpoint, spec: ArtifactSpec, opset: int, graph: str
             "checkpoint_sha256": checkpoint.sha256,
             "checkpoint": str(checkpoint.path) if checkpoint.path else None,
             "opset": opset,
+            "cpu_target": cpu_target,
             "versions": versions,
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
@@ -254,16 +258,22 @@ def check_graph(graph: str) -> None:
 
 
 def export_artifact(
-    checkpoint: Checkpoint, spec: ArtifactSpec, opset: int = DEFAULT_OPSET, graph: str = DEFAULT_GRAPH
+    checkpoint: Checkpoint,
+    spec: ArtifactSpec,
+    opset: int = DEFAULT_OPSET,
+    graph: str = DEFAULT_GRAPH,
+    cpu_target: str = AUTO,
 ) -> ExportedArtifact:
     """Export, annotate and check one artifact in memory; raises ExportError naming the file.
 
-    graph="fast" rewrites the transposed convolutions and stacks a narrow first Conv with the next one
-    (ae_export.fastgraph.fast_graph); the encoder then holds only Convs and runs everywhere, but its
-    metadata says "fast" because its graph is no longer torch's.
+    graph="fast" rewrites the transposed convolutions and, where `cpu_target`'s convolution blocks are
+    wider than the encoder's first Conv (AVX-512), stacks it with the next one (ae_export.fastgraph.
+    fast_graph); such an encoder holds only Convs and runs everywhere, but its metadata says "fast"
+    because its graph is no longer torch's. The resolved target is recorded in the provenance.
     """
     check_opset(opset)
     check_graph(graph)
+    target = resolve_cpu_target(cpu_target)
     model = checkpoint.build_model()
     example_batch = choose_example_batch(checkpoint.model_config)
     proto = _export_one(model, checkpoint.model_config, spec, opset, example_batch)
@@ -271,7 +281,7 @@ def export_artifact(
     # torch's ConvTranspose (their 2x2 stride-2 up-sampling has no overlapping windows to fold anyway).
     if graph == "fast" and not spec.dynamic_size:
         try:
-            proto = fast_graph(proto)
+            proto = fast_graph(proto, CPU_TARGETS[target])
         except UnsupportedGraphError as err:
             raise ExportError(
                 f"{spec.file_name}: fast graph impossible ({err}); use --graph portable"
@@ -284,7 +294,7 @@ def export_artifact(
         f"ae-export {spec.role}: {spec.input_name} {list(spec.input_shape(latent))} -> "
         f"{spec.output_name} {list(spec.output_shape(latent))}; see metadata_props ae_export.*"
     )
-    onnx.helper.set_model_props(proto, _metadata(checkpoint, spec, opset, graph_kind(proto)))
+    onnx.helper.set_model_props(proto, _metadata(checkpoint, spec, opset, graph_kind(proto), target))
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
@@ -393,6 +403,7 @@ def export_all(
     verify: Callable[[Path], Any] | None = None,
     log: Callable[[str], None] = print,
     graph: str = DEFAULT_GRAPH,
+    cpu_target: str = AUTO,
 ) -> dict[str, Path]:
     """Export every artifact; `verify(staged_dir)` (parity) must pass before the files are moved in place.
 
@@ -403,19 +414,20 @@ def export_all(
     out_dir = Path(out_dir)
     check_opset(opset)
     check_graph(graph)
+    cpu_target = resolve_cpu_target(cpu_target)
     check_out_dir(out_dir)
     try:
         with staging_dir(out_dir) as staged:
             specs = specs_for(checkpoint.model_config.arch)
             for spec in specs.values():
-                artifact = export_artifact(checkpoint, spec, opset, graph)
+                artifact = export_artifact(checkpoint, spec, opset, graph, cpu_target)
                 write_model(artifact.proto, staged / spec.file_name)
                 size = (staged / spec.file_name).stat().st_size
                 kind = graph_kind(artifact.proto)
                 axes = "batch, height and width axes" if spec.dynamic_size else "batch axis"
                 log(
-                    f"exported {spec.file_name}: {size / 1024:.0f} KiB, opset {opset}, {kind} graph, "
-                    f"{axes} ok"
+                    f"exported {spec.file_name}: {size / 1024:.0f} KiB, opset {opset}, {kind} graph"
+                    f"{f' (tuned for {cpu_target})' if kind == 'fast' else ''}, {axes} ok"
                 )
             if verify is not None:
                 verify(staged)

@@ -486,10 +486,11 @@ def _hoist_activations(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> 
     return order
 
 
-def fast_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The "fast" graph: transposed convolutions rewritten (this module), then narrow strided Convs
-    stacked by phase (ae_export.stackconv). Raises UnsupportedGraphError like rewrite_conv_transpose."""
-    return stack_narrow_convs(rewrite_conv_transpose(model))
+def fast_graph(model: onnx.ModelProto, block: int) -> onnx.ModelProto:
+    """The "fast" graph: transposed convolutions rewritten (this module), then strided Convs narrower than
+    the target CPU's channel `block` stacked by phase (ae_export.stackconv). Raises UnsupportedGraphError
+    like rewrite_conv_transpose."""
+    return stack_narrow_convs(rewrite_conv_transpose(model), block)
 
 
 def graph_kind(model: onnx.ModelProto) -> str:

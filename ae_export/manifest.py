@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 import ae_export
+from ae_export.cpu import cpu_info
 from ae_export.parity import ParityReport
 from runtimes.fileio import atomic_write_json
 from runtimes.manifest import MANIFEST_FILE, MANIFEST_FORMAT, sha256_file
@@ -33,18 +34,11 @@ def cpu_int8_support() -> dict[str, Any]:
 
     Why it matters: without them int8 kernels widen to 16/32 bits and int8 buys size, not speed.
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = cpu_info()
+    if info is None:
         return {"known": False, "int8_dot_product": None, "flags": [], "cpu": platform.processor()}
-    flags: set[str] = set()
-    model = platform.processor()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-        elif key.strip() == "model name" and value.strip():
-            model = value.strip()
+    flags, model = info
+    model = model or platform.processor()
     present = [f for f in INT8_DOT_FLAGS if f in flags]
     return {"known": True, "int8_dot_product": bool(present), "flags": present, "cpu": model}
 

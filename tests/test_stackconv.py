@@ -56,7 +56,7 @@ def _torch_pad(pads) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("batch", [1, 5])
 def test_stacked_pair_equals_torch(pair, batch: int) -> None:
     model, w = _pair(*pair)
-    stacked = stack_narrow_convs(model)
+    stacked = stack_narrow_convs(model, 16)
     names = [n.name for n in stacked.graph.node]
     assert names[0].endswith(STACK_MARK) and names[2].endswith(".coarse_conv"), names
     assert [n.op_type for n in stacked.graph.node] == ["Conv", "Relu", "Conv"]
@@ -85,7 +85,7 @@ def test_stacked_pair_equals_torch(pair, batch: int) -> None:
 def test_other_elementwise_ops_between() -> None:
     """A LeakyRelu (negative values kept) acts on the stacked layout as on the image."""
     model, _ = _pair(*PAIRS[0], act="LeakyRelu")
-    stacked = stack_narrow_convs(model)
+    stacked = stack_narrow_convs(model, 16)
     assert stacked.graph.node[0].name.endswith(STACK_MARK)
     x = np.random.default_rng(7).random((3, 1, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(run_model(stacked, x), run_model(model, x), atol=1e-5, rtol=1e-5)
@@ -109,7 +109,7 @@ def test_chain_of_narrow_convs_rewrites_each_node_once() -> None:
         helper.make_node("Conv", ["br", "w3"], ["y"], name="c3", **attrs),
     ]
     model = conv_model(nodes, ["batch", 1, 32, 32], weights)
-    stacked = stack_narrow_convs(model)
+    stacked = stack_narrow_convs(model, 16)
     assert [n.name for n in stacked.graph.node if n.op_type == "Conv"] == [
         f"c1{STACK_MARK}",
         "c2.coarse_conv",
@@ -120,7 +120,7 @@ def test_chain_of_narrow_convs_rewrites_each_node_once() -> None:
 
 
 def _unchanged(model: onnx.ModelProto) -> bool:
-    return not any(n.name.endswith(STACK_MARK) for n in stack_narrow_convs(model).graph.node)
+    return not any(n.name.endswith(STACK_MARK) for n in stack_narrow_convs(model, 16).graph.node)
 
 
 def test_leaves_alone_what_it_cannot_prove_or_would_not_pay() -> None:
