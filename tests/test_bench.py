@@ -173,6 +173,7 @@ def test_microbatcher_benchmark_returns_numbers(onnx_dir: Path) -> None:
         stats = result[key]
         assert isinstance(stats, dict) and stats["calls"] == 200
         assert stats["throughput_per_s"] > 0 and stats["p99_ms"] >= stats["p50_ms"] > 0
+    assert result["rounds"] == 4  # 50 requests per mode and round, pooled into the 200 above
 
 
 def _assert_finite(value: Any, where: str) -> None:
