@@ -26,21 +26,22 @@ That is legal only when the previous output tiles its grid exactly (out == S*P*G
 positions, which would hold bias instead of the zeros the next layer must read); otherwise the chain
 is cut there and the earlier part gets its own Col2Im.
 
-The last layer of a merged chain reads P > 1 phases, and its phase Conv is then mostly zero taps
-(86% on this decoder's last layer: each of 16 output phases reads 2x2 cells of 32 phase channels,
-while a transposed 3x3 kernel gives each output pixel 1 to 4 taps). It takes the overlap-add form
-instead, Col2Im's own meaning: the inputs of one grid cell, x[P*g + q], reach only the outputs
-n = S*P*g + (S*q + k) - p, a footprint of E = S*(P-1) + K positions starting at S*P*g - p. So a 1x1
-Conv computes, per cell, every product x[P*g + q] * w[k] summed over the input channels and phases q
-that land on footprint offset o = S*q + k (E*E*C_out channels, no zero taps but the (q, k) pairs no
-offset has), and `Col2Im` with block E, stride S*P and begin pad p adds the overlapping footprints
-into the image: every (input, tap) product once, as the ConvTranspose sums them. The bias rides on the
-Conv where one window of S*P offsets per axis covers every output exactly once (then each output
-receives it once), else a separate Add follows; activations stay after the Col2Im (it sums, so they no
-longer commute with it). This needs every output position inside some footprint's reach or beyond it
-only by output_padding already cropped (end pad >= output_padding); otherwise the layer keeps its phase
-Conv. The first layer of a chain (P = 1) keeps the phase form: measured, its overlap form was slower
-(a 3x3 block Col2Im over 2.25x the elements, and bias + ReLU as two more nodes).
+The last layer of a merged chain reads P > 1 phases, and its phase Conv is then mostly zero taps (86% on
+this decoder's last layer: each of 16 output phases reads 2x2 cells of 32 phase channels, while a
+transposed 3x3 kernel gives each output pixel 1 to 4 taps). It takes the overlap-add form instead,
+Col2Im's own meaning: the inputs of one grid cell, x[P*g + q], reach only the outputs n = S*P*g + (S*q +
+k) - p, a footprint of E = S*(P-1) + K positions starting at S*P*g - p. So a 1x1 Conv computes, per
+cell, every product x[P*g + q] * w[k] summed over the input channels and phases q that land on footprint
+offset o = S*q + k (E*E*C_out channels; a weight is zero where phase q has no tap k reaching offset o:
+64% of them on this decoder's last layer, 86% in its phase form), and `Col2Im` with block E, stride S*P
+and begin pad p adds the overlapping footprints into the image: every (input, tap) product once, as the
+ConvTranspose sums them. The bias rides on the Conv where one window of S*P offsets per axis covers
+every output exactly once (then each output receives it once), else a separate Add follows; activations
+stay after the Col2Im (it sums, so they no longer commute with it). This needs every output position
+inside some footprint's reach or beyond it only by output_padding already cropped (end pad >=
+output_padding); otherwise the layer keeps its phase Conv. The first layer of a chain (P = 1) keeps the
+phase form: measured, its overlap form was slower (a 3x3 block Col2Im over 2.25x the elements, and bias
++ ReLU as two more nodes).
 
 For this project's decoder (ConvTranspose 32->16 on 3x3 -> 7x7, 16->8 -> 14x14, 8->1 -> 28x28, BN
 already folded into the weights by the exporter's optimizer, ReLU between) the pass gives: Conv
