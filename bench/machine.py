@@ -11,13 +11,13 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from ae_export.cpu import cpu_info
 from runtimes.sessions import physical_cores
 
 # The instruction-set extensions that decide which kernels MLAS/oneDNN pick (the rest of /proc/cpuinfo's
@@ -41,28 +41,17 @@ SIMD_FLAGS = (
 )
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""  # not Linux: platform.processor() is the portable (if terser) answer
-
-
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    info = cpu_info()
+    return (info[1] if info is not None else "") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
     """The SIMD extensions of SIMD_FLAGS this CPU reports (x86 "flags", Arm "Features"); [] if unknown."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith(("flags", "Features")):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in SIMD_FLAGS if flag in present]
-    return []
+    info = cpu_info()
+    present = info[0] if info is not None else set()
+    return [flag for flag in SIMD_FLAGS if flag in present]
 
 
 def machine_info(threads: int) -> dict[str, Any]:
