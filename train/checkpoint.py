@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtimes.fileio import atomic_save
+from runtimes.fileio import atomic_save, unusable_folder
 from train.model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
@@ -70,6 +70,16 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = checkpoint.to_dict()
     atomic_save(path, lambda handle: torch.save(payload, handle))
+
+
+def run_folder(out: str | Path) -> Path:
+    """A training run's --out folder, checked before any work: a file in its place or a folder that takes
+    no new file fails now (ValueError), not after an epoch. Creates nothing: the loop makes it as it saves
+    its first checkpoint, so a refused run leaves no empty folder."""
+    refused = unusable_folder(out)
+    if refused is not None:
+        raise ValueError(f"--out {refused}")
+    return Path(out)
 
 
 def file_sha256(path: str | Path) -> str:

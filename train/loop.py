@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtimes.fileio import atomic_save, atomic_write_json, unusable_folder
+from runtimes.fileio import atomic_save, atomic_write_json
 from runtimes.images import DEFAULT_MAX_PIXELS
-from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, run_folder, save_checkpoint
 from train.data import (
     TORCH_SEEDS,
     DataError,
@@ -333,10 +333,7 @@ def _train(
     """train()'s body; `on_disk_now` is kept holding the checkpoint that checkpoint.pt holds for this run."""
     if config.data_dir is not None:  # recorded absolute: the export and --resume read it from anywhere
         config = replace(config, data_dir=os.path.abspath(config.data_dir))
-    out = Path(config.out)
-    refused = unusable_folder(out)  # a file at --out fails now, not after an epoch; nothing is made yet
-    if refused is not None:
-        raise ValueError(f"--out {refused}")
+    out = run_folder(config.out)
     ckpt_path = out / CHECKPOINT_NAME
     device = resolve_device(config.device)
     progress = not quiet and sys.stderr.isatty()

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtimes.fileio import atomic_write_json, unusable_folder
+from runtimes.fileio import atomic_write_json
 from runtimes.images import DEFAULT_MAX_PIXELS
-from train.checkpoint import Checkpoint, save_checkpoint
+from train.checkpoint import Checkpoint, run_folder, save_checkpoint
 from train.data import TORCH_SEEDS
 from train.fcn import FcnDenoiser, denoise_any_size
 from train.loop import TrainingInterrupted, on_disk
@@ -156,10 +156,7 @@ def _train_photos(
     """train_photos()'s body; `saved` is kept holding the checkpoint that checkpoint.pt holds for this run."""
     if config.data_dir is not None:  # recorded absolute: the export reads the folder again, from anywhere
         config = replace(config, data_dir=os.path.abspath(config.data_dir))
-    out = Path(config.out)
-    refused = unusable_folder(out)  # a file at --out fails now, not after 400 steps; nothing is made yet
-    if refused is not None:
-        raise ValueError(f"--out {refused}")
+    out = run_folder(config.out)
     device = torch.device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
