@@ -25,6 +25,11 @@ EXPORT_ARGS ?=
 PHOTO_TRAIN_ARGS ?=
 PHOTO_EXPORT_ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): `auto` is one per physical core, at most TEST_MAX_WORKERS, since each
+# worker trains and exports its own session fixtures; TEST_WORKERS=0 runs every test in one process.
+TEST_WORKERS ?= auto
+TEST_MAX_WORKERS ?= 4
+XDIST := -n $(TEST_WORKERS) --maxprocesses $(TEST_MAX_WORKERS)
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LINT_PATHS := ae_export train runtimes bench tests
@@ -85,10 +90,10 @@ demo: setup $(DENOISER)
 	$(BIN)/python -m train.demo score --clean $(DEMO)/clean --denoised $(DEMO)/denoised --sheet $(DEMO)/demo.png
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 bench: setup $(DENOISER)
 	$(BIN)/ae-bench --checkpoint $(CKPT) --onnx-dir $(ONNX) --out $(ART)/bench.json
