@@ -68,8 +68,18 @@ data:
 train: setup
 	$(BIN)/ae-train --out $(ART) $(TRAIN_ARGS)
 
-$(CKPT): | setup
-	$(BIN)/ae-train --out $(ART) $(TRAIN_ARGS)
+# A checkpoint file target's recipe: $(1) the checkpoint, $(2) ae-train's flags. The run is marked
+# unfinished ($(1).unfinished) until ae-train exits 0, so `make demo` after a Ctrl-C resumes it (--resume)
+# rather than exporting the epochs trained so far; the checkpoint is .PRECIOUS (below), or make would
+# delete the file an interrupted recipe wrote: the last whole epoch that ae-train says it kept.
+define train_checkpoint
+@mkdir -p $(dir $(1)) && touch $(1).unfinished
+$(BIN)/ae-train $(2)$(if $(wildcard $(1).unfinished),$(if $(wildcard $(1)), --resume))
+@rm -f $(1).unfinished
+endef
+
+$(CKPT): $(if $(wildcard $(CKPT).unfinished),FORCE) | setup
+	$(call train_checkpoint,$(CKPT),--out $(ART) $(TRAIN_ARGS))
 
 $(DENOISER): $(CKPT) | setup
 	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
@@ -127,8 +137,11 @@ PHOTO := $(ART)/photo
 PHOTO_CKPT := $(PHOTO)/checkpoint.pt
 PHOTO_DENOISER := $(PHOTO)/onnx/denoiser.onnx
 
-$(PHOTO_CKPT): | setup
-	$(BIN)/ae-train --preset photo --out $(PHOTO) $(PHOTO_TRAIN_ARGS)
+$(PHOTO_CKPT): $(if $(wildcard $(PHOTO_CKPT).unfinished),FORCE) | setup
+	$(call train_checkpoint,$(PHOTO_CKPT),--preset photo --out $(PHOTO) $(PHOTO_TRAIN_ARGS))
+
+.PRECIOUS: $(CKPT) $(PHOTO_CKPT)
+FORCE:
 
 # denoiser.onnx, and its int8 twin where it keeps its quality on the validation photographs (exit 1 if not).
 $(PHOTO_DENOISER): $(PHOTO_CKPT) | setup

@@ -43,7 +43,9 @@ def _run_python(argv: list[str], cwd: Path | None, timeout: float) -> subprocess
     )
 
 
-def _default_sigint() -> None:
+def default_sigint() -> None:
+    """Popen's preexec_fn for a child that Ctrl-C must reach: SIGINT's default disposition, as a terminal
+    gives it (a CI job started in the background hands its children SIGINT ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -60,7 +62,7 @@ def running_cli(module: str, *args: str, stdout: int = subprocess.PIPE) -> Itera
         stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     try:
         yield proc

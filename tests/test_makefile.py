@@ -1,0 +1,94 @@
+"""The Makefile's checkpoint target, run with real make and real training (a short run in tmp_path).
+
+Before: Ctrl-C during the training that `make demo` starts printed 'interrupted: artifacts/checkpoint.pt
+holds epoch 2', and then make deleted that file (make removes an interrupted recipe's target unless it is
+.PRECIOUS). Now the epochs are kept, and the next `make` resumes the run instead of exporting it half-trained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, default_sigint
+from train.checkpoint import load_checkpoint
+
+STAMPS = sorted((REPO / ".venv").glob(".installed-*"))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed"),
+    pytest.mark.skipif(
+        not STAMPS,
+        reason="no environment installed by `make setup` in .venv (the Makefile runs its ae-train)",
+    ),
+]
+
+
+def _make(art: Path, epochs: int) -> list[str]:
+    """The checkpoint target alone; `-o` keeps make from reinstalling the environment the tests run in."""
+    return [
+        "make",
+        "--no-print-directory",
+        "-o",
+        str(STAMPS[0]),
+        f"ART={art}",
+        str(art / "checkpoint.pt"),
+        f"TRAIN_ARGS=--epochs {epochs} --limit 1000 --quiet",
+    ]
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_the_next_make_resumes_it(tmp_path: Path) -> None:
+    art = tmp_path / "artifacts"
+    ckpt = art / "checkpoint.pt"
+    # Its own process group, so the SIGINT reaches make and ae-train together, as Ctrl-C does.
+    proc = subprocess.Popen(
+        _make(art, 200),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # --quiet still prints one line per epoch
+            if line.startswith("EPOCH 2/"):
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert f"interrupted: {ckpt} holds epoch" in output
+    assert "Deleting file" not in output and ckpt.exists(), output
+    kept = load_checkpoint(ckpt).epoch
+    assert kept >= 2
+    assert (art / "checkpoint.pt.unfinished").exists()
+
+    resumed = subprocess.run(_make(art, kept + 1), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--resume" in resumed.stdout and f"resuming from {ckpt} after epoch {kept}" in resumed.stdout
+    assert load_checkpoint(ckpt).epoch == kept + 1
+    assert not (art / "checkpoint.pt.unfinished").exists()
+
+    again = subprocess.run(_make(art, kept + 1), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "ae-train" not in again.stdout, again.stdout
+
+
+def test_a_run_interrupted_before_its_first_epoch_trains_afresh(tmp_path: Path) -> None:
+    """No checkpoint to resume: the next make trains from the start (no --resume, which would refuse)."""
+    art = tmp_path / "artifacts"
+    art.mkdir()
+    (art / "checkpoint.pt.unfinished").touch()  # what a Ctrl-C before epoch 1's checkpoint leaves
+    done = subprocess.run(_make(art, 1), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "--resume" not in done.stdout and load_checkpoint(art / "checkpoint.pt").epoch == 1
+    assert not (art / "checkpoint.pt.unfinished").exists()
