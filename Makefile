@@ -2,7 +2,8 @@
 #   make demo   train (if needed) -> export + parity -> denoise sample images with ae-denoise
 #   make test   the test suite
 # Files are real make targets: the ONNX export is rebuilt when the checkpoint is newer, the checkpoint is
-# trained when missing, the environment is installed when pyproject.toml changes.
+# trained when missing (and resumed when a run make started was interrupted), the environment is installed
+# when pyproject.toml changes.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
