@@ -69,18 +69,21 @@ data:
 train: setup
 	$(BIN)/ae-train --out $(ART) $(TRAIN_ARGS)
 
-# A checkpoint file target's recipe: $(1) the checkpoint, $(2) ae-train's flags. The run is marked
-# unfinished ($(1).unfinished) until ae-train exits 0, so `make demo` after a Ctrl-C resumes it (--resume)
-# rather than exporting the epochs trained so far; the checkpoint is .PRECIOUS (below), or make would
+# A checkpoint file target's recipe: $(1) the checkpoint, $(2) ae-train's flags, $(3) the flag that
+# continues an interrupted run (--resume; empty where runs cannot resume: a photo run is a step budget and
+# trains afresh). The run is marked unfinished ($(1).unfinished) until ae-train exits 0, and while the mark
+# is there `$(call unfinished,CKPT)` makes the target out of date: `make demo` after a Ctrl-C finishes the
+# run rather than exporting the epochs trained so far. The checkpoints are .PRECIOUS (below), or make would
 # delete the file an interrupted recipe wrote: the last whole epoch that ae-train says it kept.
+unfinished = $(if $(wildcard $(1).unfinished),FORCE)
 define train_checkpoint
 @mkdir -p $(dir $(1)) && touch $(1).unfinished
-$(BIN)/ae-train $(2)$(if $(wildcard $(1).unfinished),$(if $(wildcard $(1)), --resume))
+$(BIN)/ae-train $(2)$(if $(3),$(if $(call unfinished,$(1)),$(if $(wildcard $(1)), $(3))))
 @rm -f $(1).unfinished
 endef
 
-$(CKPT): $(if $(wildcard $(CKPT).unfinished),FORCE) | setup
-	$(call train_checkpoint,$(CKPT),--out $(ART) $(TRAIN_ARGS))
+$(CKPT): $(call unfinished,$(CKPT)) | setup
+	$(call train_checkpoint,$(CKPT),--out $(ART) $(TRAIN_ARGS),--resume)
 
 $(DENOISER): $(CKPT) | setup
 	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
@@ -138,8 +141,8 @@ PHOTO := $(ART)/photo
 PHOTO_CKPT := $(PHOTO)/checkpoint.pt
 PHOTO_DENOISER := $(PHOTO)/onnx/denoiser.onnx
 
-$(PHOTO_CKPT): $(if $(wildcard $(PHOTO_CKPT).unfinished),FORCE) | setup
-	$(call train_checkpoint,$(PHOTO_CKPT),--preset photo --out $(PHOTO) $(PHOTO_TRAIN_ARGS))
+$(PHOTO_CKPT): $(call unfinished,$(PHOTO_CKPT)) | setup
+	$(call train_checkpoint,$(PHOTO_CKPT),--preset photo --out $(PHOTO) $(PHOTO_TRAIN_ARGS),)
 
 .PRECIOUS: $(CKPT) $(PHOTO_CKPT)
 FORCE:

@@ -31,15 +31,11 @@ pytestmark = [
 
 def _make(art: Path, epochs: int) -> list[str]:
     """The checkpoint target alone; `-o` keeps make from reinstalling the environment the tests run in."""
-    return [
-        "make",
-        "--no-print-directory",
-        "-o",
-        str(STAMPS[0]),
-        f"ART={art}",
-        str(art / "checkpoint.pt"),
-        f"TRAIN_ARGS=--epochs {epochs} --limit 1000 --quiet",
-    ]
+    return _make_target(art, art / "checkpoint.pt", f"TRAIN_ARGS=--epochs {epochs} --limit 1000 --quiet")
+
+
+def _make_target(art: Path, target: Path, flags: str) -> list[str]:
+    return ["make", "--no-print-directory", "-o", str(STAMPS[0]), f"ART={art}", str(target), flags]
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_the_next_make_resumes_it(tmp_path: Path) -> None:
@@ -92,3 +88,17 @@ def test_a_run_interrupted_before_its_first_epoch_trains_afresh(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert "--resume" not in done.stdout and load_checkpoint(art / "checkpoint.pt").epoch == 1
     assert not (art / "checkpoint.pt.unfinished").exists()
+
+
+def test_an_unfinished_photo_run_trains_afresh_as_photo_runs_cannot_resume(tmp_path: Path) -> None:
+    """Photo runs are step budgets (`--resume` is refused for them): an interrupted one is retrained, not
+    resumed, and not exported as it stands."""
+    art = tmp_path / "artifacts"
+    ckpt = art / "photo" / "checkpoint.pt"
+    photo = _make_target(art, ckpt, "PHOTO_TRAIN_ARGS=--steps 3 --quiet")
+    assert subprocess.run(photo, cwd=REPO, capture_output=True, text=True, timeout=300).returncode == 0
+    (art / "photo" / "checkpoint.pt.unfinished").touch()  # what a Ctrl-C after a saved step leaves
+    done = subprocess.run(photo, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ae-train --preset photo" in done.stdout and "--resume" not in done.stdout
+    assert not (art / "photo" / "checkpoint.pt.unfinished").exists() and ckpt.exists()
