@@ -55,7 +55,9 @@ def load_manifest(folder: str | Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors, and so is an integer of over 4300 digits;
+    # arrays nested some thousand deep raise RecursionError.
+    except (ValueError, RecursionError) as err:
         raise ManifestError(f"{path}: not valid JSON: {err}") from err
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
         raise ManifestError(f"{path}: not an ae-export manifest (format {MANIFEST_FORMAT} with 'files')")

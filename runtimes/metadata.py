@@ -55,6 +55,11 @@ class MetadataError(ValueError):
     """An ONNX file lacks the ae_export metadata or carries malformed values."""
 
 
+def _positive_int(value: object) -> bool:
+    """A JSON integer >= 1 (bool is an int subclass in Python, but `true` is not a size)."""
+    return type(value) is int and value >= 1
+
+
 @dataclass(frozen=True)
 class TensorContract:
     """What one graph input or output holds. `shape` uses a string for a symbolic axis ("batch")."""
@@ -79,14 +84,24 @@ class TensorContract:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorContract:
+        """Raises ValueError for an axis that is neither a name nor an int >= 1, or a size_multiple that
+        is not an int >= 1: `int()` used to turn 28.9 into 28 and `true` into 1, and a size_multiple of 0
+        or -8 then surfaced as an onnxruntime shape error on the first run."""
         rng = data.get("range")
+        shape = tuple(data["shape"])
+        bad = [d for d in shape if not isinstance(d, str) and not _positive_int(d)]
+        if bad:
+            raise ValueError(f"shape {list(shape)} has axes that are neither names nor ints >= 1: {bad}")
+        multiple = data.get("size_multiple", 1)
+        if not _positive_int(multiple):
+            raise ValueError(f"size_multiple must be an int >= 1; got {multiple!r}")
         return cls(
             name=str(data["name"]),
-            shape=tuple(d if isinstance(d, str) else int(d) for d in data["shape"]),
+            shape=shape,
             dtype=str(data.get("dtype", "float32")),
             layout=str(data.get("layout", "")),
             value_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
-            size_multiple=int(data.get("size_multiple", 1)),
+            size_multiple=multiple,
         )
 
     @property
@@ -147,7 +162,9 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             continue
         try:
             values[key] = json.loads(text)
-        except json.JSONDecodeError as err:
+        # JSONDecodeError is a ValueError; json.loads also raises a bare ValueError (an integer of over
+        # 4300 digits) and RecursionError (arrays nested some thousand deep).
+        except (ValueError, RecursionError) as err:
             raise MetadataError(f"{source}: metadata {key!r} is not valid JSON: {err}") from err
     if type(values[KEY_FORMAT]) is not int or values[KEY_FORMAT] != FORMAT_VERSION:
         raise MetadataError(

@@ -193,9 +193,20 @@ class OnnxModel:
         if warmup:
             # The first run allocates buffers and picks kernels; pay that at start-up, not on a request.
             warm = tuple(self.size_multiple if d is None else d for d in self.input_sample_shape)
-            self.run(np.zeros((1, *warm), dtype=np.float32))
-            if self._workers:  # every per-core session, at a split batch size
-                self.run(np.zeros((MIN_SLICE * len(self._sessions), *warm), np.float32))
+            try:
+                self.run(np.zeros((1, *warm), dtype=np.float32))
+                if self._workers:  # every per-core session, at a split batch size
+                    self.run(np.zeros((MIN_SLICE * len(self._sessions), *warm), np.float32))
+            except MemoryError:
+                raise
+            # onnxruntime's errors (Fail, RuntimeException, ...) derive from Exception only. A graph that
+            # cannot run a zero input of the shape its own metadata declares (a hand-edited size_multiple,
+            # a graph broken after export) is the file's fault, named as such rather than a traceback.
+            except Exception as err:
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise InvalidModelError(
+                    self.path, f"a warm-up run of shape {(1, *warm)} failed: {first_line}"
+                ) from err
 
     def _sample_shape(
         self, graph_shape: list[int | str | None], type_name: str, meta_shape: tuple[int | str, ...]

@@ -274,6 +274,28 @@ def test_tile_pixels_must_be_positive(photo_onnx) -> None:
             Denoiser(photo_onnx[0], provider="cpu", tile_pixels=bad)
 
 
+def test_a_size_multiple_the_graph_cannot_run_fails_the_warm_up_as_an_invalid_model(
+    photo_onnx, tmp_path: Path
+) -> None:
+    """A file whose metadata says size_multiple 3 where its graph needs 4 (hand-edited, or a graph changed
+    after export) failed the warm-up with onnxruntime's bare exception (a traceback from ae-denoise); it
+    is an InvalidModelError naming the file and the warm-up shape. Without the warm-up the model opens."""
+    import json
+
+    from runtimes import Denoiser
+    from runtimes.sessions import InvalidModelError
+
+    proto = onnx.load(str(photo_onnx[0] / "denoiser.onnx"))
+    entry = next(p for p in proto.metadata_props if p.key == "ae_export.input")
+    assert json.loads(entry.value)["size_multiple"] == 4
+    entry.value = json.dumps({**json.loads(entry.value), "size_multiple": 3})
+    path = tmp_path / "denoiser.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(InvalidModelError, match=r"denoiser\.onnx: a warm-up run of shape \(1, 1, 3, 3\) failed"):
+        Denoiser(path, provider="cpu")
+    assert Denoiser(path, provider="cpu", warmup=False).size_multiple == 3
+
+
 @pytest.mark.slow
 def test_ae_denoise_tile_pixels_flag(photo_onnx, tmp_path: Path) -> None:
     """Small tiles, one piece per image, the default: the same PNGs; a bad value names what is valid."""

@@ -6,6 +6,7 @@ files, model-file errors and provider selection.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -271,6 +272,52 @@ def test_metadata_of_the_wrong_json_type_refused(
     path = tmp_path / "denoiser.onnx"
     onnx.save(proto, str(path))
     with pytest.raises(InvalidModelError, match=rf"metadata '{key}' must be a JSON object"):
+        Denoiser(path, warmup=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, "1" * 5000],
+    ids=["nested-100000-deep", "5000-digit-integer"],
+)
+def test_json_that_json_loads_refuses_without_a_decode_error_is_an_invalid_model(
+    onnx_dir: Path, tmp_path: Path, text: str
+) -> None:
+    """json.loads raises RecursionError for deep nesting and a bare ValueError for an integer of over
+    4300 digits, neither a JSONDecodeError: both were tracebacks (exit 1 from ae-denoise)."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
+    next(p for p in proto.metadata_props if p.key == "ae_export.training").value = text
+    path = tmp_path / "denoiser.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(InvalidModelError, match=r"metadata 'ae_export.training' is not valid JSON"):
+        Denoiser(path, warmup=False)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"size_multiple": 0}, r"size_multiple must be an int >= 1; got 0"),
+        ({"size_multiple": -8}, r"size_multiple must be an int >= 1; got -8"),
+        ({"size_multiple": 4.9}, r"size_multiple must be an int >= 1; got 4\.9"),
+        ({"size_multiple": True}, r"size_multiple must be an int >= 1; got True"),
+        ({"shape": ["batch", 1, 28.9, 28]}, r"neither names nor ints >= 1: \[28\.9\]"),
+        ({"shape": ["batch", True, 28, 28]}, r"neither names nor ints >= 1: \[True\]"),
+    ],
+    ids=["multiple-0", "multiple-negative", "multiple-float", "multiple-bool", "axis-float", "axis-bool"],
+)
+def test_sizes_in_metadata_must_be_positive_ints(
+    onnx_dir: Path, tmp_path: Path, edit: dict, message: str
+) -> None:
+    """int() used to turn 28.9 into 28 and true into 1, and max(1, ...) a size_multiple of 0 or -8 into 1:
+    a hand-edited file was accepted as something it does not say."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
+    entry = next(p for p in proto.metadata_props if p.key == "ae_export.input")
+    entry.value = json.dumps({**json.loads(entry.value), **edit})
+    path = tmp_path / "denoiser.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(InvalidModelError, match=rf"malformed ae_export metadata: .*{message}"):
         Denoiser(path, warmup=False)
 
 
