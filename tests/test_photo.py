@@ -291,7 +291,8 @@ def test_a_size_multiple_the_graph_cannot_run_fails_the_warm_up_as_an_invalid_mo
     entry.value = json.dumps({**json.loads(entry.value), "size_multiple": 3})
     path = tmp_path / "denoiser.onnx"
     onnx.save(proto, str(path))
-    with pytest.raises(InvalidModelError, match=r"denoiser\.onnx: a warm-up run of shape \(1, 1, 3, 3\) failed"):
+    warm_up_failed = r"denoiser\.onnx: a warm-up run of shape \(1, 1, 3, 3\) failed"
+    with pytest.raises(InvalidModelError, match=warm_up_failed):
         Denoiser(path, provider="cpu")
     assert Denoiser(path, provider="cpu", warmup=False).size_multiple == 3
 
