@@ -10,6 +10,7 @@ the model loads or the inputs are listed, nothing is written yet).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from PIL import Image
 from runtimes.denoiser import DEFAULT_TILE_PIXELS, Denoiser
 from runtimes.fitting import SIZE_MODES
 from runtimes.images import DEFAULT_MAX_PIXELS
-from runtimes.manifest import DEFAULT_VARIANT, ManifestError
+from runtimes.manifest import DEFAULT_VARIANT, VARIANT_SUFFIXES, ManifestError
 from runtimes.pipeline import Outcome, run_pipeline
 from runtimes.planning import PlanError, plan_jobs
 from runtimes.sessions import (
@@ -66,11 +67,25 @@ def _noise_std(text: str) -> float:
     return value
 
 
+def _threads(text: str) -> int:
+    """--threads: 1 to this machine's CPU count. Each session holds its own buffers (~9 MB for the lecture
+    model), and more sessions than CPUs add nothing: `--threads 99999999999999999999999` grew to 23 GB
+    before anything ran."""
+    value = positive_int(text)
+    limit = os.cpu_count() or 1
+    if value > limit:
+        raise argparse.ArgumentTypeError(
+            f"expected 1..{limit} (this machine's CPUs; each is one ONNX Runtime session), got {value}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Denoise grayscale images with an exported denoising autoencoder (ONNX Runtime). "
-        "Results are 8-bit PNGs mirroring each input folder; inputs are never written.",
+        description="Denoise images with an exported denoising autoencoder (ONNX Runtime): grayscale, "
+        "and colour too with an any-size (photo) model. Results are 8-bit PNGs mirroring each input folder; "
+        "inputs are never written.",
     )
     parser.add_argument(
         "inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders (recursive)"
@@ -87,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant",
         default=DEFAULT_VARIANT,
         metavar="NAME",
-        help="with a folder: which variant of its manifest to load: fp32 (default), fp16, int8, fp32.ort, "
-        "fp16.ort, int8.ort",
+        help=f"with a folder: which variant of its manifest to load: {', '.join(VARIANT_SUFFIXES)} "
+        f"(default {DEFAULT_VARIANT})",
     )
     parser.add_argument(
         "-o",
@@ -109,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=_threads,
         default=None,
         help="CPU inference: this many single-threaded ONNX Runtime sessions, each running a slice of a "
         "large batch side by side (default: physical cores; 1 where other work holds the cores; no "
@@ -217,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {plan.ignored_summary()}", file=sys.stderr)
     if plan.folder_links and not args.quiet:
         print(f"{PROG}: {plan.folder_links_summary()}", file=sys.stderr)
+    if plan.earlier_results and not args.quiet:
+        print(f"{PROG}: {plan.earlier_results_summary()}", file=sys.stderr)
     if not plan.jobs and not args.quiet:
         print(f"{PROG}: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
 

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from runtimes.fileio import atomic_save
 from runtimes.layout import describe
 from runtimes.pillowlimit import pillow_limit_at_least
-from runtimes.pngmeta import SOURCE_KEY, profile_for
+from runtimes.pngmeta import SOURCE_KEY, SOURCE_SHA256_KEY, profile_for
 from runtimes.pngtrns import load_png
 
 # Lower-case suffixes that `find_images` collects from folders.
@@ -312,15 +312,16 @@ def save_png(
     make_parents: bool = True,
     source: str | None = None,
     icc_profile: bytes | None = None,
+    source_sha256: str | None = None,
 ) -> None:
     """Write (H, W) uint8 as an 8-bit grayscale PNG, or (H, W, 3) uint8 as RGB, atomically (temp file +
     rename).
 
     `make_parents=False` skips the mkdir for callers that created the folders once up front (a mkdir per
-    file is a measurable syscall when writing thousands of small PNGs). `source` is recorded in an iTXt
-    chunk (`runtimes.pngmeta.SOURCE_KEY`, read back by `read_png_source`): which input this output
-    belongs to. `icc_profile` is embedded as is; the caller makes sure it describes the pixels
-    (`LoadedImage.icc_profile` does).
+    file is a measurable syscall when writing thousands of small PNGs). `source` and `source_sha256` are
+    recorded in iTXt chunks (`runtimes.pngmeta.SOURCE_KEY` and `SOURCE_SHA256_KEY`, read back by
+    `read_png_record`): which input this output belongs to, by path and by content. `icc_profile` is
+    embedded as is; the caller makes sure it describes the pixels (`LoadedImage.icc_profile` does).
     """
     if (
         not isinstance(pixels, np.ndarray)  # a list: named below, not an AttributeError traceback
@@ -333,9 +334,12 @@ def save_png(
         path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(pixels)
     options: dict[str, object] = {}
-    if source is not None:
+    if source is not None or source_sha256 is not None:
         info = PngImagePlugin.PngInfo()
-        info.add_itxt(SOURCE_KEY, source)
+        if source is not None:
+            info.add_itxt(SOURCE_KEY, source)
+        if source_sha256 is not None:
+            info.add_itxt(SOURCE_SHA256_KEY, source_sha256)
         options["pnginfo"] = info
     if icc_profile:
         options["icc_profile"] = icc_profile

@@ -31,9 +31,10 @@ from runtimes.denoiser import Denoiser
 from runtimes.fileio import remove_stale_temps
 from runtimes.fitting import SIZE_MODES, FitPlan, SizeMismatchError, SizeMode, from_model, to_model, to_uint8
 from runtimes.images import DEFAULT_MAX_PIXELS, BadImageError, load_image, save_png
+from runtimes.manifest import sha256_file
 from runtimes.noise import add_noise, check_std
 from runtimes.planning import Job
-from runtimes.pngmeta import read_png_source
+from runtimes.pngmeta import read_png_record
 from runtimes.sessions import physical_cores
 
 CHUNK_FILES = 16  # files per thread-pool task
@@ -87,6 +88,7 @@ class _Decoded:
     plan: FitPlan
     noisy: np.ndarray | None  # (H, W) or (H, W, 3) uint8: the noisy input to save beside the result
     icc_profile: bytes | None = None  # the input's ICC profile, where it describes these pixels
+    source_sha256: str | None = None  # the input file's, recorded in the output (`runtimes.pngmeta`)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class _DecodeSettings:
 
 def _decode(job: Job, settings: _DecodeSettings) -> _Decoded:
     loaded = load_image(job.source, settings.max_pixels, settings.color)
+    # Hashed once the file has decoded (an unreadable file is named by load_image's own message).
+    digest = sha256_file(job.source) if job.label else None
     pixels = loaded.pixels  # (H, W) uint8, or (H, W, 3) for colour
     noisy = None
     if settings.noise_std > 0:
@@ -115,19 +119,18 @@ def _decode(job: Job, settings: _DecodeSettings) -> _Decoded:
         samples, plan = to_model(pixels, settings.tile, settings.size_mode)
     except SizeMismatchError as err:
         raise BadImageError(job.source, str(err)) from err
-    return _Decoded(job, samples, plan, noisy, loaded.icc_profile)
+    return _Decoded(job, samples, plan, noisy, loaded.icc_profile, digest)
 
 
 def _encode(item: _Decoded, output: np.ndarray, fsync: bool) -> None:
     result = from_model(output, item.plan)  # (H, W) or (H, W, 3) uint8
     job, icc = item.job, item.icc_profile
-    source = job.label or None  # a Job made without a label (not by plan_jobs) records nothing
+    # A Job made without a label (not by plan_jobs) records nothing.
+    record = {"source": job.label or None, "source_sha256": item.source_sha256, "icc_profile": icc}
     if item.noisy is not None and job.noisy_output is not None:
-        save_png(
-            job.noisy_output, item.noisy, fsync=fsync, make_parents=False, source=source, icc_profile=icc
-        )
+        save_png(job.noisy_output, item.noisy, fsync=fsync, make_parents=False, **record)
     # Written last: its existence (with its source record) is what marks the job as done for a re-run.
-    save_png(job.output, result, fsync=fsync, make_parents=False, source=source, icc_profile=icc)
+    save_png(job.output, result, fsync=fsync, make_parents=False, **record)
 
 
 def _decode_chunk(
@@ -363,16 +366,21 @@ def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:
 
     An output path that is not a regular file (a folder, a FIFO, a dangling symbolic link) holds no
     result: the job fails, naming it, instead of being counted as skipped (a FIFO also hung the run).
-    Otherwise the output's source record (`runtimes.pngmeta`) decides, so each output keeps its own
-    input's result:
-    * this job's input, or no record (a file we did not write, or one written before records existed),
-      or a job without a label to compare: skipped, as always.
+    Otherwise the output's source record (`runtimes.pngmeta`: the input's label and SHA-256) decides, so
+    each output keeps its own input's result:
+    * no record (a file we did not write, or one written before records existed), or a job without a
+      label to compare: skipped, as always.
+    * this job's label: skipped if the recorded SHA-256 is this input's (or none is recorded); with
+      other bytes it is the result of another file of the same name (`day1/IMG_0001.png` and
+      `day2/IMG_0001.png` into one `-o`), or of this file before it was edited: failed, naming both,
+      nothing written.
     * another input of this same run under the same root: that input's output name has changed since
       (adding `a.png` beside `a.jpg` moves `a.jpg`'s result from `a.png` to `a.jpg.png`), so this output
       holds a stale result and is denoised again, from this job's input; the other result is written (or
       already is) under its new name, so nothing is lost.
-    * any other input (one no longer in the run): failed, naming both files; nothing is written, since
-      the file may be the only result of an input that is gone. --overwrite replaces it.
+    * any other label: skipped if the recorded SHA-256 is this input's (the same file given from another
+      root: `src` then `src/sub/x.png`); else failed, naming both, nothing written, since the file may be
+      the only result of an input that is gone. --overwrite replaces it.
     """
     if not os.path.isfile(job.output):  # a folder, a FIFO, a dangling link: no result is there to keep
         if os.path.isdir(job.output):
@@ -385,14 +393,34 @@ def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:
         return Outcome(
             job, "failed", f"output {job.output} is {what} and holds no result; nothing written ({fix})"
         )
-    owner = read_png_source(job.output)
-    if owner is None or owner == job.label or not job.label:
+    record = read_png_record(job.output)
+    owner = record.label
+    if owner is None or not job.label:
         return Outcome(job, "skipped")
+    same_bytes: bool | None = None  # None: no SHA-256 recorded (an output written before it was)
+    if record.sha256 is not None:
+        try:
+            same_bytes = sha256_file(job.source) == record.sha256
+        except OSError:
+            return None  # unreadable input: its decode fails with the reason, the output stays as it is
+    fix = "move it away, or use --overwrite to replace it"
+    if owner == job.label:
+        if same_bytes is not False:
+            return Outcome(job, "skipped")
+        return Outcome(
+            job,
+            "failed",
+            f"output {job.output} already holds the result of another file named {owner!r} (its "
+            f"SHA-256 is not {job.source}'s: another input of that name, or this one before it changed); "
+            f"nothing written ({fix})",
+        )
     if (job.output_root, owner) in planned:
         return None
+    if same_bytes:
+        return Outcome(job, "skipped")
     return Outcome(
         job,
         "failed",
         f"output {job.output} already holds the result of another input, {owner!r} (written by an "
-        f"earlier run), not of this one; nothing written (move it away, or use --overwrite to replace it)",
+        f"earlier run), not of this one; nothing written ({fix})",
     )

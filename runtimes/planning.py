@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtimes.fileio import blocking_file
+from runtimes.fileio import blocking_file, unusable_folder
 from runtimes.images import IMAGE_SUFFIXES, find_images
-from runtimes.pngmeta import source_label
+from runtimes.pngmeta import read_png_record, source_label
 
 OUTPUT_SUFFIX = ".png"
 NOISY_SUFFIX = ".noisy.png"
@@ -48,6 +48,8 @@ class Plan:
     scan_errors: list[tuple[Path, str]] = field(default_factory=list)  # folders that could not be listed
     ignored: list[Path] = field(default_factory=list)  # files in input folders without an image suffix
     folder_links: list[Path] = field(default_factory=list)  # symlinked folders in input folders: not followed
+    # Inputs that are an earlier run's results of other inputs of this plan (`_earlier_results`): left out.
+    earlier_results: list[Path] = field(default_factory=list)
 
     def ignored_summary(self) -> str:
         """The ignored files in one line, counted by suffix, with the suffixes that are read."""
@@ -59,6 +61,15 @@ class Plan:
         return (
             f"{len(self.ignored)} file(s) ignored for their suffix ({by_suffix}); "
             f"image suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+
+    def earlier_results_summary(self, shown: int = 3) -> str:
+        """The inputs left out as earlier results of this run's inputs, in one line naming the first few."""
+        names = ", ".join(str(p) for p in self.earlier_results[:shown])
+        more = f" and {len(self.earlier_results) - shown} more" if len(self.earlier_results) > shown else ""
+        return (
+            f"{len(self.earlier_results)} input(s) left out as results of other inputs of this run, written "
+            f"by an earlier run: {names}{more}"
         )
 
     def folder_links_summary(self, shown: int = 3) -> str:
@@ -164,6 +175,8 @@ def plan_jobs(
             if out_dir is None:
                 out_name = out_name.with_name(f"{out_name.stem}_denoised{OUTPUT_SUFFIX}")
             pairs[i] = (root, folder / out_name, source_label(name))
+    complete = [p for p in pairs if p is not None]
+    earlier = _earlier_results(complete)
     jobs = [
         Job(
             i,
@@ -172,15 +185,33 @@ def plan_jobs(
             dst.with_name(dst.name[: -len(OUTPUT_SUFFIX)] + NOISY_SUFFIX) if with_noisy else None,
             label,
         )
-        for i, (src, dst, label) in enumerate(p for p in pairs if p is not None)
+        for i, (src, dst, label) in enumerate(p for p in complete if p[0] not in earlier)
     ]
     _check_safety(jobs, input_dirs)
-    return Plan(jobs, scan_errors, ignored, folder_links)
+    return Plan(jobs, scan_errors, ignored, folder_links, [p[0] for p in complete if p[0] in earlier])
+
+
+def _earlier_results(pairs: Sequence[tuple[Path, Path, str]]) -> set[Path]:
+    """The inputs that are another input's output path and record that input's label: an earlier run's
+    results, named again as inputs by `ae-denoise *` (the shell now also expands `a_denoised.png`).
+
+    Without this, the re-run that README promises after Ctrl-C refused everything ("output
+    a_denoised.png is an input file"). An output path holding a file without that record (the user's
+    own `a_denoised.png`) stays an input, and the plan is refused as before: it is never written over.
+    """
+    producers = {os.path.realpath(dst): (src, label) for src, dst, label in pairs}
+    earlier: set[Path] = set()
+    for src, _dst, _label in pairs:
+        producer = producers.get(os.path.realpath(src))
+        if producer is not None and producer[0] != src and read_png_record(src).label == producer[1]:
+            earlier.add(src)
+    return earlier
 
 
 def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
-    """Refuse outputs that are inputs (by path or by inode), lie inside an input tree, collide, or go
-    where a file stands in the way of their folder (before, each file failed alone on it, exit 1)."""
+    """Refuse outputs that are inputs (by path or by inode), lie inside an input tree, collide, go
+    where a file stands in the way of their folder (before, each file failed alone on it, exit 1), or
+    into an output folder that takes no new file (read-only, full)."""
     input_real = {os.path.realpath(job.source) for job in jobs}
     input_ids: set[tuple[int, int]] = set()
     for job in jobs:
@@ -204,6 +235,11 @@ def _check_safety(jobs: Sequence[Job], input_dirs: Sequence[Path]) -> None:
             f"output folder {folders[0]}{others} cannot be made: {blocker} is not a folder (choose another "
             "-o, or move it away)"
         )
+    # A read-only or full output file system, found before any work: it was one failure per file, each
+    # after the file had been decoded and denoised (seconds per photograph).
+    for root in dict.fromkeys(job.output_root for job in jobs):
+        if blocking_file(root) is None and (refusal := unusable_folder(root)) is not None:
+            problems.append(f"output folder {refusal}")
     seen: dict[str, Path] = {}
     inside: dict[Path, list[Path]] = {}  # input folder -> outputs under it: one message per folder
     for job in jobs:

@@ -4,7 +4,12 @@ Why a source record: an output's name does not always say which input it came fr
 as `a.png`, but once an `a.png` joins it in the same folder, `a.jpg`'s result is renamed `a.jpg.png`; a
 re-run that skipped every existing output would then keep the denoised `a.jpg` under `a.png`. Each
 output therefore carries, in an iTXt chunk before its pixel data, the input's path relative to its input
-root (`SOURCE_KEY`), and the pipeline checks it before skipping an existing output.
+root (`SOURCE_KEY`), and the pipeline checks it before skipping an existing output. A path alone does not
+name a file, though: `day1/IMG_0001.png` and `day2/IMG_0001.png`, each given as the input folder, share
+the label `IMG_0001.png`, and a re-run into the same `-o` kept day1's result for day2 (exit 0). So the
+input's SHA-256 is recorded beside it (`SOURCE_SHA256_KEY`): the same label with other bytes is another
+file (or this one since edited), and the same bytes under another label are the same file reached from
+another input root.
 
 Why ICC handling lives here: a profile only describes pixels of its own colour space, so an RGB profile
 must never be attached to a grayscale output (nor a CMYK profile to the RGB a CMYK JPEG is converted to).
@@ -16,9 +21,11 @@ import os
 import stat
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import PurePath
 
 SOURCE_KEY = "ae-denoise source"
+SOURCE_SHA256_KEY = "ae-denoise source sha256"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks before the first IDAT are read by header only and skipped by length; give up after this many
 # bytes of them (an iCCP profile is the largest expected, a few hundred kB at most).
@@ -35,13 +42,23 @@ def source_label(relative: str | PurePath) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-def read_png_source(path: str | os.PathLike[str]) -> str | None:
-    """The `SOURCE_KEY` text of the PNG at `path`, or None if it has none or is not a readable PNG.
+@dataclass(frozen=True)
+class SourceRecord:
+    """What an output says of its input: the label (`source_label`) and, from outputs written since it
+    was added, the input file's SHA-256 (hex); None where the output does not say."""
+
+    label: str | None = None
+    sha256: str | None = None
+
+
+def read_png_record(path: str | os.PathLike[str]) -> SourceRecord:
+    """The source record of the PNG at `path`; empty if it has none or is not a readable PNG.
 
     Reads chunk headers up to the first IDAT and seeks past everything else: no pixel is decoded, and
     Pillow's size limits do not apply (a re-run checks every existing output on one thread). Anything but
-    a regular file gives None without being read: opening a FIFO would wait for a writer forever.
+    a regular file gives an empty record without being read: opening a FIFO would wait for a writer forever.
     """
+    found: dict[str, str] = {}
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as handle:
@@ -50,36 +67,39 @@ def read_png_source(path: str | os.PathLike[str]) -> str | None:
             while handle.tell() < _SCAN_LIMIT:
                 header = handle.read(8)
                 if len(header) < 8:
-                    return None
+                    break
                 length, kind = struct.unpack(">I4s", header)
                 if kind in (b"IDAT", b"IEND"):
-                    return None
+                    break
                 if kind != b"iTXt":
                     handle.seek(length + 4, os.SEEK_CUR)  # data and CRC
                     continue
-                text = _itxt_text(handle.read(length), SOURCE_KEY)
+                keyword, text = _itxt_text(handle.read(length))
                 handle.seek(4, os.SEEK_CUR)
-                if text is not None:
-                    return text
+                if text is not None and keyword in (SOURCE_KEY, SOURCE_SHA256_KEY):
+                    found.setdefault(keyword, text)
+                if len(found) == 2:
+                    break
     except OSError:
-        return None  # unreadable (a dangling link, a folder): treated as carrying no record
-    return None
+        return SourceRecord()  # unreadable (a dangling link, a folder): treated as carrying no record
+    return SourceRecord(found.get(SOURCE_KEY), found.get(SOURCE_SHA256_KEY))
 
 
-def _itxt_text(data: bytes, key: str) -> str | None:
-    """The text of an iTXt chunk's data if its keyword is `key`; None otherwise or if malformed."""
+def _itxt_text(data: bytes) -> tuple[str, str | None]:
+    """(keyword, text) of an iTXt chunk's data; text None if malformed."""
     keyword, sep, rest = data.partition(b"\0")
-    if not sep or keyword != key.encode("latin-1") or len(rest) < 2:
-        return None
+    name = keyword.decode("latin-1")
+    if not sep or len(rest) < 2:
+        return name, None
     compressed, rest = rest[0], rest[2:]  # compression flag, compression method
     parts = rest.split(b"\0", 2)  # language tag, translated keyword, text
     if len(parts) != 3:
-        return None
+        return name, None
     try:
         raw = zlib.decompress(parts[2]) if compressed else parts[2]
-        return raw.decode("utf-8")
+        return name, raw.decode("utf-8")
     except (zlib.error, UnicodeDecodeError):
-        return None
+        return name, None
 
 
 def icc_colour_space(profile: bytes) -> bytes:

@@ -366,6 +366,92 @@ def test_existing_file_without_a_source_record_is_skipped(
     assert (tmp_path / "out" / "a.png").read_bytes() == foreign
 
 
+def test_a_file_of_the_same_name_from_another_folder_is_not_taken_for_this_ones_result(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """day1/IMG_0001.png and day2/IMG_0001.png, each given as the input folder with one -o: both record
+    the label IMG_0001.png, and the second run skipped, keeping day1's result for day2 (exit 0). The
+    input's SHA-256 in the record tells them apart: it fails, naming it, and keeps day1's result."""
+    out = tmp_path / "out"
+    day1 = save(tmp_path / "day1" / "IMG_0001.png", fmnist_test[0])
+    day2 = save(tmp_path / "day2" / "IMG_0001.png", fmnist_test[1])
+    assert run_cli(CLI, "--onnx", str(onnx_dir), str(day1.parent), "-o", str(out)).returncode == 0
+    kept = (out / "IMG_0001.png").read_bytes()
+    args = ["--onnx", str(onnx_dir), str(day2.parent), "-o", str(out)]
+    proc = run_cli(CLI, *args)
+    assert proc.returncode == 1 and "0 done, 1 failed, 0 skipped" in proc.stderr, proc.stderr
+    assert (
+        f"output {out / 'IMG_0001.png'} already holds the result of another file named 'IMG_0001.png' "
+        f"(its SHA-256 is not {day2}'s" in proc.stderr
+    )
+    assert (out / "IMG_0001.png").read_bytes() == kept
+    assert run_cli(CLI, *args, "--overwrite").returncode == 0
+    denoiser = Denoiser(onnx_dir, provider="cpu")
+    assert _denoised_by(out / "IMG_0001.png", day2, denoiser)
+    again = run_cli(CLI, *args)
+    assert again.returncode == 0 and "0 done, 0 failed, 1 skipped" in again.stderr, again.stderr
+
+
+def test_the_same_file_given_from_another_root_is_skipped(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """`src` then `src/sub/x.png` into the matching folder: the record's label differs (sub/x.png vs
+    x.png), its SHA-256 does not. This was a failure ('already holds the result of another input')."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    image = save(src / "sub" / "x.png", fmnist_test[0])
+    assert run_cli(CLI, "--onnx", str(onnx_dir), str(src), "-o", str(out)).returncode == 0
+    kept = (out / "sub" / "x.png").read_bytes()
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(image), "-o", str(out / "sub"))
+    assert proc.returncode == 0 and "0 done, 0 failed, 1 skipped" in proc.stderr, proc.stderr
+    assert (out / "sub" / "x.png").read_bytes() == kept
+
+
+def test_a_star_run_goes_on_when_run_again(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
+    """`ae-denoise *` again (after Ctrl-C, as the README says) names the first run's a_denoised.png as
+    inputs too: every output was "an input file" and the run was refused (exit 2). Results that record
+    another input of the run are left out and said so; a file of that name without the record (the
+    user's own) is still an input, never written over."""
+    for name, image in (("a.png", fmnist_test[0]), ("b.png", fmnist_test[1])):
+        save(tmp_path / name, image)
+    first = run_cli(CLI, "--onnx", str(onnx_dir), "a.png", "b.png", cwd=tmp_path)
+    assert first.returncode == 0 and "2 done" in first.stderr, first.stderr
+    star = sorted(p.name for p in tmp_path.iterdir())
+    assert star == ["a.png", "a_denoised.png", "b.png", "b_denoised.png"]
+    again = run_cli(CLI, "--onnx", str(onnx_dir), *star, cwd=tmp_path)
+    assert again.returncode == 0 and "0 done, 0 failed, 2 skipped" in again.stderr, again.stderr
+    assert "2 input(s) left out as results of other inputs of this run" in again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == star
+    theirs = save(tmp_path / "c_denoised.png", fmnist_test[2]).read_bytes()
+    save(tmp_path / "c.png", fmnist_test[3])
+    refused = run_cli(CLI, "--onnx", str(onnx_dir), "c.png", "c_denoised.png", cwd=tmp_path)
+    assert (
+        refused.returncode == 2 and f"output {tmp_path / 'c_denoised.png'} is an input file" in refused.stderr
+    )
+    assert (tmp_path / "c_denoised.png").read_bytes() == theirs
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a folder no one can write in)"
+)
+def test_an_output_folder_that_takes_no_file_is_refused_before_any_work(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """A read-only output file system was one failure per file, each after its decode and model run
+    (exit 1). /proc takes no new file even for root, as a read-only mount would not."""
+    save(tmp_path / "in" / "a.png", fmnist_test[0])
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path / "in"), "-o", "/proc/ae-denoise-out")
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to write: output folder /proc/ae-denoise-out: cannot write in /proc" in proc.stderr
+
+
+def test_threads_beyond_the_cpu_count_are_refused(onnx_dir: Path, tmp_path: Path) -> None:
+    """Each thread is an ONNX Runtime session with its own buffers: --threads 99999999999999999999999
+    grew to 23 GB before anything ran."""
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(tmp_path), "--threads", "99999999999999999999999")
+    assert proc.returncode == 2
+    assert f"--threads: expected 1..{os.cpu_count()} (this machine's CPUs" in proc.stderr
+
+
 def test_output_path_that_is_no_file_fails_instead_of_being_skipped(
     onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
 ) -> None:
