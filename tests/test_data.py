@@ -164,3 +164,12 @@ def test_idx_split_without_images_is_a_clear_error(tmp_path, fmnist, empty) -> N
     assert proc.returncode == 2, proc.stderr
     assert "holds no images" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_a_data_dir_that_is_no_folder_is_refused_and_nothing_is_made(tmp_path) -> None:
+    """A mistyped --data-dir was the torchvision download's target: it made <dir>/FashionMNIST/raw and then
+    failed offline with a four-line error. Now one line, and nothing is created."""
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(DataError, match=r"--data-dir .*/no/such is not a folder"):
+        load_dataset("fashion-mnist", missing)
+    assert not (tmp_path / "no").exists()

@@ -193,11 +193,37 @@ def _mismatched(path, tmp_path):
     return tmp_path / "mismatch.pt"
 
 
+def _not_a_pickle(path, tmp_path):
+    (tmp_path / "garbage.pt").write_text("garbage\n")
+    return tmp_path / "garbage.pt"
+
+
+def _numeric_source(path, tmp_path):
+    raw = torch.load(path, weights_only=True)
+    raw["dataset"]["source"] = 5
+    torch.save(raw, tmp_path / "numeric_source.pt")
+    return tmp_path / "numeric_source.pt"
+
+
+def _noise_factor(value):
+    def make(path, tmp_path):
+        raw = torch.load(path, weights_only=True)
+        raw["train_config"]["noise_factor"] = value
+        torch.save(raw, tmp_path / "noise_factor.pt")
+        return tmp_path / "noise_factor.pt"
+
+    return make
+
+
 @pytest.mark.parametrize(
     "case,make,extra,message",
     [
         ("missing checkpoint", lambda p, t: t / "nope.pt", [], "checkpoint not found"),
         ("corrupt checkpoint", _corrupt, [], "not a readable checkpoint"),
+        ("not a pickle at all", _not_a_pickle, [], "torch.load(weights_only=True) refused it: Unsupported"),
+        ("a number as data source", _numeric_source, [], "'dataset' source must be a string"),
+        ("a list as noise factor", _noise_factor([1]), [], "noise_factor must be a number in [0, 10]; got"),
+        ("NaN as noise factor", _noise_factor(float("nan")), [], "noise_factor must be a number in [0, 10]"),
         ("config/weights mismatch", _mismatched, [], "do not match its model config"),
         ("unsupported opset", lambda p, t: p, ["--opset", "99"], "valid opsets are 18.."),
         ("bad provider", lambda p, t: p, ["--providers", "tpu"], "choose from cpu, cuda"),
@@ -206,10 +232,14 @@ def _mismatched(path, tmp_path):
     ],
 )
 def test_export_cli_bad_input(trained_checkpoint, tmp_path, case, make, extra, message) -> None:
+    """Each an error naming the fault, exit 2. torch's refusal of a non-checkpoint ran over six lines advising
+    weights_only=False, which would run whatever a tampered file holds; a number as the dataset's source
+    was a TypeError traceback."""
     ckpt = make(trained_checkpoint, tmp_path)
     done = run_cli("ae_export.cli", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *extra)
     assert done.returncode == 2, (case, done.stdout, done.stderr)
     assert message in done.stderr
+    assert "Traceback" not in done.stderr and "weights_only set to" not in done.stderr
     assert not list((tmp_path / "out").glob("*.onnx")) if (tmp_path / "out").exists() else True
 
 

@@ -228,6 +228,44 @@ def test_interrupted_run_leaves_last_epoch_loadable(tmp_path, sig) -> None:
     checkpoint.build_model()
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 64.5, "bad train_config: batch_size must be int; got float 64.5"),
+        ("lr", "abc", "bad train_config: lr must be float; got str 'abc'"),
+        ("lr", float("nan"), "bad train_config: lr must be a finite number; got nan"),
+        ("seed", "x", "bad train_config: seed must be int; got str 'x'"),
+        ("limit", 2.5, "bad train_config: limit must be int | None; got float 2.5"),
+        ("data_dir", 5, "train_config data_dir must be a string; got 5"),
+    ],
+)
+def test_resume_from_a_train_config_of_wrong_types_names_the_field(
+    trained_checkpoint, tmp_path, field, value, message
+) -> None:
+    """A checkpoint's train_config comes back as whatever it holds: a float batch size or a string lr
+    ended `ae-train --resume` in a TypeError traceback from deep in torch (exit 1)."""
+    raw = torch.load(trained_checkpoint, weights_only=True)
+    raw["train_config"][field] = value
+    (tmp_path / "run").mkdir()
+    torch.save(raw, tmp_path / "run" / "checkpoint.pt")
+    done = run_cli("train.cli", "--resume", "--epochs", "99", "--quiet", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"ae-train: error: {tmp_path / 'run' / 'checkpoint.pt'}: {message}")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--weight-decay", "-1"), ("--weight-decay", "nan")],
+)
+@pytest.mark.parametrize("preset", ["lecture", "photo"])
+def test_learning_rate_and_weight_decay_are_finite_numbers(tmp_path, flag, value, preset) -> None:
+    """`--lr inf` trained until it 'diverged' (exit 3) and `--lr nan` was torch's 'Invalid learning rate:
+    nan', naming no flag; `--lr 0` trained nothing."""
+    done = run_cli("train.cli", "--preset", preset, flag, value, "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and f"argument {flag}: expected a finite number" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_resume_without_epochs_finishes_the_interrupted_runs_own_count(tmp_path, schedule) -> None:
     """A 12-epoch run stopped early and resumed with `--resume` alone goes on to its 12 epochs, on its own

@@ -117,6 +117,17 @@ def _typed(raw: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     )
 
 
+def _load_error(err: BaseException) -> str:
+    """torch.load's error in one line. Its weights-only refusal runs over six lines and advises
+    `weights_only=False`, which runs any code a tampered file holds: only the unpickler's reason is kept."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return f"{type(err).__name__}: torch.load(weights_only=True) refused it: {' '.join(reason.split())}"
+    lines = text.strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else 'no message'}"
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint with `weights_only=True`; every fault is a CheckpointError naming the file."""
     path = Path(path)
@@ -125,7 +136,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(err)})") from err
     if not isinstance(raw, dict) or "model" not in raw or "model_config" not in raw:
         raise CheckpointError(f"{path}: not an ae-export checkpoint (no 'model' / 'model_config' entries)")
     if raw.get("format") != CHECKPOINT_FORMAT:
@@ -140,6 +151,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     model = fields["model"]
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
         raise CheckpointError(f"{path}: 'model' is not a state dict (parameter name -> tensor)")
+    dataset = fields["dataset"] or {}
+    # What ae-export and ae-train read of it ('source': where the data came from): a number there was a
+    # TypeError traceback from ae-export.
+    bad = [key for key in ("name", "source") if not isinstance(dataset.get(key, ""), str | None)]
+    if bad:
+        raise CheckpointError(f"{path}: 'dataset' {', '.join(bad)} must be a string; got {dataset!r}")
+    train_config = fields["train_config"] or {}
+    # What ae-export reads of it for the metadata (the noise model, the target, the photos' folder): a
+    # list as noise_factor was a TypeError traceback, NaN a JSON error naming neither file nor key.
+    noise = train_config.get("noise_factor", 0.3)
+    if type(noise) not in (int, float) or not 0 <= noise <= 10:
+        raise CheckpointError(f"{path}: train_config noise_factor must be a number in [0, 10]; got {noise!r}")
+    for key, default in (("target", "clean"), ("data_dir", None)):
+        if not isinstance(train_config.get(key, default), str | None):
+            raise CheckpointError(f"{path}: train_config {key} must be a string; got {train_config[key]!r}")
     metrics = fields["metrics"] or []
     if not all(isinstance(row, dict) for row in metrics):
         raise CheckpointError(f"{path}: 'metrics' must be a list of dicts (one per epoch)")
@@ -149,10 +175,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         # module's names are the contract, so strip them and any checkpoint loads into an uncompiled model.
         model_state={k.removeprefix("_orig_mod."): v for k, v in model.items()},
         epoch=fields["epoch"] or 0,
-        train_config=dict(fields["train_config"] or {}),
+        train_config=dict(train_config),
         optimizer_state=fields["optimizer"],
         metrics=list(metrics),
-        dataset=dict(fields["dataset"] or {}),
+        dataset=dict(dataset),
         path=path,
         sha256=file_sha256(path),
     )

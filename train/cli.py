@@ -51,6 +51,21 @@ DEFAULTS = TrainConfig()
 PHOTO_DEFAULTS = PhotoTrainConfig()
 PHOTO_PRESET = "photo"  # the fully convolutional denoiser trained on photographs (train/photo_train.py)
 EXIT_DIVERGED = 3
+
+
+def _finite(text: str, above_zero: bool) -> float:
+    """--lr (> 0) and --weight-decay (>= 0): finite numbers, refused by flag. `--lr inf` trained until it
+    "diverged" (exit 3) and `--lr nan` was torch's "Invalid learning rate: nan", naming no flag."""
+    expected = f"a finite number {'> 0' if above_zero else '>= 0'}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (value > 0 if above_zero else value >= 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 # Flags a preset may set: their argparse default is None ("not given"), so a preset value is only
 # overridden by a flag the user actually typed. Counts are checked as the flag's own argparse error
 # ("argument --epochs: expected a positive integer, got 0"), not later by the config, whose message
@@ -63,9 +78,9 @@ RECIPE_FLAGS: dict[str, Callable[[str], Any]] = {
     "hidden_dim": positive_int,
     "width": positive_int,
     "blocks": nonnegative_int,  # residual blocks per stage; 0 is the lecture layout
-    "lr": float,
+    "lr": lambda text: _finite(text, above_zero=True),
     "schedule": str,
-    "weight_decay": float,
+    "weight_decay": lambda text: _finite(text, above_zero=False),
     "noise_factor": float,
 }
 CHOICES: dict[str, tuple[str, ...]] = {

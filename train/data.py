@@ -229,6 +229,13 @@ def load_dataset(
         if root is None:
             raise DataError("dataset 'mnist' needs --data-dir with the MNIST idx files (gzipped or not)")
         return load_idx_dataset(root, "mnist")
+    if root is not None and not root.is_dir():
+        # Before, the download below made root/FashionMNIST/raw there (wherever a typo pointed) and then
+        # failed offline with a four-line error.
+        raise DataError(
+            f"--data-dir {root} is not a folder: give the folder holding the Fashion-MNIST idx files (or an "
+            "existing folder to download them into)"
+        )
     candidates = [root] if root is not None else [DEBIAN_FASHION_DIR]
     for candidate in candidates:
         if candidate.is_dir() and _find_idx(candidate, IDX_NAMES["train"][0]) is not None:

@@ -55,6 +55,15 @@ METRICS_NAME = "metrics.json"
 SAMPLES_NAME = "samples.png"
 
 
+# What each annotation of TrainConfig admits (`TrainConfig._check_types`).
+_FIELD_KINDS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on; saved in the checkpoint and in metrics.json."""
@@ -84,6 +93,11 @@ class TrainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # 'folder': files past this many pixels are skipped (bomb guard)
 
     def __post_init__(self) -> None:
+        self._check_types()
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
         for name, choices in (
             ("loss", LOSSES),
             ("target", TARGETS),
@@ -101,6 +115,25 @@ class TrainConfig:
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1; got {self.max_pixels}")
         self.model_config()  # a bad combination of model knobs fails here, naming the knob
+
+    def _check_types(self) -> None:
+        """Each field holds what its annotation says (a float field takes an int too, and must be finite).
+
+        Why: a checkpoint's train_config comes back as whatever it holds. A batch_size of 64.5 or an lr
+        of "abc" there made `ae-train --resume` end in a TypeError traceback from deep in torch; as a
+        ValueError here it is one line naming the field (a CheckpointError naming the file on resume).
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed = [part.strip() for part in str(f.type).split("|")]
+            if value is None and "None" in allowed:
+                continue
+            kinds = tuple(kind for part in allowed if part != "None" for kind in _FIELD_KINDS[part])
+            fits = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+            if fits and "float" in allowed and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number; got {value!r}")
+            if not fits:
+                raise ValueError(f"{f.name} must be {f.type}; got {type(value).__name__} {value!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
