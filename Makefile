@@ -69,24 +69,28 @@ data:
 train: setup
 	$(BIN)/ae-train --out $(ART) $(TRAIN_ARGS)
 
-# A checkpoint file target's recipe: $(1) the checkpoint, $(2) ae-train's flags, $(3) the flag that
-# continues an interrupted run (--resume; empty where runs cannot resume: a photo run is a step budget and
-# trains afresh). The run is marked unfinished ($(1).unfinished) until ae-train exits 0, and while the mark
-# is there `$(call unfinished,CKPT)` makes the target out of date: `make demo` after a Ctrl-C finishes the
-# run rather than exporting the epochs trained so far. The checkpoints are .PRECIOUS (below), or make would
-# delete the file an interrupted recipe wrote: the last whole epoch that ae-train says it kept.
+# A file target whose command may stop half-way and still leave the file: $(1) the target, $(2) the
+# command. The target is marked unfinished ($(1).unfinished) until the command exits 0, and while the mark
+# is there `$(call unfinished,TARGET)` makes the target out of date. For a checkpoint: ae-train keeps the
+# last whole epoch on Ctrl-C, and `make demo` then finishes the run rather than exporting the epochs
+# trained so far (the checkpoints are .PRECIOUS, below, or make would delete that file itself). For an
+# export: ae-export exits 1 when a variant misses its quality budget but keeps denoiser.onnx, which made the
+# next `make demo` take the failed export as done and exit 0.
 unfinished = $(if $(wildcard $(1).unfinished),FORCE)
-define train_checkpoint
+define until_done
 @mkdir -p $(dir $(1)) && touch $(1).unfinished
-$(BIN)/ae-train $(2)$(if $(3),$(if $(call unfinished,$(1)),$(if $(wildcard $(1)), $(3))))
+$(2)
 @rm -f $(1).unfinished
 endef
+# A checkpoint's recipe: $(1) the checkpoint, $(2) ae-train's flags, $(3) the flag that continues an
+# interrupted run (--resume; empty where runs cannot resume: a photo run is a step budget and trains afresh).
+train_checkpoint = $(call until_done,$(1),$(BIN)/ae-train $(2)$(if $(3),$(if $(call unfinished,$(1)),$(if $(wildcard $(1)), $(3)))))
 
 $(CKPT): $(call unfinished,$(CKPT)) | setup
 	$(call train_checkpoint,$(CKPT),--out $(ART) $(TRAIN_ARGS),--resume)
 
-$(DENOISER): $(CKPT) | setup
-	$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS)
+$(DENOISER): $(CKPT) $(call unfinished,$(DENOISER)) | setup
+	$(call until_done,$(DENOISER),$(BIN)/ae-export --checkpoint $(CKPT) --out $(ONNX) $(EXPORT_ARGS))
 
 # `make train export` exports the checkpoint just trained: a phony export always runs after its prerequisites.
 # ae-export writes the fp32 files and, by default, the fp16/int8/.ort variants, the portable twins (for CUDA
@@ -114,11 +118,13 @@ bench: setup $(DENOISER)
 
 # The quality/cost frontier: train the presets that are missing (artifacts/presets/NAME/checkpoint.pt),
 # export each (with parity), then measure them all, draw docs/frontier.png and refresh README's table.
-$(PRESET_DIR)/%/checkpoint.pt: | setup
-	$(BIN)/ae-train --preset $* --out $(PRESET_DIR)/$* --quiet
+# (Second expansion: a pattern rule's `unfinished` test needs the target's name, $$@.)
+.SECONDEXPANSION:
+$(PRESET_DIR)/%/checkpoint.pt: $$(call unfinished,$$@) | setup
+	$(call train_checkpoint,$@,--preset $* --out $(PRESET_DIR)/$* --quiet,--resume)
 
-$(PRESET_DIR)/%/onnx/denoiser.onnx: $(PRESET_DIR)/%/checkpoint.pt | setup
-	$(BIN)/ae-export --checkpoint $< --out $(PRESET_DIR)/$*/onnx $(EXPORT_ARGS)
+$(PRESET_DIR)/%/onnx/denoiser.onnx: $(PRESET_DIR)/%/checkpoint.pt $$(call unfinished,$$@) | setup
+	$(call until_done,$@,$(BIN)/ae-export --checkpoint $< --out $(PRESET_DIR)/$*/onnx $(EXPORT_ARGS))
 
 .PRECIOUS: $(PRESET_DIR)/%/checkpoint.pt
 
@@ -148,8 +154,8 @@ $(PHOTO_CKPT): $(call unfinished,$(PHOTO_CKPT)) | setup
 FORCE:
 
 # denoiser.onnx, and its int8 twin where it keeps its quality on the validation photographs (exit 1 if not).
-$(PHOTO_DENOISER): $(PHOTO_CKPT) | setup
-	$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(PHOTO_EXPORT_ARGS)
+$(PHOTO_DENOISER): $(PHOTO_CKPT) $(call unfinished,$(PHOTO_DENOISER)) | setup
+	$(call until_done,$(PHOTO_DENOISER),$(BIN)/ae-export --checkpoint $(PHOTO_CKPT) --out $(PHOTO)/onnx $(PHOTO_EXPORT_ARGS))
 
 photo: setup $(PHOTO_DENOISER)
 

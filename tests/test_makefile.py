@@ -102,3 +102,27 @@ def test_an_unfinished_photo_run_trains_afresh_as_photo_runs_cannot_resume(tmp_p
     assert done.returncode == 0, done.stderr
     assert "ae-train --preset photo" in done.stdout and "--resume" not in done.stdout
     assert not (art / "photo" / "checkpoint.pt.unfinished").exists() and ckpt.exists()
+
+
+def test_a_failed_export_is_run_again_not_taken_as_done(tmp_path: Path) -> None:
+    """ae-export exits 1 when a variant misses its quality budget but keeps denoiser.onnx (the fp32 files
+    are good). Make then took the target as built: the next `make demo` skipped the export and exited 0.
+    The export is marked unfinished until it exits 0, so the next make exports again."""
+    art = tmp_path / "artifacts"
+    train = "TRAIN_ARGS=--epochs 1 --limit 1000 --quiet"
+    denoiser = art / "onnx" / "denoiser.onnx"
+    mark = art / "onnx" / "denoiser.onnx.unfinished"
+
+    def make(export_args: str) -> subprocess.CompletedProcess:
+        command = [*_make_target(art, denoiser, train), f"EXPORT_ARGS={export_args}"]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    # A negative budget no variant can meet: fp16 is not written, exit 1, denoiser.onnx is.
+    failed = make("--variants fp16 --psnr-budget fp16=-1 --batch-sizes 1")
+    assert failed.returncode != 0 and "variant fp16 not written" in failed.stdout + failed.stderr
+    assert denoiser.exists() and mark.exists()
+    fixed = make("--variants none --batch-sizes 1")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "ae-export" in fixed.stdout and "ae-train" not in fixed.stdout and not mark.exists()
+    again = make("--variants none --batch-sizes 1")
+    assert again.returncode == 0 and "ae-export" not in again.stdout, again.stdout
