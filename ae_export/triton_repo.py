@@ -267,9 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok, 1 --check found a mismatch, 2 bad input (missing files, invalid config)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.check is not None:
+            # These shape a repository being written; --check reads one as it is. Accepting them made
+            # `--check REPO --kind gpu` pass a CPU repository (and --max-batch-size 0 pass unrefused).
+            given = [
+                f"--{name.replace('_', '-')}"
+                for name in ("out", "kind", "warmup", "max_batch_size", "max_queue_delay_us")
+                if getattr(args, name) != parser.get_default(name)
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: not used with --check, which compares each config.pbtxt in "
+                    f"{args.check} with its own model file (write a repository without --check)"
+                )
             onnx_dir = Path(args.onnx_dir) if args.onnx_dir is not None else None
             mismatches = check_repository(Path(args.check), onnx_dir)
             for mismatch in mismatches:

@@ -75,6 +75,17 @@ def test_check_passes_on_the_written_repository(repository) -> None:
     assert "matches" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--kind", "gpu"], "--kind"), (["--max-batch-size", "0", "--warmup"], "--warmup, --max-batch-size")],
+)
+def test_check_refuses_the_flags_that_shape_a_written_repository(repository, flags, named) -> None:
+    """`--check REPO --kind gpu` passed a CPU repository, and --max-batch-size 0 went unrefused: the write
+    flags were silently ignored by --check."""
+    result = run_cli("ae_export.cli", "triton", "--check", str(repository), *flags)
+    assert result.returncode == 2 and f"{named}: not used with --check" in result.stderr, result.stderr
+
+
 TAMPERS = [
     ("denoiser", "dims: [1, 28, 28]", "dims: [1, 28, 29]", "denoiser: input[0].dims"),
     ("encoder", 'name: "latent"', 'name: "latnet"', "encoder: output[0].name"),
