@@ -260,6 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         default = PHOTO_VARIANTS if any_size else DEFAULT_VARIANTS
         variants = _variants(args.variants if args.variants is not None else ",".join(default))
         budgets = _budgets(args.psnr_budget)
+        # A typed flag that would change nothing is an error naming it, as in ae-train (these were accepted
+        # and silently ignored).
+        ignored = [
+            f"--psnr-budget {name}=...: {name} is not among the variants exported "
+            f"({','.join(variants) or 'none'}); drop it, or add {name} to --variants"
+            for name in budgets
+            if name not in variants
+        ]
+        if args.graph == "portable" and args.cpu_target != AUTO:
+            ignored.append("--cpu-target tunes the fast graph; --graph portable has nothing to tune")
+        if args.no_parity and args.providers != ",".join(PROVIDERS):  # not the default: typed
+            ignored.append("--providers names parity's providers, and --no-parity skips parity (drop one)")
+        if ignored:
+            raise ValueError("; ".join(ignored))
         if any_size and set(variants) - set(PHOTO_VARIANTS):
             raise ValueError(
                 f"--variants {','.join(variants)}: the photo model offers {', '.join(PHOTO_VARIANTS)} (or "

@@ -100,7 +100,7 @@ def test_export_cli_end_to_end(trained_checkpoint, tmp_path, graph) -> None:
         "ae_export.cli",
         *("--checkpoint", str(trained_checkpoint), "--out", str(out), "--batch-sizes", "1,7"),
         *("--graph", graph, "--variants", "none"),  # fp32 only; tests/test_variants.py covers the variants
-        *("--cpu-target", "avx512"),
+        *(("--cpu-target", "avx512") if graph == "fast" else ()),  # portable: nothing to tune, refused
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
@@ -191,6 +191,23 @@ def _mismatched(path, tmp_path):
     wrong = Checkpoint(ModelConfig(latent_dim=8), checkpoint.model_state, epoch=1)
     save_checkpoint(wrong, tmp_path / "mismatch.pt")
     return tmp_path / "mismatch.pt"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--variants", "none", "--psnr-budget", "int8=0.2"], "--psnr-budget int8=...: int8 is not among"),
+        (["--variants", "none", "--no-parity", "--providers", "cpu"], "--no-parity skips parity"),
+        (["--variants", "none", "--graph", "portable", "--cpu-target", "avx2"], "nothing to tune"),
+    ],
+    ids=["budget-of-a-variant-not-exported", "providers-without-parity", "cpu-target-of-portable"],
+)
+def test_export_flags_that_would_change_nothing_are_refused(trained_checkpoint, tmp_path, flags, message):
+    """Each was accepted and silently ignored (exit 0); ae-train already refuses such flags by name."""
+    args = ["--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "o"), *flags]
+    done = run_cli("ae_export.cli", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def _not_a_pickle(path, tmp_path):
