@@ -872,3 +872,14 @@ def test_zero_blocks_is_a_valid_count() -> None:
     from train.cli import build_parser
 
     assert build_parser().parse_args(["--blocks", "0"]).blocks == 0
+
+
+def test_a_photo_run_into_a_lecture_runs_folder_leaves_no_sample_sheet_of_the_other_model(tmp_path) -> None:
+    """checkpoint.pt and metrics.json were the photo run's, samples.png still the lecture run's: one
+    folder holding files of two runs. The photo run's first save removes it (photo runs write none)."""
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), epochs=1, **TINY), quiet=True, log=lambda _: None)
+    assert (out / "samples.png").exists()
+    train_tiny_photo_model(out)
+    assert not (out / "samples.png").exists() and (out / "checkpoint.pt").exists()
+    assert load_checkpoint(out / "checkpoint.pt").model_config.arch == "fcn"

@@ -31,7 +31,7 @@ from runtimes.images import DEFAULT_MAX_PIXELS
 from train.checkpoint import Checkpoint, run_folder, save_checkpoint
 from train.data import TORCH_SEEDS
 from train.fcn import FcnDenoiser, denoise_any_size
-from train.loop import TrainingInterrupted, on_disk
+from train.loop import SAMPLES_NAME, TrainingInterrupted, on_disk
 from train.metrics import psnr_per_image, ssim_per_image
 from train.model import ModelConfig, build_model
 from train.photos import CropSampler, PhotoSet, load_photos, noisy_8bit
@@ -238,6 +238,10 @@ def _train_photos(
         )
         out.mkdir(parents=True, exist_ok=True)  # here, not up front: a refused run leaves no empty folder
         save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
+        if not saved:
+            # A lecture run's sample sheet in the same --out described another model: the folder then held
+            # files of two runs. Photo runs write none (the picture is `make photo-picture`'s).
+            (out / SAMPLES_NAME).unlink(missing_ok=True)
         saved[:] = [checkpoint]
         summary = {"config": asdict(config), "dataset": dataset_info, "steps": history}
         atomic_write_json(out / METRICS_NAME, summary)
