@@ -190,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """`text` as one printable line whatever the file names in it hold: a newline in a name split an error
+    over two lines, and a name that is not UTF-8 printed as `bad\\udcff.png`. Control characters become
+    escapes (`\\n`), undecodable bytes `\\xNN`."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _say(text: str) -> None:
+    print(one_line(text), file=sys.stderr)
+
+
 def _open_model(args: argparse.Namespace) -> Denoiser | None:
     """The run's Denoiser, or None once the reason it cannot be had is on stderr."""
     try:
@@ -206,7 +218,7 @@ def _open_model(args: argparse.Namespace) -> Denoiser | None:
             conv_search=args.cuda_conv_search,
         )
     except (FileNotFoundError, InvalidModelError, ProviderUnavailableError, ManifestError) as err:
-        print(f"{PROG}: error: cannot use model: {err}", file=sys.stderr)
+        _say(f"{PROG}: error: cannot use model: {err}")
         return None
 
 
@@ -221,21 +233,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         plan = plan_jobs(args.inputs, args.output, with_noisy=args.add_noise > 0)
     except PlanError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _say(f"{PROG}: error: {err}")
         return EXIT_USAGE
     except KeyboardInterrupt:  # loading the model or listing the inputs (seconds for a large tree)
         print(f"{PROG}: interrupted before any file was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     for path, reason in plan.scan_errors:
-        print(f"{PROG}: {path}: {reason}", file=sys.stderr)
+        _say(f"{PROG}: {path}: {reason}")
     if plan.ignored and not args.quiet:
-        print(f"{PROG}: {plan.ignored_summary()}", file=sys.stderr)
+        _say(f"{PROG}: {plan.ignored_summary()}")
     if plan.folder_links and not args.quiet:
-        print(f"{PROG}: {plan.folder_links_summary()}", file=sys.stderr)
+        _say(f"{PROG}: {plan.folder_links_summary()}")
     if plan.earlier_results and not args.quiet:
-        print(f"{PROG}: {plan.earlier_results_summary()}", file=sys.stderr)
+        _say(f"{PROG}: {plan.earlier_results_summary()}")
     if not plan.jobs and not args.quiet:
-        print(f"{PROG}: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
+        _say(f"{PROG}: no images found in {', '.join(map(str, args.inputs))}")
 
     progress = None
     if not args.quiet and sys.stderr.isatty():
@@ -248,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_outcome(outcome: Outcome) -> None:
         finished[0] += 1
         if outcome.status == "failed":
-            message = f"{PROG}: {outcome.job.source}: {outcome.reason}"
+            message = one_line(f"{PROG}: {outcome.job.source}: {outcome.reason}")
             if progress is not None:
                 progress.write(message, file=sys.stderr)
             else:

@@ -923,3 +923,19 @@ def test_summary_counts_the_input_folders_that_could_not_be_listed(
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("cannot list folder") == unlisted, proc.stderr
     assert f"1 done, 0 failed, 0 skipped, {unlisted} folder(s) not listed in " in proc.stderr, proc.stderr
+
+
+def test_file_names_with_a_newline_or_bytes_that_are_not_utf8_are_named_on_one_line(
+    onnx_dir: Path, tmp_path: Path
+) -> None:
+    """A newline in a name split the error over two lines (a log reader sees half a path per line), and
+    a name that is not UTF-8 was printed as bad\\udcff.png: escapes now, one line per failed file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad\nname.png").write_text("junk")
+    (src / os.fsdecode(b"bad\xff.png")).write_text("junk")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir), str(src), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1 and "0 done, 2 failed" in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(f"{src}/bad\\nname.png: " in line and "image" in line for line in lines), proc.stderr
+    assert any(f"{src}/bad\\xff.png: " in line for line in lines), proc.stderr
