@@ -234,7 +234,8 @@ def load_dataset(
         # failed offline with a four-line error.
         raise DataError(
             f"--data-dir {root} is not a folder: give the folder holding the Fashion-MNIST idx files (or an "
-            "existing folder to download them into)"
+            f"existing folder to download them into). On Debian: `sudo apt-get install {DEBIAN_PACKAGE}` "
+            f"(files land in {DEBIAN_FASHION_DIR})"
         )
     candidates = [root] if root is not None else [DEBIAN_FASHION_DIR]
     for candidate in candidates:
