@@ -104,9 +104,8 @@ class _DecodeSettings:
 
 
 def _decode(job: Job, settings: _DecodeSettings) -> _Decoded:
-    loaded = load_image(job.source, settings.max_pixels, settings.color)
-    # Hashed once the file has decoded (an unreadable file is named by load_image's own message).
-    digest = sha256_file(job.source) if job.label else None
+    # The SHA-256 goes into the output's source record (`runtimes.pngmeta`).
+    loaded = load_image(job.source, settings.max_pixels, settings.color, digest=bool(job.label))
     pixels = loaded.pixels  # (H, W) uint8, or (H, W, 3) for colour
     noisy = None
     if settings.noise_std > 0:
@@ -119,7 +118,7 @@ def _decode(job: Job, settings: _DecodeSettings) -> _Decoded:
         samples, plan = to_model(pixels, settings.tile, settings.size_mode)
     except SizeMismatchError as err:
         raise BadImageError(job.source, str(err)) from err
-    return _Decoded(job, samples, plan, noisy, loaded.icc_profile, digest)
+    return _Decoded(job, samples, plan, noisy, loaded.icc_profile, loaded.sha256)
 
 
 def _encode(item: _Decoded, output: np.ndarray, fsync: bool) -> None:
