@@ -396,6 +396,8 @@ def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:
     owner = record.label
     if owner is None or not job.label:
         return Outcome(job, "skipped")
+    if owner != job.label and (job.output_root, owner) in planned:
+        return None  # decided by the label alone: no need to read the input
     same_bytes: bool | None = None  # None: no SHA-256 recorded (an output written before it was)
     if record.sha256 is not None:
         try:
@@ -413,8 +415,6 @@ def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:
             f"SHA-256 is not {job.source}'s: another input of that name, or this one before it changed); "
             f"nothing written ({fix})",
         )
-    if (job.output_root, owner) in planned:
-        return None
     if same_bytes:
         return Outcome(job, "skipped")
     return Outcome(

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -237,15 +238,25 @@ def test_onnx_without_ae_metadata(onnx_dir: Path, tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, MetadataError)
 
 
+def _with_metadata(onnx_dir: Path, tmp_path: Path, key: str, value: str | Callable[[str], str]) -> Path:
+    """A copy of the export's denoiser.onnx with metadata `key` set to `value` (added if absent; a
+    callable gets the current text and returns the new one), for the tampered-file tests below."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
+    entry = next((p for p in proto.metadata_props if p.key == key), None)
+    if entry is None:
+        entry = proto.metadata_props.add()
+        entry.key = key
+    entry.value = value(entry.value) if callable(value) else value
+    path = tmp_path / "denoiser.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
 @pytest.mark.parametrize("value", ['{"radius": -1}', '{"radius": 2.5}', '{"radius": true}', "7", "{}"])
 def test_malformed_receptive_field_refused(onnx_dir: Path, tmp_path: Path, value: str) -> None:
     """A radius the runtime's halo tiles would trust must be a whole number of pixels, or absent."""
-    onnx = pytest.importorskip("onnx")
-    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "ae_export.receptive_field", value
-    path = tmp_path / "denoiser.onnx"
-    onnx.save(proto, str(path))
+    path = _with_metadata(onnx_dir, tmp_path, "ae_export.receptive_field", value)
     with pytest.raises(InvalidModelError, match=r"receptive_field.*must be \{'radius': int >= 0\}"):
         Denoiser(path, warmup=False)
 
@@ -266,11 +277,7 @@ def test_metadata_of_the_wrong_json_type_refused(
 ) -> None:
     """Each object-valued key must hold an object (the optional ones may be null): a list or a string
     there was an AttributeError traceback, not an InvalidModelError naming the key."""
-    onnx = pytest.importorskip("onnx")
-    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
-    next(p for p in proto.metadata_props if p.key == key).value = value
-    path = tmp_path / "denoiser.onnx"
-    onnx.save(proto, str(path))
+    path = _with_metadata(onnx_dir, tmp_path, key, value)
     with pytest.raises(InvalidModelError, match=rf"metadata '{key}' must be a JSON object"):
         Denoiser(path, warmup=False)
 
@@ -285,11 +292,7 @@ def test_json_that_json_loads_refuses_without_a_decode_error_is_an_invalid_model
 ) -> None:
     """json.loads raises RecursionError for deep nesting and a bare ValueError for an integer of over
     4300 digits, neither a JSONDecodeError: both were tracebacks (exit 1 from ae-denoise)."""
-    onnx = pytest.importorskip("onnx")
-    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
-    next(p for p in proto.metadata_props if p.key == "ae_export.training").value = text
-    path = tmp_path / "denoiser.onnx"
-    onnx.save(proto, str(path))
+    path = _with_metadata(onnx_dir, tmp_path, "ae_export.training", text)
     with pytest.raises(InvalidModelError, match=r"metadata 'ae_export.training' is not valid JSON"):
         Denoiser(path, warmup=False)
 
@@ -311,12 +314,11 @@ def test_sizes_in_metadata_must_be_positive_ints(
 ) -> None:
     """int() used to turn 28.9 into 28 and true into 1, and max(1, ...) a size_multiple of 0 or -8 into 1:
     a hand-edited file was accepted as something it does not say."""
-    onnx = pytest.importorskip("onnx")
-    proto = onnx.load(str(onnx_dir / "denoiser.onnx"))
-    entry = next(p for p in proto.metadata_props if p.key == "ae_export.input")
-    entry.value = json.dumps({**json.loads(entry.value), **edit})
-    path = tmp_path / "denoiser.onnx"
-    onnx.save(proto, str(path))
+
+    def edited(text: str) -> str:
+        return json.dumps({**json.loads(text), **edit})
+
+    path = _with_metadata(onnx_dir, tmp_path, "ae_export.input", edited)
     with pytest.raises(InvalidModelError, match=rf"malformed ae_export metadata: .*{message}"):
         Denoiser(path, warmup=False)
 
