@@ -4,8 +4,9 @@ Why a CPU target at export: ONNX Runtime's fast x86 convolutions (MLAS NCHWc) ho
 16 with AVX-512 and of 8 with AVX2, and the fast graph's encoder pass (ae_export.stackconv) pays only where
 a convolution is narrower than that block. Measured on the lecture model, same process, alternating
 rounds, the whole denoiser at batch 256: stacking ran 1.09x faster on an AVX-512 Xeon and 1.08x slower on
-an AVX2 EPYC (whose 8-channel first convolution already fills a block). So the exporter tunes the graph
-for a target, by default the CPU it runs on.
+an AVX2 EPYC (whose 8-channel first convolution already fills a block); the decoder's first layer as a
+MatMul per input cell (ae_export.entrygemm) ran 1.05x faster on that EPYC. So the exporter tunes the
+graph for a target, by default the CPU it runs on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 
 # Target -> ONNX Runtime's NCHWc channel block on it (0: no blocked layout, e.g. ARM or SSE-only x86).
 CPU_TARGETS: dict[str, int] = {"avx512": 16, "avx2": 8, "other": 0}
+# Targets whose fast graph computes the decoder's first layer as one MatMul per input cell
+# (ae_export.entrygemm): 1.05x on an AVX2 EPYC at batch 256; a similar form measured 0.98x on AVX-512,
+# and other CPUs are not measured, so they keep the phase Conv.
+DENSE_ENTRY_TARGETS = frozenset({"avx2"})
 AUTO = "auto"
 
 

@@ -320,7 +320,7 @@ def export_variants(
                 format=o.variant.fmt,
                 opset=opset_of(out_dir / source),
                 excluded_layers=[k for k in o.excluded if k in layers[role]],
-                excluded_nodes=[layers[role][k] for k in o.excluded if k in layers[role]],
+                excluded_nodes=[node for k in o.excluded for node in layers[role].get(k, [])],
             )
             q = o.quality if role == "denoiser" else o.pair
             entry["quality"] = {

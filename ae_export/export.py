@@ -26,8 +26,8 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 import ae_export
-from ae_export.cpu import AUTO, CPU_TARGETS, resolve_cpu_target
-from ae_export.fastgraph import UnsupportedGraphError, fast_graph, graph_kind
+from ae_export.cpu import AUTO, resolve_cpu_target
+from ae_export.fastgraph import fast_graph, graph_kind
 from ae_export.specs import (
     ARCH_SPECS,
     BATCH_AXIS,
@@ -44,6 +44,7 @@ from ae_export.specs import (
     specs_for,
 )
 from ae_export.subnormals import flush_tiny_weights
+from ae_export.tconv import UnsupportedGraphError
 from runtimes.fileio import atomic_write_bytes, unusable_folder
 from runtimes.manifest import MANIFEST_FILE, VARIANT_SUFFIXES
 from runtimes.metadata import ModelMetadata, TensorContract, encode_metadata, parse_metadata
@@ -281,7 +282,7 @@ def export_artifact(
     # torch's ConvTranspose (their 2x2 stride-2 up-sampling has no overlapping windows to fold anyway).
     if graph == "fast" and not spec.dynamic_size:
         try:
-            proto = fast_graph(proto, CPU_TARGETS[target])
+            proto = fast_graph(proto, target)
         except UnsupportedGraphError as err:
             raise ExportError(
                 f"{spec.file_name}: fast graph impossible ({err}); use --graph portable"

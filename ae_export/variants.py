@@ -260,14 +260,16 @@ def layer_key(initializer: str, role: str) -> str:
     return stem if role == "denoiser" else f"{role}.{stem}"
 
 
-def weighted_layers(proto: onnx.ModelProto, role: str) -> dict[str, str]:
-    """Layer key -> node name for every node with a weight initializer (the quantizable compute)."""
+def weighted_layers(proto: onnx.ModelProto, role: str) -> dict[str, list[str]]:
+    """Layer key -> names of the nodes with that layer's weights (the quantizable compute). A rewritten
+    layer may be several nodes (the fast graph's entry layer: a MatMul and its bias Conv), and keeping
+    the layer in float keeps them all."""
     inits = {init.name for init in proto.graph.initializer}
-    return {
-        layer_key(node.input[1], role): node.name
-        for node in proto.graph.node
-        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
-    }
+    layers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits:
+            layers.setdefault(layer_key(node.input[1], role), []).append(node.name)
+    return layers
 
 
 class _Batches(CalibrationDataReader):
@@ -324,7 +326,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             reduce_range=True,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=[layers[k] for k in excluded if k in layers],
+            nodes_to_exclude=[node for k in excluded for node in layers.get(k, [])],
         )
     return onnx.load(str(out))
 

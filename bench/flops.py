@@ -35,9 +35,9 @@ OTHER = "elementwise/other"
 
 def _node_kind(node_name: str, op: str) -> str:
     """The fast graph's rewritten transposed convolutions (ae_export.fastgraph) count as conv_transpose:
-    their Convs (by the names of the tensors they write) and their Col2Ims."""
+    their Convs, MatMuls and Transposes (by their names or those of the tensors they write) and Col2Ims."""
     rewritten = any(mark in node_name for mark in REWRITE_MARKS)
-    if op == "Col2Im" or (rewritten and ORT_OP_KIND.get(op) == "conv"):
+    if op == "Col2Im" or (rewritten and (op == "Transpose" or ORT_OP_KIND.get(op) in ("conv", "linear"))):
         return "conv_transpose"
     return ORT_OP_KIND.get(op, OTHER)
 

@@ -9,9 +9,10 @@ import torch
 from onnx import helper
 
 from ae_export.export import export_all
-from ae_export.fastgraph import UnsupportedGraphError, graph_kind, rewrite_conv_transpose
+from ae_export.fastgraph import graph_kind, rewrite_conv_transpose
 from ae_export.parity import BATCH_SIZES, run_parity
 from ae_export.specs import SPECS
+from ae_export.tconv import UnsupportedGraphError
 from runtimes.metadata import parse_metadata
 from tests.helpers import conv_model, run_model
 from train.checkpoint import load_checkpoint
