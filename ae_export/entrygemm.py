@@ -49,7 +49,13 @@ from ae_export.graphedit import (
     rewritten_weight,
     static_shapes,
 )
-from ae_export.tconv import ConvTransposeLayer, check_col2im_opset, overlap_form, read_conv_transpose
+from ae_export.tconv import (
+    ConvTransposeLayer,
+    OverlapForm,
+    check_col2im_opset,
+    overlap_form,
+    read_conv_transpose,
+)
 
 # In the names of the MatMul and Transpose nodes and of the tensors the bias Conv and its activation write
 # (ORT names fused nodes after their outputs): profiles (bench.flops) count them as the transposed
@@ -101,8 +107,8 @@ def _cell_major(
     return weight, bias[..., order]
 
 
-class _Layer:
-    """Emits one layer's nodes and initializers under fresh names."""
+class _Emit:
+    """One rewritten layer's nodes and initializers, under fresh names after the ConvTranspose's."""
 
     def __init__(self, walk: GraphWalk, inits: list[onnx.TensorProto], convt: onnx.NodeProto) -> None:
         self.walk, self.inits, self.convt = walk, inits, convt
@@ -120,10 +126,8 @@ class _Layer:
         )
         return out
 
-    def emit(self, x: str, layer: ConvTransposeLayer) -> None:
+    def layer(self, x: str, layer: ConvTransposeLayer, form: OverlapForm) -> None:
         """(B, C_in*H*W) cell-major -> the layer's output, named as the ConvTranspose's (see module doc)."""
-        form = overlap_form(layer, (1, 1), layer.in_hw)
-        assert form is not None  # checked by the caller
         c_in, c_out = layer.weight.shape[:2]
         cells = layer.in_hw[0] * layer.in_hw[1]
         weight = self.convt.input[1]
@@ -183,14 +187,15 @@ def dense_entry(model: onnx.ModelProto) -> onnx.ModelProto:
         if gemm_shape is None or len(gemm_shape) != 2 or gemm_shape[1] != c_in * cells:
             continue
         permuted = _cell_major(gemm, inits, c_in, cells)
-        if permuted is None or overlap_form(layer, (1, 1), layer.in_hw) is None:
+        form = overlap_form(layer, (1, 1), layer.in_hw)  # one input phase: each cell's own footprint
+        if permuted is None or form is None:
             continue
-        emit = _Layer(walk, new_inits, convt)
+        emit = _Emit(walk, new_inits, convt)
         linear = gemm.input[1]  # its layer's int8 key stays the same (ae_export.variants.layer_key)
         gemm.input[1] = emit.const(rewritten_weight(linear, "permuted_weight"), permuted[0])
         if permuted[1] is not None:
             gemm.input[2] = emit.const(rewritten_weight(linear, "permuted_bias"), permuted[1])
-        emit.emit(reshape.input[0], layer)
+        emit.layer(reshape.input[0], layer, form)
         replaced[id(convt)], replaced[id(reshape)] = emit.nodes, []
     if not replaced:
         return model
