@@ -10,6 +10,7 @@ the model loads or the inputs are listed, nothing is written yet).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -57,14 +58,21 @@ nonnegative_int = int_at_least(0, "an integer >= 0")
 seed_int = nonnegative_int  # every --seed of every CLI
 
 
-def _noise_std(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (e.g. 0.3), got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (e.g. 0.3), got {text!r}")
-    return value
+def float_at_least(low: float, expected: str, strict: bool = False) -> Callable[[str], float]:
+    """An argparse `type` for finite numbers >= low (> low when `strict`): NaN and infinities are refused
+    by the flag's own error, not deep inside the run (`ae-train --lr inf` once trained until it
+    "diverged"; `--lr nan` was torch's "Invalid learning rate", naming no flag)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _threads(text: str) -> int:
@@ -141,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--add-noise",
-        type=_noise_std,
+        type=float_at_least(0.0, "a finite number >= 0 (e.g. 0.3)"),
         default=0.0,
         metavar="STD",
         help="demo: add clip(x + STD*N(0,1), 0, 1) noise first, save it as <stem>.noisy.png "

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtimes.cli import nonnegative_int, positive_int, seed_int
+from runtimes.cli import float_at_least, nonnegative_int, positive_int, seed_int
 from runtimes.extras import require_extra
 
 require_extra("ae-train", "train", ("torch",))  # before the imports that need it
@@ -53,19 +53,6 @@ PHOTO_PRESET = "photo"  # the fully convolutional denoiser trained on photograph
 EXIT_DIVERGED = 3
 
 
-def _finite(text: str, above_zero: bool) -> float:
-    """--lr (> 0) and --weight-decay (>= 0): finite numbers, refused by flag. `--lr inf` trained until it
-    "diverged" (exit 3) and `--lr nan` was torch's "Invalid learning rate: nan", naming no flag."""
-    expected = f"a finite number {'> 0' if above_zero else '>= 0'}"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not (value > 0 if above_zero else value >= 0) or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
 # Flags a preset may set: their argparse default is None ("not given"), so a preset value is only
 # overridden by a flag the user actually typed. Counts are checked as the flag's own argparse error
 # ("argument --epochs: expected a positive integer, got 0"), not later by the config, whose message
@@ -78,9 +65,9 @@ RECIPE_FLAGS: dict[str, Callable[[str], Any]] = {
     "hidden_dim": positive_int,
     "width": positive_int,
     "blocks": nonnegative_int,  # residual blocks per stage; 0 is the lecture layout
-    "lr": lambda text: _finite(text, above_zero=True),
+    "lr": float_at_least(0.0, "a finite number > 0", strict=True),
     "schedule": str,
-    "weight_decay": lambda text: _finite(text, above_zero=False),
+    "weight_decay": float_at_least(0.0, "a finite number >= 0"),
     "noise_factor": float,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
