@@ -229,6 +229,7 @@ def run_pipeline(
     )
     todo: list[Job] = []
     folder_errors: dict[Path, str] = {}
+    created: list[Path] = []  # output folders this run made: removed at the end where nothing was written
     planned = {(job.output_root, job.label) for job in jobs}
     for job in jobs:
         if not overwrite and os.path.lexists(job.output):
@@ -239,7 +240,7 @@ def run_pipeline(
         folder = job.output.parent
         if folder not in folder_errors:  # create each output folder once, not once per file
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                created += _make_folder(folder)
                 folder_errors[folder] = ""
             except OSError as err:
                 folder_errors[folder] = f"cannot create output folder {folder}: {err.strerror or err}"
@@ -356,8 +357,33 @@ def run_pipeline(
                     if outcome.job.index not in reported:
                         report(outcome)
         raise
+    finally:
+        _remove_empty(created)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders it created, outermost first."""
+    missing = []
+    current = folder
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the output folders this run created that are still empty, innermost first: a run whose
+    every file was refused (or that was interrupted before its first write) leaves no empty `-o` tree
+    behind. rmdir removes only an empty folder, so nothing written, by this run or another process, is
+    lost; a folder that is not empty (or gone) stays as it is."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (results, another writer's files) or already gone: keep it
+            continue
 
 
 def _existing(job: Job, planned: set[tuple[Path, str]]) -> Outcome | None:

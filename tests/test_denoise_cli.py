@@ -81,6 +81,29 @@ def test_end_to_end_psnr(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
     assert denoised_psnr > noisy_psnr + 1.0, (noisy_psnr, denoised_psnr)
 
 
+def test_a_run_that_writes_nothing_leaves_no_empty_output_folders(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path
+) -> None:
+    """Every file refused: the `-o` tree the run created is removed again (it once stayed, empty); a
+    folder that existed before stays, and so does one that received a result."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"not a png")
+    (bad / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    model = str(onnx_dir / "denoiser.onnx")
+    proc = run_cli(CLI, "--onnx", model, str(bad), "-o", str(tmp_path / "out" / "deep"))
+    assert proc.returncode == 1 and "0 done, 2 failed" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()
+    proc = run_cli(CLI, "--onnx", model, str(bad), "-o", str(tmp_path / "mine" / "new"))
+    assert proc.returncode == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["bad", "mine"]
+    assert not any((tmp_path / "mine").iterdir())  # its own new subfolder went, the folder stayed
+    save(bad / "good.png", fmnist_test[0])
+    proc = run_cli(CLI, "--onnx", model, str(bad), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1 and "1 done, 2 failed" in proc.stderr, proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
+
+
 def test_add_noise_demo_mode(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
     clean = fmnist_test[:40]
     for i, image in enumerate(clean):
