@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from runtimes.fileio import atomic_save
+from runtimes.fitting import SizeMismatchError
 from runtimes.layout import describe
 from runtimes.pillowlimit import pillow_limit_at_least
 from runtimes.pngmeta import SOURCE_KEY, SOURCE_SHA256_KEY, profile_for
@@ -116,6 +117,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     color: bool = True,
     digest: bool = False,
+    only_size: tuple[int, int] | None = None,
 ) -> LoadedImage:
     """`load_image8` (colour kept) or `load_gray8` (`color=False`), with the file's matching ICC profile.
 
@@ -123,9 +125,13 @@ def load_image(
     a grayscale file's with grayscale pixels; an RGB (or CMYK) profile is dropped once the pixels are
     gray (or converted from CMYK), since it would misdescribe them. `digest`: also the file's SHA-256,
     read from the handle that was decoded (hashing by path opened the file again: ae-denoise ran 0.90x
-    on 5,000 small PNGs, its decode threads trading the GIL at every extra system call).
+    on 5,000 small PNGs, its decode threads trading the GIL at every extra system call). `only_size`
+    (height, width): the one size the caller can use (a fixed-size model in exact mode); a file whose
+    header says otherwise, in either orientation, is refused before its pixels are decoded, with
+    SizeMismatchError's message (a 12 MP photograph handed to the 28x28 model was decoded in full first).
     """
-    pixels, profile, sha256 = _load(Path(path), max_pixels, _to_image8 if color else _to_gray8, digest)
+    convert = _to_image8 if color else _to_gray8
+    pixels, profile, sha256 = _load(Path(path), max_pixels, convert, digest, only_size)
     return LoadedImage(pixels, profile_for(profile, 3 if pixels.ndim == 3 else 1), sha256)
 
 
@@ -147,7 +153,7 @@ Converter = Callable[[Image.Image, Path], np.ndarray]
 
 
 def _load(
-    path: Path, max_pixels: int, convert: Converter, digest: bool
+    path: Path, max_pixels: int, convert: Converter, digest: bool, only_size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, bytes | None, str | None]:
     try:
         # O_NONBLOCK: a FIFO named like an image must not hang the run; it is refused below.
@@ -166,7 +172,7 @@ def _load(
     with os.fdopen(fd, "rb") as handle:
         if info.st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")
-        pixels, profile = _decode(handle, path, max_pixels, convert)
+        pixels, profile = _decode(handle, path, max_pixels, convert, only_size)
         if not digest:
             return pixels, profile, None
         handle.seek(0)
@@ -174,7 +180,7 @@ def _load(
 
 
 def _decode(
-    handle: BinaryIO, path: Path, max_pixels: int, convert: Converter
+    handle: BinaryIO, path: Path, max_pixels: int, convert: Converter, only_size: tuple[int, int] | None
 ) -> tuple[np.ndarray, bytes | None]:
     try:
         with pillow_limit_at_least(max_pixels), Image.open(handle) as image:
@@ -186,6 +192,9 @@ def _decode(
                     f"decompression bomb guard: {width}x{height} = {width * height} pixels exceeds the limit "
                     f"of {max_pixels} (raise it with --max-pixels if the file is trusted)",
                 )
+            # Either orientation: EXIF may turn the stored size; the caller checks the decoded one exactly.
+            if only_size is not None and sorted((height, width)) != sorted(only_size):
+                raise BadImageError(path, str(SizeMismatchError((height, width), only_size)))
             if image.format in _MULTI_FRAME_FORMATS and (frames := _content_frames(image)) > 1:
                 raise BadImageError(
                     path,

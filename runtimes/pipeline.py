@@ -105,7 +105,8 @@ class _DecodeSettings:
 
 def _decode(job: Job, settings: _DecodeSettings) -> _Decoded:
     # The SHA-256 goes into the output's source record (`runtimes.pngmeta`).
-    loaded = load_image(job.source, settings.max_pixels, settings.color, digest=bool(job.label))
+    exact = settings.tile if settings.size_mode == "exact" else None  # other sizes: refused undecoded
+    loaded = load_image(job.source, settings.max_pixels, settings.color, bool(job.label), exact)
     pixels = loaded.pixels  # (H, W) uint8, or (H, W, 3) for colour
     noisy = None
     if settings.noise_std > 0:

@@ -678,6 +678,32 @@ def test_quiet_and_no_progress_bar_off_terminal(
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
 
 
+def test_a_wrong_size_is_refused_from_the_header_before_decoding(onnx_dir: Path, tmp_path: Path) -> None:
+    """Exact mode with the 28x28 model: a 64x48 PNG whose pixel data is garbage is refused for its size
+    (read from the header), not as corrupt data, so its pixels were never decoded; with a correct header
+    size the same garbage is reported as corrupt. Tile mode decodes it (and finds the garbage)."""
+    for name, size in (("wide.png", (64, 48)), ("right.png", (28, 28))):
+        buf = io.BytesIO()
+        Image.fromarray(np.full(size[::-1], 128, np.uint8)).save(buf, format="PNG")
+        data = buf.getvalue()
+        idat = data.index(b"IDAT")
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data[: idat + 4] + b"\xff" * 40 + data[idat + 44 :])
+    model = str(onnx_dir / "denoiser.onnx")
+    proc = run_cli(CLI, "--onnx", model, str(tmp_path / "in"))
+    assert proc.returncode == 1 and "0 done, 2 failed" in proc.stderr, proc.stderr
+    lines = {line.split(": ", 2)[1]: line for line in proc.stderr.splitlines() if ".png: " in line}
+    assert (
+        "image is 64x48 (width x height) but the model takes only 28x28"
+        in lines[str(tmp_path / "in" / "wide.png")]
+    )
+    assert "corrupt or truncated" in lines[str(tmp_path / "in" / "right.png")]
+    proc = run_cli(
+        CLI, "--onnx", model, str(tmp_path / "in"), "--size-mode", "tile", "-o", str(tmp_path / "t")
+    )
+    assert proc.returncode == 1 and proc.stderr.count("corrupt or truncated") == 2, proc.stderr
+
+
 def test_tile_mode_keeps_size_and_content(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
     """A 56x80 mosaic: tile mode keeps the size and the picture (a 4-dim-latent autoencoder of centred
     28x28 objects does not beat the noise on arbitrary crops, so no PSNR claim is made here)."""
