@@ -150,6 +150,7 @@ def load_image8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXE
 
 
 Converter = Callable[[Image.Image, Path], np.ndarray]
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 swap width and height
 
 
 def _load(
@@ -194,7 +195,7 @@ def _decode(
                 )
             # Either orientation: EXIF may turn the stored size; the caller checks the decoded one exactly.
             if only_size is not None and sorted((height, width)) != sorted(only_size):
-                raise BadImageError(path, str(SizeMismatchError((height, width), only_size)))
+                raise BadImageError(path, str(SizeMismatchError(_shown_size(image), only_size)))
             if image.format in _MULTI_FRAME_FORMATS and (frames := _content_frames(image)) > 1:
                 raise BadImageError(
                     path,
@@ -228,6 +229,17 @@ def _content_frames(image: Image.Image) -> int:
         frames -= int(image.tag_v2.get(254, 0)) & 1  # NewSubfileType bit 0: a reduced-resolution version
     image.seek(0)
     return frames
+
+
+def _shown_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) as the image is shown: swapped where its EXIF orientation turns it (5-8). Read from
+    the header only; a PNG whose EXIF chunk follows its pixels (Pillow would decode them to find it) and
+    an orientation given only in XMP report the stored size."""
+    width, height = image.size
+    readable = image.format != "PNG" or "exif" in image.info
+    if readable and _may_have_orientation(image) and image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+        return width, height
+    return height, width
 
 
 def _may_have_orientation(image: Image.Image) -> bool:

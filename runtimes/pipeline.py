@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -128,9 +128,19 @@ def _encode(item: _Decoded, output: np.ndarray, fsync: bool) -> None:
     # A Job made without a label (not by plan_jobs) records nothing.
     record = {"source": job.label or None, "source_sha256": item.source_sha256, "icc_profile": icc}
     if item.noisy is not None and job.noisy_output is not None:
-        save_png(job.noisy_output, item.noisy, fsync=fsync, make_parents=False, **record)
+        _save(job.noisy_output, item.noisy, fsync, record)
     # Written last: its existence (with its source record) is what marks the job as done for a re-run.
-    save_png(job.output, result, fsync=fsync, make_parents=False, **record)
+    _save(job.output, result, fsync, record)
+
+
+def _save(path: Path, pixels: np.ndarray, fsync: bool, record: dict[str, Any]) -> None:
+    """save_png into a folder made up front; if that folder is gone by now, make it again, once. Another
+    run sharing the output folder removes it when it has written nothing there (`_remove_empty`), and a
+    user may move it away mid-run: neither should fail files this run can still write."""
+    try:
+        save_png(path, pixels, fsync=fsync, make_parents=False, **record)
+    except FileNotFoundError:
+        save_png(path, pixels, fsync=fsync, make_parents=True, **record)
 
 
 def _decode_chunk(
@@ -228,37 +238,39 @@ def run_pipeline(
     result.stale_temps_removed = remove_stale_temps(
         out for job in jobs for out in (job.output, job.noisy_output) if out is not None
     )
-    todo: list[Job] = []
-    folder_errors: dict[Path, str] = {}
-    created: list[Path] = []  # output folders this run made: removed at the end where nothing was written
-    planned = {(job.output_root, job.label) for job in jobs}
-    for job in jobs:
-        if not overwrite and os.path.lexists(job.output):
-            existing = _existing(job, planned)
-            if existing is not None:
-                report(existing)
-                continue
-        folder = job.output.parent
-        if folder not in folder_errors:  # create each output folder once, not once per file
-            try:
-                created += _make_folder(folder)
-                folder_errors[folder] = ""
-            except OSError as err:
-                folder_errors[folder] = f"cannot create output folder {folder}: {err.strerror or err}"
-        if folder_errors[folder]:
-            report(Outcome(job, "failed", folder_errors[folder]))
-        else:
-            todo.append(job)
-
-    # Files travel through the pool in chunks: one Future per file costs more GIL time than decoding a
-    # 28x28 PNG, and the GIL is what limits a thread pool.
-    chunk = max(1, min(CHUNK_FILES, len(todo) // (2 * workers)))
-    pixel_share = max(1, DECODE_AHEAD_PIXELS // (workers + 1))
-    tile = denoiser.image_shape
-    settings = _DecodeSettings(tile, size_mode, noise_std, seed, max_pixels, color and tile is None)
-
     encoding: dict[Future[list[Outcome]], int] = {}  # encode task -> samples it holds
+    # Output folders this run made, removed at the end where nothing was written. Inside the `try`, so
+    # that an interrupt while they are being made still removes the ones already made.
+    created: list[Path] = []
     try:
+        todo: list[Job] = []
+        folder_errors: dict[Path, str] = {}
+        planned = {(job.output_root, job.label) for job in jobs}
+        for job in jobs:
+            if not overwrite and os.path.lexists(job.output):
+                existing = _existing(job, planned)
+                if existing is not None:
+                    report(existing)
+                    continue
+            folder = job.output.parent
+            if folder not in folder_errors:  # create each output folder once, not once per file
+                try:
+                    _make_folder(folder, created)
+                    folder_errors[folder] = ""
+                except OSError as err:
+                    folder_errors[folder] = f"cannot create output folder {folder}: {err.strerror or err}"
+            if folder_errors[folder]:
+                report(Outcome(job, "failed", folder_errors[folder]))
+            else:
+                todo.append(job)
+
+        # Files travel through the pool in chunks: one Future per file costs more GIL time than decoding a
+        # 28x28 PNG, and the GIL is what limits a thread pool.
+        chunk = max(1, min(CHUNK_FILES, len(todo) // (2 * workers)))
+        pixel_share = max(1, DECODE_AHEAD_PIXELS // (workers + 1))
+        tile = denoiser.image_shape
+        settings = _DecodeSettings(tile, size_mode, noise_std, seed, max_pixels, color and tile is None)
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ae-denoise") as pool:
             decoding: deque[Future[tuple[list[_Decoded | Outcome], list[Job]]]] = deque()
             upcoming = deque(todo)
@@ -364,15 +376,20 @@ def run_pipeline(
     return result
 
 
-def _make_folder(folder: Path) -> list[Path]:
-    """mkdir -p `folder`; returns the folders it created, outermost first."""
-    missing = []
-    current = folder
-    while not os.path.lexists(current) and current != current.parent:
-        missing.append(current)
-        current = current.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing[::-1]
+def _make_folder(folder: Path, created: list[Path]) -> None:
+    """mkdir -p `folder`, appending each folder this call made to `created` as it makes it (outermost
+    first). Only a mkdir of this run's own counts: a folder that exists, or that another process makes
+    meanwhile, is never recorded, whatever `..` the path holds."""
+    for path in (*reversed(folder.parents), folder):
+        if path.is_dir():
+            continue
+        try:
+            path.mkdir()
+        except FileExistsError:  # made meanwhile by another process, or not a folder: checked below
+            continue
+        created.append(path)
+    if not folder.is_dir():
+        folder.mkdir()  # raises the reason (a file in the way, a dangling link)
 
 
 def _remove_empty(created: list[Path]) -> None:

@@ -104,6 +104,28 @@ def test_a_run_that_writes_nothing_leaves_no_empty_output_folders(
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
 
 
+def test_folder_cleanup_keeps_what_the_run_did_not_make(
+    onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the API: an output path with `..` over a folder that does not exist yet still names an
+    existing empty folder, which must stay (every prefix looked missing once, so it was removed); and a
+    folder removed mid-run (by another run's cleanup) is made again when a result is written there."""
+    from runtimes import pipeline
+    from runtimes.planning import Job
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep_me_empty").mkdir()
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    job = Job(0, Path("bad.png"), Path("new/../keep_me_empty/out/bad.png"))
+    result = pipeline.run_pipeline(Denoiser(str(onnx_dir / "denoiser.onnx")), [job], workers=1, fsync=False)
+    assert result.failed == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "keep_me_empty"]
+    assert not any((tmp_path / "keep_me_empty").iterdir())
+    gone = tmp_path / "gone" / "x.png"  # its folder was never made (or was made, then removed)
+    pipeline._save(gone, fmnist_test[0], False, {"source": "x.png"})
+    assert read(gone).shape == (28, 28)
+
+
 def test_add_noise_demo_mode(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
     clean = fmnist_test[:40]
     for i, image in enumerate(clean):
@@ -702,6 +724,23 @@ def test_a_wrong_size_is_refused_from_the_header_before_decoding(onnx_dir: Path,
         CLI, "--onnx", model, str(tmp_path / "in"), "--size-mode", "tile", "-o", str(tmp_path / "t")
     )
     assert proc.returncode == 1 and proc.stderr.count("corrupt or truncated") == 2, proc.stderr
+
+
+def test_a_header_refusal_names_the_size_as_shown(onnx_dir: Path, tmp_path: Path) -> None:
+    """A 40x30 image stored with EXIF orientation 6 shows as 30x40: the refusal says so (read from the
+    header, it once said the stored 40x30), for JPEG and for PNG; without the tag, 40x30."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = Image.fromarray(np.full((30, 40), 90, np.uint8))
+    (tmp_path / "in").mkdir()
+    image.save(tmp_path / "in" / "rot6.png", exif=exif.tobytes())
+    image.save(tmp_path / "in" / "rot6.jpg", exif=exif.tobytes())
+    image.save(tmp_path / "in" / "plain.png")
+    proc = run_cli(CLI, "--onnx", str(onnx_dir / "denoiser.onnx"), str(tmp_path / "in"))
+    assert proc.returncode == 1, proc.stderr
+    for name, shown in (("rot6.png", "30x40"), ("rot6.jpg", "30x40"), ("plain.png", "40x30")):
+        line = next(x for x in proc.stderr.splitlines() if f"{name}: " in x)
+        assert f"image is {shown} (width x height)" in line, line
 
 
 def test_tile_mode_keeps_size_and_content(onnx_dir: Path, fmnist_test: np.ndarray, tmp_path: Path) -> None:
