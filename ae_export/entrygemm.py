@@ -153,14 +153,19 @@ class _Emit:
         # The bias once per output, after the sum: a depthwise 1x1 Conv of weight 1, which ORT fuses with
         # a following activation. Its output takes the mark, and so do the activations after it (which
         # ORT then names the fused node after), where a single next node reads them.
-        between, nxt = self.walk.elementwise_run(self.convt.output[0])
-        out = self.convt.output[0]
+        original = self.convt.output[0]
+        between, nxt = self.walk.elementwise_run(original)
+        out = original
         if between and nxt is not None:
             out = self.walk.fresh(f"{self.stem}{CELLS_MARK}_biased")
             nxt.input[0] = self.walk.relabel(between, out, f"{self.stem}{CELLS_MARK}")
+        elif not between and original not in self.walk.outputs:  # no activation: the readers take the mark
+            out = self.walk.fresh(f"{self.stem}{CELLS_MARK}_biased")
+            for reader in self.walk.consumers.get(original, []):
+                reader.input[:] = [out if name == original else name for name in reader.input]
         ones = self.const(rewritten_weight(weight, "ones_weight"), np.ones((c_out, 1, 1, 1), np.float32))
         bias = self.const(rewritten_weight(weight, "cell_bias"), layer.bias.astype(np.float32))
-        self.node("Conv", [total, ones, bias], out, "bias_conv", group=c_out, kernel_shape=[1, 1])
+        self.node("Conv", [total, ones, bias], out, "cells_bias_conv", group=c_out, kernel_shape=[1, 1])
 
 
 def dense_entry(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -256,7 +256,7 @@ def layer_key(initializer: str, role: str) -> str:
     after the weight they replace ("cnn.0.phase_weight", `ae_export.graphedit.rewritten_weight`), so a
     layer has one key in the fast and the portable graph too.
     """
-    stem = re.sub(r"\.(?:[a-z]+_)?weight$", "", initializer)
+    stem = re.sub(r"\.(?:[a-z]+_)?weight(?:_\d+)?$", "", initializer)  # _N: a second copy's fresh name
     return stem if role == "denoiser" else f"{role}.{stem}"
 
 

@@ -166,3 +166,32 @@ def test_profile_counts_the_layer_as_a_transposed_convolution(portable_dir, tmp_
     rows = {r["kind"]: r["ops"] for r in profile_ort_ops(path, threads=1, batch=4, runs=2, flops=flops)}
     assert {"MatMul", "Transpose", "Col2Im", "Conv"} <= set(rows["conv_transpose"]), rows
     assert "MatMul" not in rows["linear"] and "Transpose" not in rows["elementwise/other"], rows
+
+
+def test_the_mark_reaches_the_bias_conv_without_an_activation(tmp_path) -> None:
+    """Two ConvTransposes with nothing between: the bias Conv's output (after which ORT names its fused
+    node) still carries the mark, so the bench counts it as the transposed convolution's; same values."""
+    from bench.flops import profile_ort_ops
+
+    rng = np.random.default_rng(11)
+    model, _ = _entry_model(rng, 4, 32, 16, 3, 2, 0, 0, 3)
+    second = helper.make_node("ConvTranspose", ["t", "w2", "b2"], ["y"], strides=[2, 2], pads=[1] * 4)
+    del model.graph.node[-1]  # the Relu: "t" now feeds the second layer directly
+    model.graph.node.append(second)
+    for name, value in (("w2", rng.uniform(-0.5, 0.5, (16, 8, 3, 3))), ("b2", rng.uniform(-0.5, 0.5, 8))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+    fast = fast_graph(model, "avx2")
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_model(fast, x), run_model(model, x), atol=1e-5, rtol=1e-5)
+    path = tmp_path / "two.onnx"
+    onnx.save(fast, str(path))
+    flops = {"total": 3, "by_kind": {"conv": 1, "conv_transpose": 1, "linear": 1}}
+    rows = {r["kind"]: r for r in profile_ort_ops(path, 1, 4, 2, flops, sample_shape=(4,))}
+    assert rows["conv"]["ms_per_call"] == 0, rows  # no Conv of this graph counted as a plain one
+
+
+def test_a_second_copy_of_a_weight_keeps_its_layer_key() -> None:
+    """Fresh names of a second rewrite of one weight ("c1.cell_weight_1") name the same int8 layer."""
+    from ae_export.variants import layer_key
+
+    assert {layer_key(n, "denoiser") for n in ("c1.weight", "c1.cell_weight", "c1.ones_weight_1")} == {"c1"}
