@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ae_export.graphedit import (
     ELEMENTWISE,
+    Emit,
     GraphWalk,
     drop_unused_and_check,
     node_attr,
@@ -107,65 +108,37 @@ def _cell_major(
     return weight, bias[..., order]
 
 
-class _Emit:
-    """One rewritten layer's nodes and initializers, under fresh names after the ConvTranspose's."""
-
-    def __init__(self, walk: GraphWalk, inits: list[onnx.TensorProto], convt: onnx.NodeProto) -> None:
-        self.walk, self.inits, self.convt = walk, inits, convt
-        self.stem = convt.name or convt.output[0]
-        self.nodes: list[onnx.NodeProto] = []
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        name = self.walk.fresh(name)
-        self.inits.append(numpy_helper.from_array(value, name))
-        return name
-
-    def node(self, op: str, inputs: list[str], out: str, what: str, **attrs: object) -> str:
-        self.nodes.append(
-            helper.make_node(op, inputs, [out], name=self.walk.fresh(f"{self.stem}.{what}"), **attrs)
-        )
-        return out
-
-    def layer(self, x: str, layer: ConvTransposeLayer, form: OverlapForm) -> None:
-        """(B, C_in*H*W) cell-major -> the layer's output, named as the ConvTranspose's (see module doc)."""
-        c_in, c_out = layer.weight.shape[:2]
-        cells = layer.in_hw[0] * layer.in_hw[1]
-        weight = self.convt.input[1]
-        shape = self.const(f"{self.stem}.cells_shape", np.array([0, cells, c_in], np.int64))  # 0: the batch
-        x = self.node("Reshape", [x, shape], self.walk.fresh(f"{self.stem}.cells_in"), "to_cells")
-        # (B, H*W, C_in) x (C_in, C_out*Kh*Kw) -> (B, H*W, C_out*Kh*Kw) -> Col2Im's (B, C_out*Kh*Kw, H*W).
-        matrix = self.const(rewritten_weight(weight, "cell_weight"), form.weight[:, :, 0, 0].T.copy())
-        y = self.node("MatMul", [x, matrix], self.walk.fresh(f"{self.stem}{CELLS_MARK}"), "cells_matmul")
-        cols = self.node(
-            "Transpose", [y], self.walk.fresh(f"{self.stem}.columns"), "cells_to_columns", perm=[0, 2, 1]
-        )
-        image = self.const(f"{self.stem}.image_shape", np.array(layer.out_hw, np.int64))
-        block = self.const(f"{self.stem}.block_shape", np.array(form.block, np.int64))
-        total = self.walk.fresh(f"{self.stem}.sum")
-        self.node(
-            "Col2Im",
-            [cols, image, block],
-            total,
-            "overlap_add",
-            strides=list(form.strides),
-            pads=list(form.pads),
-        )
-        # The bias once per output, after the sum: a depthwise 1x1 Conv of weight 1, which ORT fuses with
-        # a following activation. Its output takes the mark, and so do the activations after it (which
-        # ORT then names the fused node after), where a single next node reads them.
-        original = self.convt.output[0]
-        between, nxt = self.walk.elementwise_run(original)
-        out = original
-        if between and nxt is not None:
-            out = self.walk.fresh(f"{self.stem}{CELLS_MARK}_biased")
-            nxt.input[0] = self.walk.relabel(between, out, f"{self.stem}{CELLS_MARK}")
-        elif not between and original not in self.walk.outputs:  # no activation: the readers take the mark
-            out = self.walk.fresh(f"{self.stem}{CELLS_MARK}_biased")
-            for reader in self.walk.consumers.get(original, []):
-                reader.input[:] = [out if name == original else name for name in reader.input]
-        ones = self.const(rewritten_weight(weight, "ones_weight"), np.ones((c_out, 1, 1, 1), np.float32))
-        bias = self.const(rewritten_weight(weight, "cell_bias"), layer.bias.astype(np.float32))
-        self.node("Conv", [total, ones, bias], out, "cells_bias_conv", group=c_out, kernel_shape=[1, 1])
+def _emit_layer(
+    emit: Emit, walk: GraphWalk, convt: onnx.NodeProto, x: str, layer: ConvTransposeLayer, form: OverlapForm
+) -> None:
+    """(B, C_in*H*W) cell-major `x` -> the layer's output, named as the ConvTranspose's (module doc)."""
+    c_in, c_out = layer.weight.shape[:2]
+    cells = layer.in_hw[0] * layer.in_hw[1]
+    stem = emit.stem
+    shape = emit.const("cells_shape", np.array([0, cells, c_in], np.int64))  # 0: the batch
+    x = emit.node("Reshape", [x, shape], walk.fresh(f"{stem}.cells_in"), "to_cells")
+    # (B, H*W, C_in) x (C_in, C_out*Kh*Kw) -> (B, H*W, C_out*Kh*Kw) -> Col2Im's (B, C_out*Kh*Kw, H*W).
+    matrix = emit.const("cell_weight", form.weight[:, :, 0, 0].T.copy(), layer=True)
+    y = emit.node("MatMul", [x, matrix], walk.fresh(f"{stem}{CELLS_MARK}"), "cells_matmul")
+    cols = emit.node("Transpose", [y], walk.fresh(f"{stem}.columns"), "cells_to_columns", perm=[0, 2, 1])
+    total = walk.fresh(f"{stem}.sum")
+    emit.col2im(cols, total, layer.out_hw, form.block, form.strides, list(form.pads), "overlap_add")
+    # The bias once per output, after the sum: a depthwise 1x1 Conv of weight 1, which ORT fuses with a
+    # following activation. Its output takes the mark, and so do the activations after it (which ORT then
+    # names the fused node after), where a single next node reads them.
+    original = convt.output[0]
+    between, nxt = walk.elementwise_run(original)
+    out = original
+    if between and nxt is not None:
+        out = walk.fresh(f"{stem}{CELLS_MARK}_biased")
+        nxt.input[0] = walk.relabel(between, out, f"{stem}{CELLS_MARK}")
+    elif not between and original not in walk.outputs:  # no activation: the readers take the mark
+        out = walk.fresh(f"{stem}{CELLS_MARK}_biased")
+        for reader in walk.consumers.get(original, []):
+            reader.input[:] = [out if name == original else name for name in reader.input]
+    ones = emit.const("ones_weight", np.ones((c_out, 1, 1, 1), np.float32), layer=True)
+    bias = emit.const("cell_bias", layer.bias.astype(np.float32), layer=True)
+    emit.node("Conv", [total, ones, bias], out, "cells_bias_conv", group=c_out, kernel_shape=[1, 1])
 
 
 def dense_entry(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -195,12 +168,12 @@ def dense_entry(model: onnx.ModelProto) -> onnx.ModelProto:
         form = overlap_form(layer, (1, 1), layer.in_hw)  # one input phase: each cell's own footprint
         if permuted is None or form is None:
             continue
-        emit = _Emit(walk, new_inits, convt)
+        emit = Emit(walk.fresh, new_inits, convt.name or convt.output[0], convt.input[1])
         linear = gemm.input[1]  # its layer's int8 key stays the same (ae_export.variants.layer_key)
-        gemm.input[1] = emit.const(rewritten_weight(linear, "permuted_weight"), permuted[0])
+        gemm.input[1] = emit.add(rewritten_weight(linear, "permuted_weight"), permuted[0])
         if permuted[1] is not None:
-            gemm.input[2] = emit.const(rewritten_weight(linear, "permuted_bias"), permuted[1])
-        emit.layer(reshape.input[0], layer, form)
+            gemm.input[2] = emit.add(rewritten_weight(linear, "permuted_bias"), permuted[1])
+        _emit_layer(emit, walk, convt, reshape.input[0], layer, form)
         replaced[id(convt)], replaced[id(reshape)] = emit.nodes, []
     if not replaced:
         return model

@@ -23,19 +23,17 @@ a half-rewritten or wrong graph. The batch axis is untouched (the reshapes copy 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ae_export.cpu import CPU_TARGETS, DENSE_ENTRY_TARGETS
 from ae_export.entrygemm import CELLS_MARK, dense_entry
 from ae_export.graphedit import (
     ELEMENTWISE,
+    Emit,
     GraphWalk,
     drop_unused_and_check,
-    rewritten_weight,
     static_shapes,
 )
 from ae_export.stackconv import STACK_MARK, stack_narrow_convs
@@ -52,39 +50,24 @@ PHASES_MARK, FOOTPRINTS_MARK = ".phases", ".footprints"
 REWRITE_MARKS = (PHASES_MARK, FOOTPRINTS_MARK, CELLS_MARK)
 
 
-class _Emit:
-    """Adds nodes' initializers to one list; nodes are named after the replaced node (`stem`), new weights
-    after the replaced weight (`graphedit.rewritten_weight`), all fresh and unique."""
+class _Emit(Emit):
+    """`Emit` with the phase forms' two steps: a Conv, and Reshape + Col2Im back to an image."""
 
-    def __init__(
-        self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], stem: str, weight: str
-    ) -> None:
-        self.fresh, self.inits, self.stem, self.weight = fresh, inits, stem, weight
-        self.nodes: list[onnx.NodeProto] = []
-        self.channels = 0  # the last Conv's output channels
-
-    def const(self, key: str, value: np.ndarray, layer: bool = False) -> str:
-        """A new initializer named after the node, or (`layer`) after the replaced weight's layer."""
-        name = self.fresh(rewritten_weight(self.weight, key) if layer else f"{self.stem}.{key}")
-        self.inits.append(numpy_helper.from_array(value, name))
-        return name
+    channels = 0  # the last Conv's output channels
 
     def conv(self, x: str, out: str, weight: np.ndarray, bias: np.ndarray, form: str, pads: list[int]) -> str:
         """Conv writing `out` (named with a REWRITE_MARK: no longer what the exporter named it)."""
         w, b = self.const(f"{form}_weight", weight, True), self.const(f"{form}_bias", bias, True)
         self.channels = weight.shape[0]
-        self.nodes += [
-            helper.make_node(
-                "Conv",
-                [x, w, b],
-                [out],
-                name=self.fresh(f"{self.stem}.{form}_conv"),
-                kernel_shape=list(weight.shape[2:]),
-                pads=pads,
-                strides=[1, 1],
-            )
-        ]
-        return out
+        return self.node(
+            "Conv",
+            [x, w, b],
+            out,
+            f"{form}_conv",
+            kernel_shape=list(weight.shape[2:]),
+            pads=pads,
+            strides=[1, 1],
+        )
 
     def to_image(
         self,
@@ -100,20 +83,8 @@ class _Emit:
         """(B, C*Bh*Bw, Gh, Gw) -> Reshape (B, C*Bh*Bw, Gh*Gw) -> Col2Im -> `out` (B, C, *image)."""
         # 0 copies the batch axis.
         shape = self.const("columns_shape", np.array([0, self.channels, grid[0] * grid[1]], np.int64))
-        columns = self.fresh(f"{self.stem}.columns")
-        image_name = self.const("image_shape", np.array(image, np.int64))
-        block_name = self.const("block_shape", np.array(block, np.int64))
-        self.nodes += [
-            helper.make_node("Reshape", [x, shape], [columns], name=self.fresh(f"{self.stem}.to_columns")),
-            helper.make_node(
-                "Col2Im",
-                [columns, image_name, block_name],
-                [out],
-                name=self.fresh(f"{self.stem}.{kind}"),
-                strides=list(strides),
-                pads=pads,
-            ),
-        ]
+        columns = self.node("Reshape", [x, shape], self.fresh(f"{self.stem}.columns"), "to_columns")
+        self.col2im(columns, out, image, block, strides, pads, kind)
 
 
 def _chains(

@@ -1,13 +1,17 @@
-"""What the fast-graph passes share: attribute and shape reads, single-consumer walks, fresh names.
+"""What the fast-graph passes share: attribute and shape reads, single-consumer walks, fresh names, and
+the emitter of a rewritten node's replacement.
 
-One home for these so the ConvTranspose rewrite (ae_export.fastgraph) and the narrow-Conv stacking
-(ae_export.stackconv) read a graph the same way. Imports onnx only.
+One home for these so the ConvTranspose rewrites (ae_export.fastgraph, ae_export.entrygemm) and the
+narrow-Conv stacking (ae_export.stackconv) read and write a graph the same way. Imports onnx and numpy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 # Elementwise unary ops that may sit between two rewritten convolutions: they act on each value alone,
 # so they give the same result on a phase (stacked) layout as on the image layout.
@@ -104,3 +108,46 @@ def rewritten_weight(original: str, part: str) -> str:
     search kept in float in the denoiser was quantized in the decoder file.
     """
     return f"{original.removesuffix('.weight')}.{part}"
+
+
+class Emit:
+    """The nodes and initializers that replace one node: nodes named after it (`stem`), new weights after
+    the weight it had (`rewritten_weight`), every name fresh; initializers go to the pass's shared list."""
+
+    def __init__(
+        self, fresh: Callable[[str], str], inits: list[onnx.TensorProto], stem: str, weight: str
+    ) -> None:
+        self.fresh, self.inits, self.stem, self.weight = fresh, inits, stem, weight
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, name: str, value: np.ndarray) -> str:
+        """A new initializer under a fresh `name`."""
+        name = self.fresh(name)
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def const(self, key: str, value: np.ndarray, layer: bool = False) -> str:
+        """A new initializer named after the node, or (`layer`) after the replaced weight's layer."""
+        return self.add(rewritten_weight(self.weight, key) if layer else f"{self.stem}.{key}", value)
+
+    def node(self, op: str, inputs: list[str], out: str, what: str, **attrs: object) -> str:
+        """Node `op` named "<stem>.<what>", writing `out`; returns `out`."""
+        self.nodes.append(
+            helper.make_node(op, inputs, [out], name=self.fresh(f"{self.stem}.{what}"), **attrs)
+        )
+        return out
+
+    def col2im(
+        self,
+        columns: str,
+        out: str,
+        image: tuple[int, int],
+        block: tuple[int, int],
+        strides: tuple[int, int],
+        pads: list[int],
+        kind: str,
+    ) -> None:
+        """Col2Im of (B, C*Bh*Bw, L) `columns` into `out` (B, C, *image), the node named "<stem>.<kind>"."""
+        image_name = self.const("image_shape", np.array(image, np.int64))
+        block_name = self.const("block_shape", np.array(block, np.int64))
+        self.node("Col2Im", [columns, image_name, block_name], out, kind, strides=list(strides), pads=pads)

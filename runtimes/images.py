@@ -13,7 +13,6 @@ the returned pixels (an RGB profile for RGB, a gray one for grayscale), for `sav
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from runtimes.fileio import atomic_save
 from runtimes.fitting import SizeMismatchError
 from runtimes.layout import describe
+from runtimes.manifest import sha256_stream
 from runtimes.pillowlimit import pillow_limit_at_least
 from runtimes.pngmeta import SOURCE_KEY, SOURCE_SHA256_KEY, profile_for
 from runtimes.pngtrns import load_png
@@ -177,7 +177,7 @@ def _load(
         if not digest:
             return pixels, profile, None
         handle.seek(0)
-        return pixels, profile, hashlib.sha256(handle.read()).hexdigest()
+        return pixels, profile, sha256_stream(handle)
 
 
 def _decode(

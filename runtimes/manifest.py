@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -40,11 +41,18 @@ class ManifestError(ValueError):
     """A manifest that cannot be used (bad JSON, wrong format), or a file that does not match it."""
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's SHA-256, hex."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+def sha256_stream(handle: BinaryIO) -> str:
+    """SHA-256 (hex) of what is left to read from `handle`, in 1 MiB blocks (a large file is never held
+    whole in memory)."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 

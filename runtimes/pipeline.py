@@ -379,13 +379,16 @@ def run_pipeline(
 def _make_folder(folder: Path, created: list[Path]) -> None:
     """mkdir -p `folder`, appending each folder this call made to `created` as it makes it (outermost
     first). Only a mkdir of this run's own counts: a folder that exists, or that another process makes
-    meanwhile, is never recorded, whatever `..` the path holds."""
-    for path in (*reversed(folder.parents), folder):
-        if path.is_dir():
-            continue
+    meanwhile, is never recorded, whatever `..` the path holds. An existing folder costs one stat."""
+    missing = []
+    path = folder
+    while not path.is_dir() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
         try:
             path.mkdir()
-        except FileExistsError:  # made meanwhile by another process, or not a folder: checked below
+        except FileExistsError:  # made meanwhile, `x/..` once x exists, or not a folder: checked below
             continue
         created.append(path)
     if not folder.is_dir():

@@ -74,9 +74,9 @@ def read_png_record(path: str | os.PathLike[str]) -> SourceRecord:
                 if kind != b"iTXt":
                     handle.seek(length + 4, os.SEEK_CUR)  # data and CRC
                     continue
-                keyword, text = _itxt_text(handle.read(length))
+                keyword, text = _itxt_text(handle.read(length), (SOURCE_KEY, SOURCE_SHA256_KEY))
                 handle.seek(4, os.SEEK_CUR)
-                if text is not None and keyword in (SOURCE_KEY, SOURCE_SHA256_KEY):
+                if text is not None:
                     found.setdefault(keyword, text)
                 if len(found) == 2:
                     break
@@ -85,11 +85,12 @@ def read_png_record(path: str | os.PathLike[str]) -> SourceRecord:
     return SourceRecord(found.get(SOURCE_KEY), found.get(SOURCE_SHA256_KEY))
 
 
-def _itxt_text(data: bytes) -> tuple[str, str | None]:
-    """(keyword, text) of an iTXt chunk's data; text None if malformed."""
+def _itxt_text(data: bytes, keys: tuple[str, ...]) -> tuple[str, str | None]:
+    """(keyword, text) of an iTXt chunk's data; text None if the keyword is not one of `keys` (nothing
+    else of it is decoded: an XMP packet may be large and compressed) or the chunk is malformed."""
     keyword, sep, rest = data.partition(b"\0")
     name = keyword.decode("latin-1")
-    if not sep or len(rest) < 2:
+    if not sep or name not in keys or len(rest) < 2:
         return name, None
     compressed, rest = rest[0], rest[2:]  # compression flag, compression method
     parts = rest.split(b"\0", 2)  # language tag, translated keyword, text

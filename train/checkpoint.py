@@ -7,7 +7,6 @@ are atomic (temp file + rename): an interrupted run always leaves the last whole
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from runtimes.fileio import atomic_save, unusable_folder
+from runtimes.manifest import sha256_file
 from train.model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
@@ -80,14 +80,6 @@ def run_folder(out: str | Path) -> Path:
     if refused is not None:
         raise ValueError(f"--out {refused}")
     return Path(out)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # The type of each entry `to_dict` writes (an int: one >= 0); all but _REQUIRED may be absent or None.
@@ -180,7 +172,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metrics=list(metrics),
         dataset=dict(dataset),
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
     )
     checkpoint.build_model()  # fail here, naming the file, if config and weights disagree
     return checkpoint

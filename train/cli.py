@@ -51,8 +51,6 @@ DEFAULTS = TrainConfig()
 PHOTO_DEFAULTS = PhotoTrainConfig()
 PHOTO_PRESET = "photo"  # the fully convolutional denoiser trained on photographs (train/photo_train.py)
 EXIT_DIVERGED = 3
-
-
 # Flags a preset may set: their argparse default is None ("not given"), so a preset value is only
 # overridden by a flag the user actually typed. Counts are checked as the flag's own argparse error
 # ("argument --epochs: expected a positive integer, got 0"), not later by the config, whose message
